@@ -1,0 +1,105 @@
+"""A trained agent for acting and evaluation, loaded from a run dir or checkpoint file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smfp.critic import QEnsemble
+from smfp.envs import make_env
+from smfp.policies import ACT_MODES, Policy, build_policy
+from smfp.train.checkpoint import resolve_checkpoint
+
+
+@dataclass
+class Agent:
+    policy: Policy
+    critic: QEnsemble | None
+    env_id: str
+    action_low: np.ndarray
+    action_high: np.ndarray
+    best_of_n: int = 16
+    step: int = 0
+
+    def resolve_mode(self, mode: str) -> str:
+        if mode == "auto":
+            return self.policy.default_eval_mode()
+        if mode not in ACT_MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose auto, {', '.join(ACT_MODES)}")
+        if mode == "mean" and self.policy.is_mixture:
+            raise ValueError(f"mode 'mean' does not exist for the {self.policy.kind} policy; use best-of-n or sample")
+        return mode
+
+    @torch.no_grad()
+    def act_normalized(self, obs: np.ndarray | torch.Tensor, mode: str = "sample") -> np.ndarray:
+        """Actions in [-1, 1]^d for a batch of observations (B, o) or a single one (o,)."""
+        mode = self.resolve_mode(mode)
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
+        single = x.ndim == 1
+        if single:
+            x = x.unsqueeze(0)
+        q_fn = (lambda o, a: self.critic(o, a).min(dim=0).values) if self.critic is not None else None
+        a = self.policy.act(x, mode, num_candidates=self.best_of_n, q_fn=q_fn).numpy()
+        return a[0] if single else a
+
+    def act(self, obs, mode: str = "sample") -> np.ndarray:
+        """Actions in the task's own bounds, for a raw (unwrapped) Gymnasium env."""
+        a = self.act_normalized(obs, mode)
+        return self.action_low + (a + 1.0) * 0.5 * (self.action_high - self.action_low)
+
+    @classmethod
+    def from_parts(cls, policy_kind: str, policy_kwargs: dict, policy_state: dict, critic_kwargs: dict | None,
+                   critic_state: dict | None, meta: dict, best_of_n: int = 16, step: int = 0) -> "Agent":
+        policy = build_policy(policy_kind, **policy_kwargs)
+        policy.load_state_dict(policy_state)
+        policy.eval()
+        critic = None
+        if critic_state is not None:
+            critic = QEnsemble(**critic_kwargs)
+            critic.load_state_dict(critic_state)
+            critic.eval()
+        return cls(policy, critic, meta["env_id"], np.asarray(meta["action_low"], dtype=np.float32),
+                   np.asarray(meta["action_high"], dtype=np.float32), best_of_n, step)
+
+
+def load_agent(path: str | Path) -> Agent:
+    """Load the latest checkpoint of a run dir, or a given checkpoint file."""
+    ckpt = resolve_checkpoint(path)
+    meta = ckpt["meta"]
+    return Agent.from_parts(meta["policy_kind"], meta["policy_kwargs"], ckpt["learner"]["policy"],
+                            meta["critic_kwargs"], ckpt["learner"]["critic"], meta,
+                            best_of_n=ckpt["config"]["eval"]["best_of_n"], step=ckpt["step"])
+
+
+def run_episodes(act_fn, env, episodes: int, seed: int) -> list[dict]:
+    """Roll out ``episodes`` episodes, episode i reset with ``seed + i`` (same starts every call)."""
+    results = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, length, done, info = 0.0, 0, False, {}
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(act_fn(obs))
+            total += reward
+            length += 1
+            done = terminated or truncated
+        results.append({"return": total, "length": length, "info": info})
+    return results
+
+
+def evaluate(agent: Agent, episodes: int = 10, mode: str = "auto", seed: int = 10_000, env=None,
+             max_episode_steps: int | None = None) -> dict:
+    """Mean and std of the undiscounted return over ``episodes`` episodes."""
+    mode = agent.resolve_mode(mode)
+    own_env = env is None
+    env = env or make_env(agent.env_id, max_episode_steps=max_episode_steps)
+    try:
+        eps = run_episodes(lambda o: agent.act_normalized(o, mode), env, episodes, seed)
+    finally:
+        if own_env:
+            env.close()
+    returns = np.array([e["return"] for e in eps])
+    return {"return_mean": float(returns.mean()), "return_std": float(returns.std()), "episodes": episodes,
+            "mode": mode, "returns": returns.tolist(), "lengths": [e["length"] for e in eps]}

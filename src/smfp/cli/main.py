@@ -1,0 +1,114 @@
+"""``smfp`` command line: train, eval, bench, demo, inspect.
+
+User mistakes (bad options, unknown envs, missing or unsafe checkpoints) are reported as one
+line on stderr with a non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from smfp.cli.args import OneLineParser, add_dataclass_args, build_dataclass, fail
+from smfp.config import ConfigError, TrainConfig
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from smfp.envs import EnvError
+    from smfp.train.checkpoint import CheckpointError
+
+    return (ConfigError, EnvError, CheckpointError)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from smfp.train.loop import train
+
+    cfg = build_dataclass(TrainConfig, vars(args))
+    result = train(cfg)
+    summary = {"run_dir": str(result.run_dir), "step": result.step, "stopped_early": result.stopped_early}
+    if result.final_eval:
+        summary.update({k: result.final_eval[k] for k in ("return_mean", "return_std", "episodes", "mode")})
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from smfp.agent import evaluate, load_agent
+
+    if args.episodes <= 0:
+        fail(f"--episodes must be positive, got {args.episodes}")
+    agent = load_agent(args.target)
+    try:
+        mode = agent.resolve_mode(args.mode)
+    except ValueError as exc:
+        fail(str(exc))
+    result = evaluate(agent, args.episodes, mode, seed=args.seed)
+    out = {k: result[k] for k in ("return_mean", "return_std", "episodes", "mode")}
+    out["step"] = agent.step
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{agent.env_id} step {agent.step}: return {out['return_mean']:.1f} +- {out['return_std']:.1f} "
+              f"over {args.episodes} episodes (mode {mode})")
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from smfp.bench.train_speed import run_train_bench
+
+    algos = [a for a in args.algos.split(",") if a]
+    report = run_train_bench(args.env, algos, args.steps, args.repeats, args.compare_sb3, args.warmup,
+                             overrides=build_dataclass(TrainConfig, vars(args)))
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="smfp", description="Stochastic MeanFlow Policies: train, evaluate, benchmark.")
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser, metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train an agent (sac, mdpo, smfp)")
+    add_dataclass_args(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's latest checkpoint or a checkpoint file")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--mode", default="auto", help="auto, sample, best-of-n or mean (gaussian only)")
+    p.add_argument("--seed", type=int, default=10_000, help="episode i starts from reset(seed + i)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="benchmarks: train (update throughput)")
+    bench = p.add_subparsers(dest="bench", parser_class=OneLineParser, metavar="BENCH")
+    bench.required = True
+    b = bench.add_parser("train", help="gradient-update throughput (steps/s) on a MuJoCo task")
+    b.add_argument("--env", default="HalfCheetah-v5")
+    b.add_argument("--algos", default="sac,smfp")
+    b.add_argument("--steps", type=int, default=1000, help="timed steps per run (after --warmup)")
+    b.add_argument("--warmup", type=int, default=1000, help="random steps filling the buffer, not timed")
+    b.add_argument("--repeats", type=int, default=3, help="alternating runs per candidate; medians are reported")
+    b.add_argument("--compare-sb3", action="store_true", help="also time Stable-Baselines3's SAC (extra .[bench])")
+    b.add_argument("--json", action="store_true")
+    add_dataclass_args(b, TrainConfig, skip=("env", "algo", "total_steps", "run_dir", "resume", "seed"))
+    b.set_defaults(func=cmd_bench_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except _user_errors() as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        print("smfp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Typed configuration: one dataclass per concern, composed into ``TrainConfig``.
+
+The CLI is generated from these classes (``smfp.cli.args``): every field is a flag named after
+it (``md_lambda`` -> ``--md-lambda``), its help text is the field's ``doc`` metadata, and the
+fully resolved config is saved as ``config.json`` in every run dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+ALGOS = ("sac", "mdpo", "smfp")
+Algo = Literal["sac", "mdpo", "smfp"]
+ALGO_POLICY = {"sac": "gaussian", "mdpo": "gaussian", "smfp": "smfp"}
+
+
+def doc(text: str, **kw):
+    return field(metadata={"doc": text}, **kw)
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake (reported as one line, no traceback)."""
+
+
+@dataclass
+class EnvConfig:
+    env: str = doc("Gymnasium id with a continuous Box action space; 'module:Env-vN' imports module first",
+                   default="Hopper-v5")
+    max_episode_steps: Optional[int] = doc("override the task's time limit (none: the task's own)", default=None)
+
+
+@dataclass
+class PolicyConfig:
+    hidden: tuple[int, ...] = doc("actor hidden layer widths", default=(256, 256))
+    sigma_hidden: tuple[int, ...] = doc("SMFP output-noise network widths (sigma(s))", default=(64, 64))
+    log_std_min: float = doc("lower bound of the output log-std", default=-5.0)
+    log_std_max: float = doc("upper bound of the output log-std", default=2.0)
+    components: int = doc("M, mixture components of the semi-implicit log-density surrogate (1 = conditional)",
+                          default=8)
+    actor_states: int = doc("states per actor update (each with M actions); 0: batch_size // M", default=0)
+    target_components: int = doc("M used for the entropy term of the critic target; 0: same as --components",
+                                 default=0)
+    meanflow_coef: float = doc("weight of the MeanFlow self-consistency loss (0 disables it)", default=1.0)
+    meanflow_every: int = doc("apply the MeanFlow loss every N updates", default=2)
+    meanflow_batch: int = doc("states per MeanFlow loss evaluation", default=64)
+    meanflow_r_neq_t: float = doc("fraction of MeanFlow samples with r != t", default=0.5)
+
+
+@dataclass
+class CriticConfig:
+    critic_hidden: tuple[int, ...] = doc("critic hidden layer widths", default=(256, 256))
+    num_q: int = doc("critics in the ensemble (min over them)", default=2)
+
+
+@dataclass
+class UpdateConfig:
+    gamma: float = doc("discount", default=0.99)
+    tau: float = doc("Polyak rate of the target critics", default=0.005)
+    batch_size: int = doc("replay batch per update", default=256)
+    actor_lr: float = doc("actor Adam learning rate", default=3e-4)
+    critic_lr: float = doc("critic Adam learning rate", default=3e-4)
+    alpha: float = doc("initial (or fixed) entropy temperature", default=1.0)
+    autotune_alpha: bool = doc("tune alpha toward --target-entropy", default=True)
+    alpha_lr: float = doc("temperature learning rate", default=3e-4)
+    target_entropy: Optional[float] = doc("entropy target (none: -action_dim)", default=None)
+    md_lambda: Optional[float] = doc("mirror-descent KL weight lambda (none: 0 for sac, 1 otherwise)", default=None)
+    autotune_lambda: bool = doc("tune lambda by dual ascent toward --target-kl", default=False)
+    target_kl: float = doc("target KL to the anchor (with --autotune-lambda)", default=0.05)
+    lambda_lr: float = doc("lambda dual-ascent learning rate", default=3e-4)
+    anchor_period: int = doc("copy the actor into the anchor every N updates", default=1000)
+    anchor_tau: float = doc("if > 0, track the anchor by Polyak averaging at this rate instead of copies",
+                            default=0.0)
+    grad_clip: float = doc("clip gradient norms at this value (0: off; norms are logged either way)", default=0.0)
+    updates_per_step: int = doc("gradient updates per environment step", default=1)
+    learning_starts: int = doc("environment steps of uniform random actions before updates start", default=5000)
+
+
+@dataclass
+class BufferConfig:
+    buffer_size: int = doc("replay buffer capacity (transitions)", default=1_000_000)
+    save_buffer: bool = doc("save the replay buffer with checkpoints (needed for an exact resume)", default=True)
+
+
+@dataclass
+class EvalConfig:
+    eval_every: int = doc("evaluate every N environment steps (0: only at the end)", default=10_000)
+    eval_episodes: int = doc("episodes per evaluation", default=10)
+    eval_mode: str = doc("act mode for evaluation: auto (mean for gaussian, best-of-n otherwise), "
+                         "sample, best-of-n, mean", default="auto")
+    best_of_n: int = doc("candidates for best-of-n acting", default=16)
+
+
+@dataclass
+class LogConfig:
+    log_every: int = doc("write training metrics every N environment steps", default=1000)
+    progress: bool = doc("show a progress bar (off automatically when output is not a terminal)", default=True)
+    tensorboard: bool = doc("write TensorBoard event files", default=True)
+
+
+@dataclass
+class CheckpointConfig:
+    checkpoint_every: int = doc("checkpoint every N environment steps (0: only at the end)", default=50_000)
+    keep_checkpoints: int = doc("checkpoints kept on disk (oldest removed)", default=2)
+
+
+@dataclass
+class TrainConfig:
+    algo: Algo = doc("algorithm: sac (Gaussian), mdpo (Gaussian + mirror descent), smfp (SMFP + mirror descent)",
+                     default="sac")
+    total_steps: int = doc("environment steps to train for", default=100_000)
+    seed: int = doc("random seed", default=0)
+    run_dir: Optional[str] = doc("where the run is written (none: runs/ALGO-ENV-sSEED)", default=None)
+    resume: bool = doc("continue the run in --run-dir from its latest checkpoint", default=False)
+    threads: int = doc("torch CPU threads (1 is fastest for these network sizes)", default=1)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    @property
+    def policy_kind(self) -> str:
+        return ALGO_POLICY[self.algo]
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every 'none/auto' default made explicit and every value checked."""
+        cfg = dataclasses.replace(self, update=dataclasses.replace(self.update))
+        u = cfg.update
+        if cfg.algo not in ALGOS:
+            raise ConfigError(f"unknown --algo {cfg.algo!r}; choose one of {', '.join(ALGOS)}")
+        if u.md_lambda is None:
+            u.md_lambda = 0.0 if cfg.algo == "sac" else 1.0
+        if cfg.algo == "sac" and (u.md_lambda != 0.0 or u.autotune_lambda):
+            raise ConfigError("--algo sac has no mirror-descent term; use --algo mdpo to set --md-lambda")
+        if cfg.run_dir is None:
+            cfg.run_dir = f"runs/{cfg.algo}-{cfg.env.env.replace('/', '_').replace(':', '_')}-s{cfg.seed}"
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        positive = {
+            "--total-steps": self.total_steps, "--batch-size": self.update.batch_size,
+            "--buffer-size": self.buffer.buffer_size, "--eval-episodes": self.eval.eval_episodes,
+            "--log-every": self.log.log_every, "--components": self.policy.components,
+            "--threads": self.threads, "--anchor-period": self.update.anchor_period,
+            "--updates-per-step": self.update.updates_per_step, "--num-q": self.critic.num_q,
+            "--best-of-n": self.eval.best_of_n, "--keep-checkpoints": self.checkpoint.keep_checkpoints,
+            "--meanflow-every": self.policy.meanflow_every, "--meanflow-batch": self.policy.meanflow_batch,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        non_negative = {
+            "--learning-starts": self.update.learning_starts, "--eval-every": self.eval.eval_every,
+            "--checkpoint-every": self.checkpoint.checkpoint_every, "--actor-states": self.policy.actor_states,
+            "--target-components": self.policy.target_components, "--grad-clip": self.update.grad_clip,
+            "--meanflow-coef": self.policy.meanflow_coef, "--md-lambda": self.update.md_lambda or 0.0,
+            "--alpha": self.update.alpha, "--anchor-tau": self.update.anchor_tau,
+        }
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        for name, value in {"--gamma": self.update.gamma, "--tau": self.update.tau,
+                            "--meanflow-r-neq-t": self.policy.meanflow_r_neq_t,
+                            "--anchor-tau": self.update.anchor_tau}.items():
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        for name, widths in {"--hidden": self.policy.hidden, "--critic-hidden": self.critic.critic_hidden,
+                             "--sigma-hidden": self.policy.sigma_hidden}.items():
+            if not widths or any(w <= 0 for w in widths):
+                raise ConfigError(f"{name} needs one or more positive widths, got {widths}")
+        if self.policy.log_std_min >= self.policy.log_std_max:
+            raise ConfigError("--log-std-min must be below --log-std-max")
+        if self.eval.eval_mode not in ("auto", "sample", "best-of-n", "mean"):
+            raise ConfigError(f"unknown --eval-mode {self.eval.eval_mode!r}; choose auto, sample, best-of-n or mean")
+        if self.eval.eval_mode == "mean" and self.policy_kind != "gaussian":
+            raise ConfigError(f"--eval-mode mean does not exist for {self.algo}; use best-of-n or sample")
+        if self.env.max_episode_steps is not None and self.env.max_episode_steps <= 0:
+            raise ConfigError("--max-episode-steps must be positive")
+        if not self.env.env.strip():
+            raise ConfigError("--env is empty; give a Gymnasium id such as Hopper-v5")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Rebuild from ``to_dict`` output (e.g. a run's config.json); unknown keys are an error."""
+        kwargs = {}
+        nested = {f.name: f.type for f in dataclasses.fields(cls)}
+        sub_types = {"env": EnvConfig, "policy": PolicyConfig, "critic": CriticConfig, "update": UpdateConfig,
+                     "buffer": BufferConfig, "eval": EvalConfig, "log": LogConfig, "checkpoint": CheckpointConfig}
+        for key, value in data.items():
+            if key not in nested:
+                raise ConfigError(f"unknown config key {key!r}")
+            if key in sub_types:
+                sub = sub_types[key]
+                names = {f.name for f in dataclasses.fields(sub)}
+                if not isinstance(value, dict) or set(value) - names:
+                    raise ConfigError(f"config section {key!r} is malformed or has unknown keys")
+                value = sub(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+            kwargs[key] = value
+        return cls(**kwargs)

@@ -1,0 +1,5 @@
+"""Environments: any Gymnasium task with a continuous Box action space."""
+
+from smfp.envs.make import EnvError, make_env, env_dims
+
+__all__ = ["EnvError", "make_env", "env_dims"]

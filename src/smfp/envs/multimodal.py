@@ -1,0 +1,1 @@
+"""Built-in multimodal tasks, registered under the ``smfp/`` namespace (issue 4)."""

@@ -1,0 +1,102 @@
+"""Metrics go to ``metrics.jsonl`` (one JSON object per line, always with ``step``) and to
+TensorBoard under the same keys; a tqdm bar shows progress on a terminal.
+
+Resume rule: when a run resumes from the checkpoint at step S, ``metrics.jsonl`` is rewritten
+(atomically) to keep only complete lines with ``step <= S``, so lines logged after the
+checkpoint by the interrupted process, and a torn last line, are dropped; TensorBoard
+purges its events after S in the same way (``purge_step``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from smfp.train.atomic import atomic_write_text
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Complete, parseable lines of a metrics file (a torn last line is skipped)."""
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    for line in p.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    rows = [r for r in read_metrics(path) if r["step"] <= last_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _number(v) -> float:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    v = float(v)
+    return v if math.isfinite(v) else (str(v))  # JSON has no NaN: keep it visible as a string
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, tensorboard: bool = True,
+                 progress: bool = True, callback: Optional[Callable[[int, dict], None]] = None):
+        self.path = run_dir / "metrics.jsonl"
+        if start_step > 0:
+            truncate_metrics(self.path, start_step)
+        self.file = open(self.path, "a", buffering=1)
+        self.callback = callback
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if start_step > 0 else None)
+        self.bar = None
+        if progress and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.postfix: dict[str, str] = {}
+
+    def log(self, step: int, metrics: dict) -> dict:
+        row = {"step": int(step)}
+        row.update({k: _number(v) for k, v in metrics.items()})
+        self.file.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, float):
+                    self.writer.add_scalar(k, v, step)
+        if self.callback is not None:
+            self.callback(step, row)
+        return row
+
+    def progress(self, step: int, **postfix) -> None:
+        if self.bar is None:
+            return
+        self.bar.n = step
+        for k, v in postfix.items():
+            self.postfix[k] = f"{v:.4g}" if isinstance(v, float) else str(v)
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.refresh()
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        self.file.close()

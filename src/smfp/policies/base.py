@@ -1,0 +1,128 @@
+"""The one interface every policy class implements.
+
+A policy is a continuous mixture of diagonal Gaussians over a pre-squash action ``x``:
+a noise ``z`` picks a component ``N(mean(s, z), std(s)^2)``. The Gaussian policy is the
+degenerate case (one component, ``z`` unused); SMFP maps ``z`` through a one-step MeanFlow
+transformation; flow-K integrates a velocity field for K steps. Everything downstream
+(sampling, the log-density surrogate, the mirror-descent KL, acting modes) is written once,
+here, against ``components``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from smfp.policies.distributions import semi_implicit_log_prob, squash, tanh_log_det
+
+ACT_MODES = ("sample", "best-of-n", "mean")
+
+
+@dataclass
+class PolicySample:
+    """A batch of B states x M actions, with everything the update needs."""
+
+    action: torch.Tensor  # (B, M, d) in [-1, 1]
+    log_prob: torch.Tensor  # (B, M) surrogate log-density of ``action``
+    pre_squash: torch.Tensor  # (B, M, d)
+    noise: torch.Tensor  # (B, M, d_z) the component noises z
+    mean: torch.Tensor  # (B, M, d) component means
+    log_std: torch.Tensor  # (B, 1, d) output log-std
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, act=nn.ReLU) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), act()]
+        d = h
+    layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+class Policy(nn.Module):
+    """Base class: subclasses implement ``components`` and ``log_std``."""
+
+    kind: str = "base"
+    is_mixture: bool = True  # False: a single Gaussian, the surrogate is exact with M = 1
+
+    def __init__(self, obs_dim: int, act_dim: int, log_std_min: float = -5.0, log_std_max: float = 2.0):
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.noise_dim = act_dim
+        self.log_std_min = log_std_min
+        self.log_std_max = log_std_max
+
+    # --- to implement -------------------------------------------------------------------
+    def component_means(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Means ``mean(s, z)`` for obs (B, o) and noise (B, M, d_z) -> (B, M, d)."""
+        raise NotImplementedError
+
+    def log_std(self, obs: torch.Tensor) -> torch.Tensor:
+        """Output log-std (B, d), bounded to [log_std_min, log_std_max]."""
+        raise NotImplementedError
+
+    # --- shared -------------------------------------------------------------------------
+    def bound_log_std(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(raw) + 1.0)
+
+    def draw_noise(self, batch: int, m: int, like: torch.Tensor, generator=None) -> torch.Tensor:
+        return torch.randn(batch, m, self.noise_dim, dtype=like.dtype, device=like.device, generator=generator)
+
+    def components(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Component means (B, M, d) and log-std (B, 1, d) for the given noises."""
+        return self.component_means(obs, noise), self.log_std(obs).unsqueeze(1)
+
+    def sample(self, obs: torch.Tensor, num_components: int = 1) -> PolicySample:
+        """Draw M actions per state, one per component, with the semi-implicit surrogate.
+
+        One network pass per action: the M components that score each action are the
+        ones that generated the M actions of the same state.
+        """
+        m = num_components if self.is_mixture else 1
+        noise = self.draw_noise(obs.shape[0], m, obs)
+        mean, log_std = self.components(obs, noise)
+        x = mean + torch.exp(log_std) * torch.randn_like(mean)
+        log_prob = semi_implicit_log_prob(x, mean, log_std) - tanh_log_det(x).sum(-1)
+        return PolicySample(squash(x), log_prob, x, noise, mean, log_std)
+
+    def act(self, obs: torch.Tensor, mode: str = "sample", num_candidates: int = 16,
+            q_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """Actions (B, d) in [-1, 1] for evaluation or deployment.
+
+        ``sample``: a stochastic action (1 network pass). ``mean``: the Gaussian's mean
+        (Gaussian policy only). ``best-of-n``: ``num_candidates`` noise-free candidates
+        ``tanh(mean(s, z_n))`` in one batched pass, keep the one with the highest ``q_fn``
+        (min over the critic ensemble); without a critic it falls back to the first candidate.
+        """
+        b = obs.shape[0]
+        if mode == "sample":
+            noise = self.draw_noise(b, 1, obs)
+            mean, log_std = self.components(obs, noise)
+            return squash(mean + torch.exp(log_std) * torch.randn_like(mean)).squeeze(1)
+        if mode == "mean":
+            if self.is_mixture:
+                raise ValueError(f"mode 'mean' does not exist for the {self.kind} policy "
+                                 "(z = 0 lands between modes); use --mode best-of-n or sample")
+            return squash(self.component_means(obs, self.draw_noise(b, 1, obs))).squeeze(1)
+        if mode == "best-of-n":
+            n = num_candidates if self.is_mixture else 1
+            noise = self.draw_noise(b, n, obs)
+            cand = squash(self.component_means(obs, noise))  # (B, N, d)
+            if n == 1 or q_fn is None:
+                return cand[:, 0]
+            q = q_fn(obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1), cand.reshape(b * n, -1))
+            best = q.reshape(b, n).argmax(dim=1)
+            return cand[torch.arange(b), best]
+        raise ValueError(f"unknown act mode {mode!r}; choose one of {', '.join(ACT_MODES)}")
+
+    def default_eval_mode(self) -> str:
+        return "best-of-n" if self.is_mixture else "mean"
+
+    def init_kwargs(self) -> dict:
+        """Constructor arguments, so that a checkpoint can rebuild the network."""
+        raise NotImplementedError

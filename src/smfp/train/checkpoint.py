@@ -1,0 +1,128 @@
+"""Complete, atomic, safely loaded checkpoints.
+
+A checkpoint holds everything a resumed run needs (weights, targets, anchor, optimiser
+moments, temperatures, counters, RNG states, config) and only tensors and plain Python
+values, so it is loaded with ``torch.load(weights_only=True)``: a file crafted to run code
+when unpickled is refused. The replay buffer goes to a sibling file written *before* the
+checkpoint, so a checkpoint on disk always has its buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from smfp.train.atomic import atomic_torch_save
+
+FORMAT = "smfp-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A missing, corrupt or unsafe checkpoint (reported as one line)."""
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step_{step:010d}.pt"
+
+
+def buffer_path(run_dir: Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"buffer_{step:010d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def safe_load(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain data "
+                              f"(possibly malicious); only load checkpoints you trust ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: "
+                              f"{type(exc).__name__})") from None
+    return obj
+
+
+def load_checkpoint(path: Path) -> dict:
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an SMFP checkpoint")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')}, this smfp reads {VERSION}")
+    ckpt["config"] = json.loads(ckpt["config"])
+    ckpt["meta"] = json.loads(ckpt["meta"])
+    return ckpt
+
+
+def save_checkpoint(run_dir: Path, step: int, config: dict, meta: dict, learner_state: dict, rng: dict,
+                    buffer_state: dict | None, keep: int) -> Path:
+    checkpoint_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    if buffer_state is not None:
+        atomic_torch_save(buffer_state, buffer_path(run_dir, step))
+    ckpt = {"format": FORMAT, "version": VERSION, "step": int(step), "config": json.dumps(config),
+            "meta": json.dumps(meta), "learner": learner_state, "rng": rng,
+            "buffer_file": buffer_path(run_dir, step).name if buffer_state is not None else None}
+    path = checkpoint_path(run_dir, step)
+    atomic_torch_save(ckpt, path)
+    _prune(run_dir, keep)
+    return path
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    steps = list_checkpoints(run_dir)
+    for step, path in steps[:-keep]:
+        path.unlink(missing_ok=True)
+    kept_buffers = {buffer_path(run_dir, s).name for s, _ in steps[-1:]}
+    for p in checkpoint_dir(run_dir).glob("buffer_*.pt"):
+        if p.name not in kept_buffers:
+            p.unlink(missing_ok=True)
+    for p in checkpoint_dir(run_dir).glob(".*.tmp"):  # left by a process killed mid-write
+        p.unlink(missing_ok=True)
+
+
+def latest_checkpoint(run_dir: Path) -> dict | None:
+    """The newest checkpoint that loads (older ones are tried if the newest is damaged)."""
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        ckpt["path"] = str(path)
+        return ckpt
+    return None
+
+
+def resolve_checkpoint(target: str | Path) -> dict:
+    """A checkpoint from a run dir (its latest) or a checkpoint file."""
+    target = Path(target)
+    if target.is_dir():
+        ckpt = latest_checkpoint(target)
+        if ckpt is None:
+            raise CheckpointError(f"no loadable checkpoint in {target / 'checkpoints'}")
+        return ckpt
+    if not target.exists():
+        raise CheckpointError(f"{target} is neither a run dir nor a checkpoint file")
+    ckpt = load_checkpoint(target)
+    ckpt["path"] = str(target)
+    return ckpt

@@ -1,0 +1,224 @@
+"""The training loop: env -> replay buffer -> learner update -> logger, top to bottom.
+
+The loop knows nothing about the algorithm: ``Learner.update`` does. Checkpoints are complete
+and atomic; ``resume=True`` continues from the latest one. SIGINT/SIGTERM stop gracefully
+after the current step with a final checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from smfp.agent import Agent, evaluate
+from smfp.buffer import ReplayBuffer
+from smfp.config import ConfigError, TrainConfig
+from smfp.envs import env_dims, make_env
+from smfp.monitor.logger import MetricsLogger
+from smfp.train.atomic import atomic_write_text
+from smfp.update import Learner
+from smfp.train.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
+
+# Fields that may differ when a run is resumed (they do not change the method).
+RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "log.progress", "eval.eval_every",
+                     "eval.eval_episodes", "checkpoint.checkpoint_every", "checkpoint.keep_checkpoints"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    final_eval: Optional[dict]
+    stopped_early: bool
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    """Create/check the run dir; refuse to mix two different runs in one folder."""
+    run_dir = Path(cfg.run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to run dir {run_dir}: {exc.strerror or exc}; choose another --run-dir") from None
+    saved = run_dir / "config.json"
+    if saved.exists():
+        if not cfg.resume:
+            raise ConfigError(f"run dir {run_dir} already holds a run; pass --resume to continue it "
+                              "or choose another --run-dir")
+        try:
+            old = _flatten(json.loads(saved.read_text()))
+        except (json.JSONDecodeError, OSError):
+            raise ConfigError(f"{saved} is unreadable; cannot resume this run") from None
+        new = _flatten(cfg.to_dict())
+        diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        if diff:
+            raise ConfigError(f"run dir {run_dir} holds a different run (differs in: {', '.join(diff)}); "
+                              "use the same options to resume or choose another --run-dir")
+    return run_dir
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag checked once per step (graceful stop)."""
+
+    def __init__(self):
+        self.stop = False
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
+    """Train according to ``cfg``; ``callback(step, row)`` receives every metrics row."""
+    cfg = cfg.resolved()
+    torch.set_num_threads(cfg.threads)
+    run_dir = prepare_run_dir(cfg)
+
+    env = make_env(cfg.env.env, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
+    eval_env = make_env(cfg.env.env, seed=cfg.seed + 10_000, max_episode_steps=cfg.env.max_episode_steps)
+    obs_dim, act_dim = env_dims(env)
+    base_space = env.unwrapped.action_space
+    meta = {"env_id": cfg.env.env, "obs_dim": obs_dim, "act_dim": act_dim,
+            "action_low": np.asarray(base_space.low, dtype=np.float64).tolist(),
+            "action_high": np.asarray(base_space.high, dtype=np.float64).tolist(),
+            "policy_kind": cfg.policy_kind}
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    learner = Learner(cfg, obs_dim, act_dim)
+    meta["policy_kwargs"] = learner.policy.init_kwargs()
+    meta["critic_kwargs"] = learner.critic.init_kwargs()
+    buffer = ReplayBuffer(obs_dim, act_dim, min(cfg.buffer.buffer_size, max(cfg.total_steps, 1)), seed=cfg.seed)
+
+    start_step = 0
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        learner.load_state_dict(ckpt["learner"])
+        if ckpt.get("buffer_file"):
+            try:
+                buf_state = torch.load(run_dir / "checkpoints" / ckpt["buffer_file"], weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any unreadable buffer is reported the same way
+                raise CheckpointError(f"replay buffer {ckpt['buffer_file']} of {ckpt['path']} is unreadable "
+                                      f"({type(exc).__name__}); cannot resume exactly") from None
+            buffer.load_state_dict(buf_state)
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        rng.bit_generator.state = ckpt["rng"]["numpy"]
+        start_step = int(ckpt["step"])
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    logger = MetricsLogger(run_dir, cfg.total_steps, start_step, cfg.log.tensorboard, cfg.log.progress, callback)
+    logger.message(f"smfp: {cfg.algo} on {cfg.env.env} seed {cfg.seed} -> {run_dir} "
+                   f"(replay buffer {buffer.capacity} transitions, {buffer.nbytes / 2**20:.1f} MiB allocated"
+                   + (f"; resumed at step {start_step}" if start_step else "") + ")")
+
+    agent = Agent(learner.policy, learner.critic, cfg.env.env, np.asarray(meta["action_low"]),
+                  np.asarray(meta["action_high"]), cfg.eval.best_of_n)
+
+    def run_eval(step: int) -> dict:
+        result = evaluate(agent, cfg.eval.eval_episodes, cfg.eval.eval_mode, seed=cfg.seed + 10_000, env=eval_env)
+        logger.log(step, {"eval/return_mean": result["return_mean"], "eval/return_std": result["return_std"]})
+        logger.progress(step, eval_return=result["return_mean"])
+        return result
+
+    def checkpoint(step: int) -> None:
+        rng_state = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}
+        save_checkpoint(run_dir, step, cfg.to_dict(), meta, learner.state_dict(), rng_state,
+                        buffer.state_dict() if cfg.buffer.save_buffer else None, cfg.checkpoint.keep_checkpoints)
+
+    obs, _ = env.reset(seed=cfg.seed + start_step)
+    recent_returns: list[float] = []
+    recent_lengths: list[int] = []
+    final_eval = None
+    step = start_step
+    last_time, last_step = time.perf_counter(), start_step
+    update_every = cfg.update.updates_per_step
+    stopped = False
+    with _StopFlag() as flag:
+        while step < cfg.total_steps:
+            if step < cfg.update.learning_starts:
+                action = rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
+            else:
+                with torch.inference_mode():
+                    action = learner.policy.act(torch.from_numpy(obs).unsqueeze(0), "sample")[0].numpy()
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            buffer.add(obs, action, reward, next_obs, terminated)
+            obs = next_obs
+            if terminated or truncated:
+                recent_returns.append(float(info["episode"]["r"]))
+                recent_lengths.append(int(info["episode"]["l"]))
+                obs, _ = env.reset()
+            step += 1
+
+            metrics = {}
+            if step > cfg.update.learning_starts:
+                log_now = step % cfg.log.log_every == 0
+                for i in range(update_every):
+                    metrics = learner.update(buffer.sample(cfg.update.batch_size),
+                                             with_metrics=log_now and i == update_every - 1)
+
+            if step % cfg.log.log_every == 0:
+                now = time.perf_counter()
+                row = dict(metrics)
+                row["train/sps"] = (step - last_step) / max(now - last_time, 1e-9)
+                last_time, last_step = now, step
+                row["train/updates"] = learner.updates
+                if recent_returns:
+                    row["train/episode_return"] = float(np.mean(recent_returns))
+                    row["train/episode_length"] = float(np.mean(recent_lengths))
+                if "train/alpha" not in row:
+                    row["train/alpha"] = learner.alpha
+                logger.log(step, row)
+                logger.progress(step, sps=row["train/sps"],
+                                **({"ret": row["train/episode_return"]} if recent_returns else {}))
+                recent_returns, recent_lengths = recent_returns[-1:], recent_lengths[-1:]
+            elif logger.bar is not None and step % 100 == 0:
+                logger.progress(step)
+
+            last = step == cfg.total_steps
+            if cfg.eval.eval_every and step % cfg.eval.eval_every == 0 or last:
+                final_eval = run_eval(step)
+            if (cfg.checkpoint.checkpoint_every and step % cfg.checkpoint.checkpoint_every == 0) or last:
+                checkpoint(step)
+            if flag.stop and not last:
+                logger.message(f"smfp: stop requested; writing a checkpoint at step {step} and exiting")
+                checkpoint(step)
+                stopped = True
+                break
+    logger.close()
+    env.close()
+    eval_env.close()
+    return TrainResult(run_dir, step, final_eval, stopped)
+
+
+__all__ = ["TrainResult", "train", "prepare_run_dir"]

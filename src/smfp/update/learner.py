@@ -1,0 +1,189 @@
+"""The learner: networks, optimisers and temperatures, advanced one update at a time.
+
+Data flows one way: the training loop hands in a replay ``Batch``; ``update`` returns a dict
+of metric tensors (converted to numbers only when the logger asks). Algorithms differ only
+by configuration: the policy class, and the mirror-descent weight ``lambda`` (0 = SAC's soft
+policy improvement).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from smfp.buffer import Batch
+from smfp.config import TrainConfig
+from smfp.critic import QEnsemble
+from smfp.policies import Policy, build_policy
+from smfp.policies.distributions import gaussian_log_prob, tanh_log_det
+from smfp.update.losses import actor_loss, critic_loss, soft_target
+
+
+def make_adam(params, lr: float) -> torch.optim.Adam:
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+def grad_norm(params: list[nn.Parameter], clip: float) -> torch.Tensor:
+    """Total gradient norm before clipping; clips in place when ``clip > 0``."""
+    return torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf, foreach=True)
+
+
+class Learner:
+    def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int):
+        self.cfg = cfg
+        p, c, u = cfg.policy, cfg.critic, cfg.update
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        kwargs = dict(obs_dim=obs_dim, act_dim=act_dim, hidden=p.hidden, log_std_min=p.log_std_min,
+                      log_std_max=p.log_std_max)
+        if cfg.policy_kind == "smfp":
+            kwargs["sigma_hidden"] = p.sigma_hidden
+        self.policy: Policy = build_policy(cfg.policy_kind, **kwargs)
+        self.components = p.components if self.policy.is_mixture else 1
+        self.target_components = (p.target_components or p.components) if self.policy.is_mixture else 1
+        self.actor_states = p.actor_states or max(1, u.batch_size // self.components)
+        self.use_md = u.md_lambda > 0 or u.autotune_lambda
+        self.anchor: Policy | None = copy.deepcopy(self.policy).requires_grad_(False) if self.use_md else None
+        self.critic = QEnsemble(obs_dim, act_dim, c.critic_hidden, c.num_q)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(max(u.alpha, 1e-8)), requires_grad=u.autotune_alpha)
+        self.log_lambda = torch.tensor(math.log(max(u.md_lambda, 1e-8)), requires_grad=u.autotune_lambda)
+        self.target_entropy = float(-act_dim if u.target_entropy is None else u.target_entropy)
+        self.actor_params = list(self.policy.parameters())
+        self.critic_params = list(self.critic.parameters())
+        self.actor_opt = make_adam(self.actor_params, u.actor_lr)
+        self.critic_opt = make_adam(self.critic_params, u.critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=u.alpha_lr) if u.autotune_alpha else None
+        self.lambda_opt = torch.optim.Adam([self.log_lambda], lr=u.lambda_lr) if u.autotune_lambda else None
+        self.updates = 0
+        self.last_refresh_kl = torch.zeros(())
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    @property
+    def md_lambda(self) -> torch.Tensor:
+        if not self.use_md:
+            return torch.zeros(())
+        return self.log_lambda.detach().exp()
+
+    def update(self, batch: Batch, with_metrics: bool = False) -> dict[str, torch.Tensor]:
+        u, p = self.cfg.update, self.cfg.policy
+        alpha = self.alpha
+
+        # Critic: regress the ensemble onto the soft target.
+        target = soft_target(self.policy, self.target_critic, batch, alpha, u.gamma, self.target_components)
+        loss_q, q = critic_loss(self.critic, batch, target)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss_q.backward()
+        critic_gn = grad_norm(self.critic_params, u.grad_clip) if (with_metrics or u.grad_clip > 0) else None
+        self.critic_opt.step()
+
+        # Actor: one entropic mirror-descent step, M actions for each of the first actor_states states.
+        obs_a = batch.obs[: self.actor_states]
+        loss_pi, smp, kl = actor_loss(self.policy, self.critic, self.anchor, obs_a, alpha, self.md_lambda,
+                                      self.components)
+        loss_mf = None
+        if self.policy.kind == "smfp" and p.meanflow_coef > 0 and self.updates % p.meanflow_every == 0:
+            loss_mf = self.policy.meanflow_loss(batch.obs[: p.meanflow_batch], r_neq_t=p.meanflow_r_neq_t)
+            loss_pi_total = loss_pi + p.meanflow_coef * loss_mf
+        else:
+            loss_pi_total = loss_pi
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss_pi_total.backward()
+        actor_gn = grad_norm(self.actor_params, u.grad_clip) if (with_metrics or u.grad_clip > 0) else None
+        self.actor_opt.step()
+
+        logp = smp.log_prob.detach()
+        if self.alpha_opt is not None:
+            loss_alpha = -(self.log_alpha * (logp.mean() + self.target_entropy))
+            self.alpha_opt.zero_grad(set_to_none=True)
+            loss_alpha.backward()
+            self.alpha_opt.step()
+        if self.lambda_opt is not None:
+            loss_lambda = -(self.log_lambda * (kl.detach() - u.target_kl))
+            self.lambda_opt.zero_grad(set_to_none=True)
+            loss_lambda.backward()
+            self.lambda_opt.step()
+
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.target_critic.parameters()), self.critic_params, u.tau)
+        self.updates += 1
+        refreshed = self._advance_anchor(kl.detach())
+
+        if not with_metrics:
+            return {}
+        with torch.no_grad():
+            x = smp.pre_squash.detach()
+            logp_m1 = gaussian_log_prob(x, smp.mean.detach(), smp.log_std.detach()) - tanh_log_det(x).sum(-1)
+            metrics = {
+                "losses/critic": loss_q.detach(), "losses/actor": loss_pi.detach(),
+                "train/alpha": alpha, "train/lambda": self.md_lambda,
+                "train/entropy": -logp.mean(), "train/entropy_m1": -logp_m1.mean(),
+                "train/kl_anchor": kl.detach(), "train/kl_anchor_at_refresh": self.last_refresh_kl,
+                "train/sigma_mean": smp.log_std.detach().exp().mean(),
+                "train/saturation": (x.abs() > 3.0).float().mean(),
+                "train/q_mean": q.detach().mean(), "train/q_min": q.detach().min(), "train/q_max": q.detach().max(),
+                "train/td_error": (q.detach() - target.unsqueeze(0)).abs().mean(),
+                "train/grad_norm_actor": actor_gn.detach(), "train/grad_norm_critic": critic_gn.detach(),
+            }
+            if loss_mf is not None:
+                metrics["losses/meanflow"] = loss_mf.detach()
+        del refreshed
+        return metrics
+
+    def _advance_anchor(self, kl: torch.Tensor) -> bool:
+        if self.anchor is None:
+            return False
+        anchor_params = list(self.anchor.parameters())
+        with torch.no_grad():
+            if self.cfg.update.anchor_tau > 0:
+                torch._foreach_lerp_(anchor_params, self.actor_params, self.cfg.update.anchor_tau)
+                self.last_refresh_kl = kl
+                return True
+            if self.updates % self.cfg.update.anchor_period == 0:
+                torch._foreach_copy_(anchor_params, self.actor_params)
+                self.last_refresh_kl = kl
+                return True
+        return False
+
+    # --- checkpointing ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(), "log_lambda": self.log_lambda.detach().clone(),
+            "updates": self.updates, "last_refresh_kl": self.last_refresh_kl.clone(),
+        }
+        if self.anchor is not None:
+            state["anchor"] = self.anchor.state_dict()
+        if self.alpha_opt is not None:
+            state["alpha_opt"] = self.alpha_opt.state_dict()
+        if self.lambda_opt is not None:
+            state["lambda_opt"] = self.lambda_opt.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+            self.log_lambda.copy_(state["log_lambda"])
+        self.updates = int(state["updates"])
+        self.last_refresh_kl = state["last_refresh_kl"].clone()
+        if self.anchor is not None:
+            self.anchor.load_state_dict(state["anchor"])
+        if self.alpha_opt is not None:
+            self.alpha_opt.load_state_dict(state["alpha_opt"])
+        if self.lambda_opt is not None:
+            self.lambda_opt.load_state_dict(state["lambda_opt"])
