@@ -63,6 +63,10 @@ class Learner:
         self.updates = 0
         self.last_refresh_kl = torch.zeros(())
 
+    def frozen_min_q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """min over the ensemble, with gradients to the action only."""
+        return self.critic.forward_frozen(obs, act).min(dim=0).values
+
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
@@ -87,7 +91,7 @@ class Learner:
 
         # Actor: one entropic mirror-descent step, M actions for each of the first actor_states states.
         obs_a = batch.obs[: self.actor_states]
-        loss_pi, smp, kl = actor_loss(self.policy, self.critic, self.anchor, obs_a, alpha, self.md_lambda,
+        loss_pi, smp, kl = actor_loss(self.policy, self.frozen_min_q, self.anchor, obs_a, alpha, self.md_lambda,
                                       self.components)
         loss_mf = None
         if self.policy.kind == "smfp" and p.meanflow_coef > 0 and self.updates % p.meanflow_every == 0:
@@ -115,7 +119,7 @@ class Learner:
         with torch.no_grad():
             torch._foreach_lerp_(list(self.target_critic.parameters()), self.critic_params, u.tau)
         self.updates += 1
-        refreshed = self._advance_anchor(kl.detach())
+        self._advance_anchor(kl.detach())
 
         if not with_metrics:
             return {}
@@ -135,23 +139,19 @@ class Learner:
             }
             if loss_mf is not None:
                 metrics["losses/meanflow"] = loss_mf.detach()
-        del refreshed
         return metrics
 
-    def _advance_anchor(self, kl: torch.Tensor) -> bool:
+    def _advance_anchor(self, kl: torch.Tensor) -> None:
         if self.anchor is None:
-            return False
+            return
         anchor_params = list(self.anchor.parameters())
         with torch.no_grad():
             if self.cfg.update.anchor_tau > 0:
                 torch._foreach_lerp_(anchor_params, self.actor_params, self.cfg.update.anchor_tau)
                 self.last_refresh_kl = kl
-                return True
-            if self.updates % self.cfg.update.anchor_period == 0:
+            elif self.updates % self.cfg.update.anchor_period == 0:
                 torch._foreach_copy_(anchor_params, self.actor_params)
                 self.last_refresh_kl = kl
-                return True
-        return False
 
     # --- checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -5,6 +5,8 @@ Section numbers refer to DESIGN.md.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from smfp.buffer import Batch
@@ -33,17 +35,19 @@ def critic_loss(critic: QEnsemble, batch: Batch, target: torch.Tensor) -> tuple[
     return (q - target.unsqueeze(0)).pow(2).mean(dim=1).sum(), q
 
 
-def actor_loss(policy: Policy, critic: QEnsemble, anchor: Policy | None, obs: torch.Tensor, alpha: torch.Tensor,
-               md_lambda: torch.Tensor | float, components: int):
+def actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], anchor: Policy | None,
+               obs: torch.Tensor, alpha: torch.Tensor | float, md_lambda: torch.Tensor | float, components: int):
     """Entropic mirror-descent actor loss (section 5), reparameterised through the sampler.
 
     ``E[alpha log pi_hat(a|s) - min_j Q_j(s, a)] + lambda E_z[KL(N(mu(s,z), s^2) || N(mu_k(s,z), s_k^2))]``,
-    with the anchor evaluated at the same noises ``z``. Returns (loss, sample, kl).
+    with the anchor evaluated at the same noises ``z``. ``q_fn(obs, act) -> (N,)`` is the value the
+    actor climbs (the critic ensemble's min with frozen weights, or a known Q in tests).
+    Returns (loss, sample, kl).
     """
     smp = policy.sample(obs, components)
     b, m, d = smp.action.shape
     obs_rep = obs.unsqueeze(1).expand(b, m, obs.shape[-1]).reshape(b * m, -1)
-    q = critic.forward_frozen(obs_rep, smp.action.reshape(b * m, d)).min(dim=0).values.reshape(b, m)
+    q = q_fn(obs_rep, smp.action.reshape(b * m, d)).reshape(b, m)
     loss = (alpha * smp.log_prob - q).mean()
     kl = torch.zeros((), dtype=obs.dtype)
     if anchor is not None:
