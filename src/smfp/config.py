@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-ALGOS = ("sac", "mdpo", "smfp")
-Algo = Literal["sac", "mdpo", "smfp"]
-ALGO_POLICY = {"sac": "gaussian", "mdpo": "gaussian", "smfp": "smfp"}
+ALGOS = ("sac", "mdpo", "smfp", "flow")
+Algo = Literal["sac", "mdpo", "smfp", "flow"]
+ALGO_POLICY = {"sac": "gaussian", "mdpo": "gaussian", "smfp": "smfp", "flow": "flow"}
 
 
 def doc(text: str, **kw):
@@ -46,6 +46,7 @@ class PolicyConfig:
     meanflow_every: int = doc("apply the MeanFlow loss every N updates", default=2)
     meanflow_batch: int = doc("states per MeanFlow loss evaluation", default=64)
     meanflow_r_neq_t: float = doc("fraction of MeanFlow samples with r != t", default=0.5)
+    flow_steps: int = doc("K, Euler steps of the flow-K policy (--algo flow)", default=20)
 
 
 @dataclass
@@ -106,8 +107,27 @@ class CheckpointConfig:
 
 
 @dataclass
+class AlarmConfig:
+    alarms: bool = doc("watch training health and raise alarms (alerts.jsonl)", default=True)
+    probe_every: int = doc("count modes at fixed probe states every N steps (0: off)", default=10_000)
+    probe_states: int = doc("probe states drawn from the replay buffer when probing starts", default=8)
+    probe_samples: int = doc("actions sampled per probe state", default=256)
+    mode_gap_min: float = doc("mode collapse: entropy gap (surrogate - conditional) below this, nats",
+                              default=0.05)
+    entropy_collapse_margin: float = doc("entropy collapse: nats below the target entropy", default=5.0)
+    entropy_collapse_window: int = doc("entropy collapse: consecutive log intervals", default=5)
+    grad_norm_max: float = doc("exploding gradients: norm (before clipping) above this", default=1e4)
+    saturation_max: float = doc("saturation: fraction of |pre-tanh| > 3 above this", default=0.5)
+    kl_factor: float = doc("KL too large: KL to the anchor above this multiple of --target-kl", default=10.0)
+    max_nonfinite: int = doc("consecutive non-finite updates before restoring the last good checkpoint",
+                             default=20)
+    recovery_lr_factor: float = doc("learning-rate factor applied after such a restore", default=0.5)
+
+
+@dataclass
 class TrainConfig:
-    algo: Algo = doc("algorithm: sac (Gaussian), mdpo (Gaussian + mirror descent), smfp (SMFP + mirror descent)",
+    algo: Algo = doc("algorithm: sac (Gaussian), mdpo (Gaussian + mirror descent), smfp (SMFP + mirror descent), "
+                     "flow (flow-K multi-step baseline + mirror descent)",
                      default="sac")
     total_steps: int = doc("environment steps to train for", default=100_000)
     seed: int = doc("random seed", default=0)
@@ -122,6 +142,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    monitor: AlarmConfig = field(default_factory=AlarmConfig)
 
     @property
     def policy_kind(self) -> str:
@@ -151,6 +172,10 @@ class TrainConfig:
             "--updates-per-step": self.update.updates_per_step, "--num-q": self.critic.num_q,
             "--best-of-n": self.eval.best_of_n, "--keep-checkpoints": self.checkpoint.keep_checkpoints,
             "--meanflow-every": self.policy.meanflow_every, "--meanflow-batch": self.policy.meanflow_batch,
+            "--flow-steps": self.policy.flow_steps,
+            "--probe-states": self.monitor.probe_states, "--probe-samples": self.monitor.probe_samples,
+            "--entropy-collapse-window": self.monitor.entropy_collapse_window,
+            "--max-nonfinite": self.monitor.max_nonfinite,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -161,13 +186,15 @@ class TrainConfig:
             "--target-components": self.policy.target_components, "--grad-clip": self.update.grad_clip,
             "--meanflow-coef": self.policy.meanflow_coef, "--md-lambda": self.update.md_lambda or 0.0,
             "--alpha": self.update.alpha, "--anchor-tau": self.update.anchor_tau,
+            "--probe-every": self.monitor.probe_every,
         }
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
         for name, value in {"--gamma": self.update.gamma, "--tau": self.update.tau,
                             "--meanflow-r-neq-t": self.policy.meanflow_r_neq_t,
-                            "--anchor-tau": self.update.anchor_tau}.items():
+                            "--anchor-tau": self.update.anchor_tau,
+                            "--recovery-lr-factor": self.monitor.recovery_lr_factor}.items():
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
         for name, widths in {"--hidden": self.policy.hidden, "--critic-hidden": self.critic.critic_hidden,
@@ -194,7 +221,8 @@ class TrainConfig:
         kwargs = {}
         nested = {f.name: f.type for f in dataclasses.fields(cls)}
         sub_types = {"env": EnvConfig, "policy": PolicyConfig, "critic": CriticConfig, "update": UpdateConfig,
-                     "buffer": BufferConfig, "eval": EvalConfig, "log": LogConfig, "checkpoint": CheckpointConfig}
+                     "buffer": BufferConfig, "eval": EvalConfig, "log": LogConfig, "checkpoint": CheckpointConfig,
+                     "monitor": AlarmConfig}
         for key, value in data.items():
             if key not in nested:
                 raise ConfigError(f"unknown config key {key!r}")

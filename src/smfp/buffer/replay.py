@@ -64,10 +64,13 @@ class ReplayBuffer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a saved buffer; this one may be larger (a run resumed with a larger --total-steps)."""
         n = int(state["size"])
-        if n > self.capacity or int(state["capacity"]) != self.capacity:
-            raise ValueError(f"saved buffer has capacity {state['capacity']}, this one {self.capacity}")
+        if n > self.capacity:
+            raise ValueError(f"saved buffer holds {n} transitions, more than this one's capacity {self.capacity}")
         for f in self.FIELDS:
             getattr(self, f)[:n] = state[f]
-        self.pos, self.size = int(state["pos"]), n
+        # Same capacity: carry on exactly where the saved buffer stopped; a larger one appends after it.
+        same = int(state["capacity"]) == self.capacity
+        self.pos, self.size = (int(state["pos"]) if same else n % self.capacity), n
         self.generator.set_state(state["generator"])

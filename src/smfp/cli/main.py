@@ -17,8 +17,9 @@ from smfp.config import ConfigError, TrainConfig
 def _user_errors() -> tuple[type[BaseException], ...]:
     from smfp.envs import EnvError
     from smfp.train.checkpoint import CheckpointError
+    from smfp.train.loop import TrainingDiverged
 
-    return (ConfigError, EnvError, CheckpointError)
+    return (ConfigError, EnvError, CheckpointError, TrainingDiverged)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -65,6 +66,17 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from smfp.monitor.report import write_report
+
+    try:
+        path = write_report(args.run_dirs, args.out)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="smfp", description="Stochastic MeanFlow Policies: train, evaluate, benchmark.")
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser, metavar="COMMAND")
@@ -81,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=10_000, help="episode i starts from reset(seed + i)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="Markdown summary and PNG figures of one or several runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output folder (default: FIRST_RUN_DIR/report)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks: train (update throughput)")
     bench = p.add_subparsers(dest="bench", parser_class=OneLineParser, metavar="BENCH")

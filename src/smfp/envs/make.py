@@ -69,7 +69,9 @@ def make_env(env_id: str, seed: int | None = None, max_episode_steps: int | None
 
 def _make_checked(env_id, seed, max_episode_steps, render_mode) -> gym.Env:
     try:
-        env = gym.make(env_id, max_episode_steps=max_episode_steps, render_mode=render_mode)
+        # render_mode only when asked for: passing render_mode=None breaks envs whose __init__ lacks it
+        extra = {"render_mode": render_mode} if render_mode is not None else {}
+        env = gym.make(env_id, max_episode_steps=max_episode_steps, **extra)
     except gym.error.Error as exc:
         raise EnvError(f"unknown or unavailable env {env_id!r} ({type(exc).__name__}: {exc}); "
                        "check the id with gymnasium.pprint_registry()") from None

@@ -1,10 +1,11 @@
 """Policy classes: one interface (``Policy``), several generators of actions."""
 
 from smfp.policies.base import ACT_MODES, Policy, PolicySample
+from smfp.policies.flow import FlowPolicy
 from smfp.policies.gaussian import GaussianPolicy
 from smfp.policies.smfp import SMFPPolicy
 
-POLICY_CLASSES = {"gaussian": GaussianPolicy, "smfp": SMFPPolicy}
+POLICY_CLASSES = {"gaussian": GaussianPolicy, "smfp": SMFPPolicy, "flow": FlowPolicy}
 
 
 def build_policy(kind: str, **kwargs) -> Policy:
@@ -13,4 +14,4 @@ def build_policy(kind: str, **kwargs) -> Policy:
     return POLICY_CLASSES[kind](**kwargs)
 
 
-__all__ = ["ACT_MODES", "GaussianPolicy", "Policy", "PolicySample", "SMFPPolicy", "POLICY_CLASSES", "build_policy"]
+__all__ = ["ACT_MODES", "FlowPolicy", "GaussianPolicy", "Policy", "PolicySample", "SMFPPolicy", "POLICY_CLASSES", "build_policy"]

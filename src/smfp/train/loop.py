@@ -21,6 +21,8 @@ from smfp.agent import Agent, evaluate
 from smfp.buffer import ReplayBuffer
 from smfp.config import ConfigError, TrainConfig
 from smfp.envs import env_dims, make_env
+from smfp.monitor.alarms import AlarmMonitor
+from smfp.monitor.health import HealthProbe
 from smfp.monitor.logger import MetricsLogger
 from smfp.train.atomic import atomic_write_text
 from smfp.update import Learner
@@ -29,6 +31,11 @@ from smfp.train.checkpoint import CheckpointError, latest_checkpoint, save_check
 # Fields that may differ when a run is resumed (they do not change the method).
 RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "log.progress", "eval.eval_every",
                      "eval.eval_episodes", "checkpoint.checkpoint_every", "checkpoint.keep_checkpoints"}
+RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change the method
+
+
+class TrainingDiverged(RuntimeError):
+    """Non-finite updates persisted and there is no good checkpoint to return to."""
 
 
 @dataclass
@@ -69,7 +76,8 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         except (json.JSONDecodeError, OSError):
             raise ConfigError(f"{saved} is unreadable; cannot resume this run") from None
         new = _flatten(cfg.to_dict())
-        diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
+                      and not k.startswith(RESUMABLE_PREFIXES) and old.get(k) != new.get(k))
         if diff:
             raise ConfigError(f"run dir {run_dir} holds a different run (differs in: {', '.join(diff)}); "
                               "use the same options to resume or choose another --run-dir")
@@ -142,6 +150,10 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
                    f"(replay buffer {buffer.capacity} transitions, {buffer.nbytes / 2**20:.1f} MiB allocated"
                    + (f"; resumed at step {start_step}" if start_step else "") + ")")
 
+    alarms = AlarmMonitor(cfg.monitor, run_dir, learner.target_entropy, cfg.update.target_kl, learner.use_md,
+                          emit=logger.message, start_step=start_step) if cfg.monitor.alarms else None
+    probe = HealthProbe(cfg.monitor, learner.policy) if cfg.monitor.alarms and cfg.monitor.probe_every else None
+
     agent = Agent(learner.policy, learner.critic, cfg.env.env, np.asarray(meta["action_low"]),
                   np.asarray(meta["action_high"]), cfg.eval.best_of_n)
 
@@ -152,9 +164,31 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
         return result
 
     def checkpoint(step: int) -> None:
+        if not learner.all_finite():
+            logger.message(f"smfp: NOT writing the checkpoint at step {step}: the learner holds non-finite values")
+            return
         rng_state = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}
         save_checkpoint(run_dir, step, cfg.to_dict(), meta, learner.state_dict(), rng_state,
                         buffer.state_dict() if cfg.buffer.save_buffer else None, cfg.checkpoint.keep_checkpoints)
+
+    recoveries: list[int] = []
+
+    def recover(step: int) -> None:
+        """After too many non-finite updates in a row: reload the last good checkpoint, lower the lr."""
+        good = latest_checkpoint(run_dir)
+        if good is None:
+            raise TrainingDiverged(f"training diverged at step {step} ({learner.consecutive_nonfinite} non-finite "
+                                   "updates in a row) before any checkpoint was written; lower the learning "
+                                   "rates or use --grad-clip")
+        skipped = learner.skipped_updates
+        learner.load_state_dict(good["learner"])
+        learner.skipped_updates = skipped
+        recoveries.append(step)
+        factor = cfg.monitor.recovery_lr_factor ** len(recoveries)  # compounding: each recovery lowers it again
+        learner.scale_learning_rates(factor)
+        logger.message(f"smfp: {cfg.monitor.max_nonfinite} non-finite updates in a row at step {step}: restored the "
+                       f"checkpoint of step {good['step']} and scaled its learning rates by {factor:g}")
+        logger.log(step, {"train/recoveries": 1.0, "train/skipped_updates": float(skipped)})
 
     obs, _ = env.reset(seed=cfg.seed + start_step)
     recent_returns: list[float] = []
@@ -186,6 +220,8 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
                 for i in range(update_every):
                     metrics = learner.update(buffer.sample(cfg.update.batch_size),
                                              with_metrics=log_now and i == update_every - 1)
+                if learner.consecutive_nonfinite >= cfg.monitor.max_nonfinite:
+                    recover(step)
 
             if step % cfg.log.log_every == 0:
                 now = time.perf_counter()
@@ -198,7 +234,12 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
                     row["train/episode_length"] = float(np.mean(recent_lengths))
                 if "train/alpha" not in row:
                     row["train/alpha"] = learner.alpha
-                logger.log(step, row)
+                if probe is not None and step > cfg.update.learning_starts:
+                    if step - probe.last_step >= cfg.monitor.probe_every or probe.last_step < 0:
+                        row.update(probe.measure(step, buffer))
+                row = logger.log(step, row)
+                if alarms is not None:
+                    alarms.observe(step, row)
                 logger.progress(step, sps=row["train/sps"],
                                 **({"ret": row["train/episode_return"]} if recent_returns else {}))
                 recent_returns, recent_lengths = recent_returns[-1:], recent_lengths[-1:]
@@ -215,6 +256,8 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
                 checkpoint(step)
                 stopped = True
                 break
+    if alarms is not None:
+        logger.message(f"smfp: alarms: {alarms.summary()}")
     logger.close()
     env.close()
     eval_env.close()

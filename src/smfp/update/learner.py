@@ -41,8 +41,10 @@ class Learner:
         self.obs_dim, self.act_dim = obs_dim, act_dim
         kwargs = dict(obs_dim=obs_dim, act_dim=act_dim, hidden=p.hidden, log_std_min=p.log_std_min,
                       log_std_max=p.log_std_max)
-        if cfg.policy_kind == "smfp":
+        if cfg.policy_kind in ("smfp", "flow"):
             kwargs["sigma_hidden"] = p.sigma_hidden
+        if cfg.policy_kind == "flow":
+            kwargs["steps"] = p.flow_steps
         self.policy: Policy = build_policy(cfg.policy_kind, **kwargs)
         self.components = p.components if self.policy.is_mixture else 1
         self.target_components = (p.target_components or p.components) if self.policy.is_mixture else 1
@@ -61,6 +63,8 @@ class Learner:
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=u.alpha_lr) if u.autotune_alpha else None
         self.lambda_opt = torch.optim.Adam([self.log_lambda], lr=u.lambda_lr) if u.autotune_lambda else None
         self.updates = 0
+        self.skipped_updates = 0
+        self.consecutive_nonfinite = 0
         self.last_refresh_kl = torch.zeros(())
 
     def frozen_min_q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -86,7 +90,9 @@ class Learner:
         loss_q, q = critic_loss(self.critic, batch, target)
         self.critic_opt.zero_grad(set_to_none=True)
         loss_q.backward()
-        critic_gn = grad_norm(self.critic_params, u.grad_clip) if (with_metrics or u.grad_clip > 0) else None
+        critic_gn = grad_norm(self.critic_params, u.grad_clip)
+        if not self._finite(loss_q, critic_gn):
+            return self._skip(self.critic_opt, with_metrics)
         self.critic_opt.step()
 
         # Actor: one entropic mirror-descent step, M actions for each of the first actor_states states.
@@ -101,8 +107,11 @@ class Learner:
             loss_pi_total = loss_pi
         self.actor_opt.zero_grad(set_to_none=True)
         loss_pi_total.backward()
-        actor_gn = grad_norm(self.actor_params, u.grad_clip) if (with_metrics or u.grad_clip > 0) else None
+        actor_gn = grad_norm(self.actor_params, u.grad_clip)
+        if not self._finite(loss_pi_total, actor_gn):
+            return self._skip(self.actor_opt, with_metrics)
         self.actor_opt.step()
+        self.consecutive_nonfinite = 0
 
         logp = smp.log_prob.detach()
         if self.alpha_opt is not None:
@@ -136,10 +145,34 @@ class Learner:
                 "train/q_mean": q.detach().mean(), "train/q_min": q.detach().min(), "train/q_max": q.detach().max(),
                 "train/td_error": (q.detach() - target.unsqueeze(0)).abs().mean(),
                 "train/grad_norm_actor": actor_gn.detach(), "train/grad_norm_critic": critic_gn.detach(),
+                "train/skipped_updates": torch.tensor(float(self.skipped_updates)),
             }
             if loss_mf is not None:
                 metrics["losses/meanflow"] = loss_mf.detach()
         return metrics
+
+    @staticmethod
+    def _finite(loss: torch.Tensor, norm: torch.Tensor) -> bool:
+        return bool(torch.isfinite(loss).item() and torch.isfinite(norm).item())
+
+    def _skip(self, optimizer: torch.optim.Optimizer, with_metrics: bool) -> dict[str, torch.Tensor]:
+        """Guard: a non-finite loss or gradient is never applied; the update is skipped and counted."""
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped_updates += 1
+        self.consecutive_nonfinite += 1
+        return {"train/skipped_updates": torch.tensor(float(self.skipped_updates))} if with_metrics else {}
+
+    def scale_learning_rates(self, factor: float) -> None:
+        for opt in (self.actor_opt, self.critic_opt, self.alpha_opt, self.lambda_opt):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = group["lr"] * factor
+
+    def all_finite(self) -> bool:
+        """True when every weight and optimiser moment is finite (checked before writing a checkpoint)."""
+        tensors = [*self.policy.parameters(), *self.critic.parameters(), *self.target_critic.parameters(),
+                   self.log_alpha, self.log_lambda]
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
 
     def _advance_anchor(self, kl: torch.Tensor) -> None:
         if self.anchor is None:
@@ -161,6 +194,7 @@ class Learner:
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "log_alpha": self.log_alpha.detach().clone(), "log_lambda": self.log_lambda.detach().clone(),
             "updates": self.updates, "last_refresh_kl": self.last_refresh_kl.clone(),
+            "skipped_updates": self.skipped_updates,
         }
         if self.anchor is not None:
             state["anchor"] = self.anchor.state_dict()
@@ -180,6 +214,8 @@ class Learner:
             self.log_alpha.copy_(state["log_alpha"])
             self.log_lambda.copy_(state["log_lambda"])
         self.updates = int(state["updates"])
+        self.skipped_updates = int(state.get("skipped_updates", 0))
+        self.consecutive_nonfinite = 0
         self.last_refresh_kl = state["last_refresh_kl"].clone()
         if self.anchor is not None:
             self.anchor.load_state_dict(state["anchor"])

@@ -1,0 +1,1 @@
+"""Benchmarks and controlled test beds (one-state bandits, speed and learning benchmarks)."""

@@ -1,0 +1,130 @@
+"""Training-health alarms (DESIGN.md section 1, checklist item 3: stability monitoring).
+
+Each alarm watches metrics rows as they are logged. It fires when its condition becomes true
+(printed once, appended to ``alerts.jsonl``) and re-arms only after the condition has been false
+again, so a persisting problem is reported once, not every row. Thresholds are fields of
+``AlarmConfig`` (``smfp train --help`` lists them with their defaults).
+
+| alarm | condition on a metrics row |
+|---|---|
+| ``mode_collapse`` | the policy showed >= 2 modes at the probe states before, now 1, and the entropy gap ``train/entropy - train/entropy_m1`` is below ``--mode-gap-min`` |
+| ``entropy_collapse`` | ``train/entropy`` below target entropy minus ``--entropy-collapse-margin`` for ``--entropy-collapse-window`` consecutive rows |
+| ``exploding_gradients`` | an actor or critic gradient norm (before clipping) above ``--grad-norm-max`` |
+| ``saturation`` | ``train/saturation`` (fraction of ``|pre-tanh| > 3``) above ``--saturation-max`` |
+| ``kl_too_large`` | ``train/kl_anchor`` above ``--kl-factor`` x ``--target-kl`` (mirror-descent step too large) |
+| ``nonfinite_updates`` | updates skipped because a loss or gradient was not finite (``train/skipped_updates`` grew) |
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from smfp.monitor.logger import read_metrics
+from smfp.train.atomic import atomic_write_text
+
+
+@dataclass
+class Alert:
+    step: int
+    alarm: str
+    message: str
+    value: float
+
+
+def _num(row: dict, key: str) -> Optional[float]:
+    v = row.get(key)
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):  # non-finite values are logged as strings ("nan", "inf")
+        return float("nan")
+    return None
+
+
+class AlarmMonitor:
+    def __init__(self, cfg, run_dir: Path, target_entropy: float, target_kl: float, uses_md: bool,
+                 emit: Callable[[str], None] = print, start_step: int = 0):
+        self.cfg = cfg
+        self.target_entropy = target_entropy
+        self.target_kl = target_kl
+        self.uses_md = uses_md
+        self.emit = emit
+        self.path = Path(run_dir) / "alerts.jsonl"
+        previous = read_metrics(self.path)
+        if start_step > 0 or previous:
+            kept = [r for r in previous if r["step"] <= start_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            previous = kept
+        self.alerts: list[Alert] = [Alert(r["step"], r["alarm"], r["message"], r.get("value", float("nan")))
+                                    for r in previous]
+        self.active: set[str] = set()
+        self.low_entropy_rows = 0
+        self.max_modes = 0.0
+        self.skipped = 0.0
+
+    def _conditions(self, row: dict) -> dict[str, tuple[bool, float, str]]:
+        c = self.cfg
+        out: dict[str, tuple[bool, float, str]] = {}
+        entropy, entropy_m1 = _num(row, "train/entropy"), _num(row, "train/entropy_m1")
+        modes = _num(row, "health/modes")
+        if modes is not None and math.isfinite(modes):
+            self.max_modes = max(self.max_modes, modes)
+            gap = (entropy - entropy_m1) if entropy is not None and entropy_m1 is not None else 0.0
+            collapsed = self.max_modes >= 2 and modes <= 1 and gap < c.mode_gap_min
+            out["mode_collapse"] = (collapsed, modes, f"mode count at the probe states fell to {modes:g} (had "
+                                    f"{self.max_modes:g}) and the entropy gap is {gap:.3g} nats")
+        if entropy is not None:
+            low = not math.isfinite(entropy) or entropy < self.target_entropy - c.entropy_collapse_margin
+            self.low_entropy_rows = self.low_entropy_rows + 1 if low else 0
+            out["entropy_collapse"] = (self.low_entropy_rows >= c.entropy_collapse_window, entropy,
+                                       f"entropy {entropy:.3g} has stayed more than {c.entropy_collapse_margin:g} "
+                                       f"nats below its target {self.target_entropy:g} for "
+                                       f"{self.low_entropy_rows} log intervals")
+        norms = [v for v in (_num(row, "train/grad_norm_actor"), _num(row, "train/grad_norm_critic")) if v is not None]
+        if norms:
+            worst = max(norms, key=lambda v: v if math.isfinite(v) else math.inf)
+            out["exploding_gradients"] = (not math.isfinite(worst) or worst > c.grad_norm_max, worst,
+                                          f"gradient norm {worst:.3g} exceeds {c.grad_norm_max:g}")
+        sat = _num(row, "train/saturation")
+        if sat is not None:
+            out["saturation"] = (sat > c.saturation_max, sat, f"{100 * sat:.1f}% of pre-tanh actions beyond |x| > 3 "
+                                 f"(limit {100 * c.saturation_max:.0f}%): actions pinned at the bounds")
+        kl = _num(row, "train/kl_anchor")
+        if kl is not None and self.uses_md:
+            limit = c.kl_factor * self.target_kl
+            out["kl_too_large"] = (not math.isfinite(kl) or kl > limit, kl,
+                                   f"KL to the anchor {kl:.3g} exceeds {limit:.3g} ({c.kl_factor:g} x target): "
+                                   "mirror-descent step too large (raise --md-lambda or shorten --anchor-period)")
+        skipped = _num(row, "train/skipped_updates")
+        if skipped is not None:
+            grew = skipped > self.skipped
+            out["nonfinite_updates"] = (grew, skipped, f"{skipped - self.skipped:g} updates skipped for non-finite "
+                                        f"losses or gradients ({skipped:g} in all)")
+            self.skipped = skipped
+        return out
+
+    def observe(self, step: int, row: dict) -> list[Alert]:
+        fired = []
+        for name, (on, value, message) in self._conditions(row).items():
+            if on and name not in self.active:
+                self.active.add(name)
+                alert = Alert(int(step), name, message, float(value))
+                fired.append(alert)
+                self.alerts.append(alert)
+                self.emit(f"smfp: ALERT {name} at step {step}: {message}")
+                with open(self.path, "a") as f:
+                    f.write(json.dumps({**asdict(alert), "value": value if math.isfinite(value) else str(value)}) + "\n")
+            elif not on:
+                self.active.discard(name)
+        return fired
+
+    def summary(self) -> str:
+        if not self.alerts:
+            return "no alarms"
+        counts: dict[str, list[int]] = {}
+        for a in self.alerts:
+            counts.setdefault(a.alarm, []).append(a.step)
+        return "; ".join(f"{name} x{len(steps)} (first at step {steps[0]})" for name, steps in counts.items())

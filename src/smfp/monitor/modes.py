@@ -1,0 +1,329 @@
+"""Assess multimodality: count the modes of a policy's action distribution (``smfp inspect``).
+
+The mode-count rule (stated once, tested on known mixtures in ``tests/test_modes.py``):
+
+    A *mode* is a local maximum of a Gaussian kernel density estimate of the sampled actions
+    that attracts, by mean-shift, at least ``min_mass`` (default 5%) of the samples.
+
+- Bandwidth ``h``: Scott's rule ``h = s * n^(-1/(d+4))``, with ``s`` the root-mean-square of the
+  per-dimension standard deviations of the ``n`` samples, floored at ``min_bandwidth`` (0.02 in
+  action units, actions being in ``[-1, 1]^d``) so that a near-deterministic policy is one mode.
+- Every sample climbs the density by mean-shift iterations
+  ``y <- sum_j K(y, a_j) a_j / sum_j K(y, a_j)`` until it moves less than ``0.01 h`` (at most 100
+  iterations).
+- End points closer than ``h`` are one mode (visited from the densest end point down; two modes of
+  a kernel estimate with bandwidth ``h`` lie at least about ``2 h`` apart).
+- Modes attracting less than ``min_mass`` of the samples are reported as ``minor`` and not counted
+  (stray tail samples must not count as behaviour).
+
+- More than 3 action dimensions: the samples are first projected onto their 3 leading principal
+  components (a kernel estimate in many dimensions breaks into isolated bumps; clusters that are
+  well separated show up in the leading components, which carry the between-cluster variance).
+
+Because ``h`` scales with the spread of the samples, the rule does not depend on the units of
+the action; it separates clusters that are further apart than a few bandwidths and calls a
+single broad Gaussian one mode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MIN_MASS = 0.05
+DEFAULT_MIN_BANDWIDTH = 0.02
+
+
+@dataclass
+class ModeResult:
+    count: int  # modes with mass >= min_mass
+    centers: np.ndarray  # (count, d), heaviest first
+    masses: np.ndarray  # (count,)
+    labels: np.ndarray  # (n,) index into centers, -1 for samples of minor modes
+    bandwidth: float
+    minor: int = 0  # modes below min_mass
+    minor_mass: float = 0.0
+
+
+def scott_bandwidth(actions: np.ndarray, min_bandwidth: float = DEFAULT_MIN_BANDWIDTH) -> float:
+    n, d = actions.shape
+    spread = math.sqrt(float(np.mean(np.var(actions, axis=0))))
+    return max(spread * n ** (-1.0 / (d + 4)), min_bandwidth)
+
+
+def count_modes(actions, bandwidth: float | None = None, min_mass: float = DEFAULT_MIN_MASS,
+                min_bandwidth: float = DEFAULT_MIN_BANDWIDTH, max_iter: int = 100,
+                max_dims: int = 3) -> ModeResult:
+    """Apply the mode-count rule (module docstring) to samples ``actions`` of shape (n, d)."""
+    x = np.asarray(actions, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"count_modes needs a (n, d) array of samples, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("count_modes got non-finite samples")
+    if not 0.0 <= min_mass < 1.0:
+        raise ValueError(f"min_mass must be in [0, 1), got {min_mass}")
+    n = x.shape[0]
+    centre = x.mean(0)
+    basis = None
+    if x.shape[1] > max_dims:
+        _, _, vt = np.linalg.svd(x - centre, full_matrices=False)
+        basis = vt[:max_dims]  # (k, d)
+        x = (x - centre) @ basis.T
+    h = float(bandwidth) if bandwidth is not None else scott_bandwidth(x, min_bandwidth)
+    if h <= 0:
+        raise ValueError(f"bandwidth must be positive, got {h}")
+    inv = 1.0 / (2.0 * h * h)
+    sq_x = (x * x).sum(1)
+
+    def kernel(y: np.ndarray) -> np.ndarray:
+        d2 = (y * y).sum(1)[:, None] + sq_x[None, :] - 2.0 * y @ x.T
+        return np.exp(-np.maximum(d2, 0.0) * inv)
+
+    y = x.copy()
+    active = np.ones(n, dtype=bool)
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        w = kernel(y[idx])
+        new = (w @ x) / w.sum(1, keepdims=True)
+        moved = np.linalg.norm(new - y[idx], axis=1)
+        y[idx] = new
+        active[idx[moved < 1e-2 * h]] = False
+
+    density = kernel(y).sum(1)
+    order = np.argsort(-density)
+    centers: list[np.ndarray] = []
+    raw_labels = np.empty(n, dtype=int)
+    for i in order:
+        for k, c in enumerate(centers):
+            if np.linalg.norm(y[i] - c) < h:
+                raw_labels[i] = k
+                break
+        else:
+            centers.append(y[i])
+            raw_labels[i] = len(centers) - 1
+    counts = np.bincount(raw_labels, minlength=len(centers))
+    masses = counts / n
+    keep = [k for k in np.argsort(-counts, kind="stable") if masses[k] >= min_mass]
+    remap = np.full(len(centers), -1)
+    remap[keep] = np.arange(len(keep))
+    minor = [k for k in range(len(centers)) if masses[k] < min_mass]
+    kept = np.array([centers[k] for k in keep]).reshape(len(keep), x.shape[1])
+    if basis is not None:  # back to action coordinates (the centre of the mode in the projection)
+        kept = kept @ basis + centre
+    return ModeResult(count=len(keep), centers=kept,
+                      masses=masses[keep], labels=remap[raw_labels], bandwidth=h, minor=len(minor),
+                      minor_mass=float(masses[minor].sum()) if minor else 0.0)
+
+
+# --- policy probing (used by `smfp inspect` and `smfp demo`) ---------------------------------------
+
+@dataclass
+class StateReport:
+    state: list[float]
+    modes: int
+    entropy: float
+    entropy_m1: float
+    masses: list[float]
+    centers: list[list[float]]
+    bandwidth: float
+    actions: np.ndarray = field(repr=False)  # (n, d) sampled actions in [-1, 1]^d
+
+    def to_json(self) -> dict:
+        return {"state": self.state, "modes": self.modes, "entropy": self.entropy, "entropy_m1": self.entropy_m1,
+                "mode_masses": self.masses, "mode_centers": self.centers, "bandwidth": self.bandwidth}
+
+
+def sample_actions(policy, obs: np.ndarray, n: int, entropy_components: int = 256):
+    """``n`` actions in [-1, 1]^d at one observation, and entropy estimates there.
+
+    ``entropy``: the semi-implicit estimate with ``min(n, entropy_components)`` mixture components
+    (exact for the Gaussian policy); ``entropy_m1``: the conditional surrogate (M = 1). Both in
+    units of the [-1, 1]^d action, like ``train/entropy`` and ``train/entropy_m1``.
+    """
+    import torch
+
+    from smfp.policies.distributions import gaussian_log_prob, tanh_log_det
+
+    o = torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(1, -1)
+    actions, logp, logp_m1 = [], [], []
+    with torch.no_grad():
+        left = n
+        while left > 0:
+            m = min(left, entropy_components)
+            if policy.is_mixture:
+                smp = policy.sample(o, m)
+            else:
+                smp = policy.sample(o.expand(m, -1), 1)
+            x = smp.pre_squash.reshape(-1, smp.pre_squash.shape[-1])
+            actions.append(smp.action.reshape(-1, x.shape[-1]))
+            logp.append(smp.log_prob.reshape(-1))
+            lp1 = gaussian_log_prob(smp.pre_squash, smp.mean, smp.log_std) - tanh_log_det(smp.pre_squash).sum(-1)
+            logp_m1.append(lp1.reshape(-1))
+            left -= m
+    a = torch.cat(actions).numpy().astype(np.float64)
+    return a, float(-torch.cat(logp).mean()), float(-torch.cat(logp_m1).mean())
+
+
+def assess_state(policy, obs, n: int = 1000, min_mass: float = DEFAULT_MIN_MASS,
+                 bandwidth: float | None = None) -> StateReport:
+    actions, entropy, entropy_m1 = sample_actions(policy, obs, n)
+    res = count_modes(actions, bandwidth=bandwidth, min_mass=min_mass)
+    return StateReport(state=[float(v) for v in np.asarray(obs).reshape(-1)], modes=res.count, entropy=entropy,
+                       entropy_m1=entropy_m1, masses=[round(float(m), 4) for m in res.masses],
+                       centers=[[round(float(v), 4) for v in c] for c in res.centers], bandwidth=res.bandwidth,
+                       actions=actions)
+
+
+def probe_states(agent, num_states: int = 8, episodes: int = 2, seed: int = 0) -> np.ndarray:
+    """States from a few fresh episodes of the agent (stochastic actions): each episode's start
+    state first, then states spread evenly along the episodes."""
+    from smfp.envs import make_env
+
+    env = make_env(agent.env_id)
+    starts, paths = [], []
+    try:
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            path, done = [obs], False
+            while not done:
+                obs, _, terminated, truncated, _ = env.step(agent.act_normalized(obs, "sample"))
+                path.append(obs)
+                done = terminated or truncated
+            starts.append(path[0])
+            paths.extend(path[1:-1] if len(path) > 2 else [])
+    finally:
+        env.close()
+    states = starts[:num_states]
+    rest = num_states - len(states)
+    if rest > 0 and paths:
+        idx = np.unique(np.linspace(0, len(paths) - 1, rest).round().astype(int))
+        states += [paths[i] for i in idx]
+    return np.asarray(states, dtype=np.float32)
+
+
+def entropy_gap_from_metrics(run_dir: str | Path, last: int = 5) -> dict | None:
+    """Mean of ``train/entropy``, ``train/entropy_m1`` and their gap over the last logged rows."""
+    from smfp.monitor.logger import read_metrics
+
+    rows = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+            if isinstance(r.get("train/entropy"), (int, float)) and isinstance(r.get("train/entropy_m1"), (int, float))]
+    if not rows:
+        return None
+    rows = rows[-last:]
+    h = float(np.mean([r["train/entropy"] for r in rows]))
+    h1 = float(np.mean([r["train/entropy_m1"] for r in rows]))
+    return {"entropy": h, "entropy_m1": h1, "gap": h - h1, "rows": len(rows), "last_step": int(rows[-1]["step"])}
+
+
+def verdict(reports: list[StateReport], kind: str) -> str:
+    if not reports:
+        return "no states probed"
+    multi = [r for r in reports if r.modes > 1]
+    if not multi:
+        text = f"unimodal at all {len(reports)} probed states: a Gaussian policy would do"
+        if kind == "gaussian":
+            text += (" (a Gaussian policy is unimodal by construction, up to squashing at the bounds; "
+                     "train --algo smfp to see whether the task rewards several modes)")
+        return text
+    share = 100.0 * len(multi) / len(reports)
+    ks = sorted({r.modes for r in multi})
+    k_text = f"{ks[0]}" if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+    return (f"{k_text} modes at {share:.0f}% of states ({len(multi)}/{len(reports)}): a Gaussian policy would "
+            "average them; a multimodal policy (SMFP) is worth it")
+
+
+def plot_states(reports: list[StateReport], path: str | Path, title: str = "") -> Path:
+    """Scatter of the sampled actions (first two dimensions) at each probed state, coloured by mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(reports)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, rep in zip(axes.ravel(), reports):
+        a = rep.actions
+        res = count_modes(a, bandwidth=rep.bandwidth)
+        colours = np.where(res.labels[:, None] >= 0, plt.cm.tab10(np.maximum(res.labels, 0) % 10)[:, :3], 0.6)
+        ay = a[:, 1] if a.shape[1] > 1 else np.zeros(len(a))
+        ax.scatter(a[:, 0], ay, s=3, c=colours, alpha=0.5, linewidths=0)
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_aspect("equal")
+        st = ", ".join(f"{v:.2f}" for v in rep.state[:4]) + (", ..." if len(rep.state) > 4 else "")
+        ax.set_title(f"s=({st})\n{rep.modes} mode(s), H={rep.entropy:.2f}", fontsize=8)
+        ax.set_xlabel("a[0]", fontsize=8)
+        ax.set_ylabel("a[1]" if a.shape[1] > 1 else "", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, samples: int = 1000,
+                num_states: int = 8, episodes: int = 2, seed: int = 0, png: str | Path | None = None,
+                min_mass: float = DEFAULT_MIN_MASS) -> dict:
+    """The multimodality assessment of a run (or checkpoint): a JSON-ready dict."""
+    from smfp.agent import load_agent
+
+    agent = load_agent(run_dir)
+    obs_dim = agent.policy.obs_dim
+    if states:
+        for s in states:
+            if len(s) != obs_dim:
+                raise ValueError(f"--state has {len(s)} values but {agent.env_id} observations have {obs_dim}")
+        probe = np.asarray(states, dtype=np.float32)
+    else:
+        probe = probe_states(agent, num_states, episodes, seed)
+    import torch
+
+    torch.manual_seed(seed)
+    reports = [assess_state(agent.policy, s, samples, min_mass) for s in probe]
+    run_path = Path(run_dir)
+    base = run_path if run_path.is_dir() else run_path.parent.parent
+    out = {"run": str(run_dir), "env": agent.env_id, "policy": agent.policy.kind, "step": agent.step,
+           "samples": samples, "rule": f"mean-shift KDE modes, Scott bandwidth, min mass {min_mass:g}",
+           "states": [r.to_json() for r in reports], "verdict": verdict(reports, agent.policy.kind),
+           "train_entropy": entropy_gap_from_metrics(base)}
+    if png is None:
+        png = base / "inspect.png"
+    out["png"] = str(plot_states(reports, png, f"{agent.policy.kind} on {agent.env_id}, step {agent.step}"))
+    return out
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['policy']} policy on {report['env']} (step {report['step']}), "
+             f"{report['samples']} sampled actions per state; rule: {report['rule']}"]
+    for s in report["states"]:
+        st = ", ".join(f"{v:.2f}" for v in s["state"][:6]) + (", ..." if len(s["state"]) > 6 else "")
+        masses = " ".join(f"{100 * m:.0f}%" for m in s["mode_masses"])
+        lines.append(f"  state ({st}): {s['modes']} mode(s) [{masses}]  entropy {s['entropy']:.2f} "
+                     f"(conditional {s['entropy_m1']:.2f})")
+    te = report.get("train_entropy")
+    if te:
+        lines.append(f"  training log (last {te['rows']} rows to step {te['last_step']}): train/entropy "
+                     f"{te['entropy']:.2f}, train/entropy_m1 {te['entropy_m1']:.2f}, gap {te['gap']:.2f} nats "
+                     "(mode spread credited by the mixture surrogate)")
+    lines.append(f"verdict: {report['verdict']}")
+    lines.append(f"figure: {report['png']}")
+    return "\n".join(lines)
+
+
+def dumps(report: dict) -> str:
+    return json.dumps(report)
