@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= export,bench,test
+EXTRAS ?= export,bench,test,sweep
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 

@@ -11,7 +11,7 @@ import torch
 from smfp.critic import QEnsemble
 from smfp.envs import make_env
 from smfp.policies import ACT_MODES, Policy, build_policy
-from smfp.train.checkpoint import resolve_checkpoint
+from smfp.train.checkpoint import CheckpointError, resolve_checkpoint
 
 
 @dataclass
@@ -69,9 +69,14 @@ def load_agent(path: str | Path) -> Agent:
     """Load the latest checkpoint of a run dir, or a given checkpoint file."""
     ckpt = resolve_checkpoint(path)
     meta = ckpt["meta"]
-    return Agent.from_parts(meta["policy_kind"], meta["policy_kwargs"], ckpt["learner"]["policy"],
-                            meta["critic_kwargs"], ckpt["learner"]["critic"], meta,
-                            best_of_n=ckpt["config"]["eval"]["best_of_n"], step=ckpt["step"])
+    try:  # safely loaded, but its parts may still not fit together (a damaged or hand-made file)
+        return Agent.from_parts(meta["policy_kind"], meta["policy_kwargs"], ckpt["learner"]["policy"],
+                                meta["critic_kwargs"], ckpt["learner"]["critic"], meta,
+                                best_of_n=ckpt["config"]["eval"]["best_of_n"], step=ckpt["step"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{ckpt['path']} does not describe a usable agent ({type(exc).__name__}: "
+                              f"{first})") from None
 
 
 def run_episodes(act_fn, env, episodes: int, seed: int) -> list[dict]:

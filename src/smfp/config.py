@@ -76,6 +76,10 @@ class UpdateConfig:
     grad_clip: float = doc("clip gradient norms at this value (0: off; norms are logged either way)", default=0.0)
     updates_per_step: int = doc("gradient updates per environment step", default=1)
     learning_starts: int = doc("environment steps of uniform random actions before updates start", default=5000)
+    precision: Literal["fp32", "bf16"] = doc(
+        "matmul precision of the hidden-to-hidden layers in updates: fp32, or bf16 (fp32 master weights, "
+        "first/last layers, losses and optimiser; pays on CPUs with AMX/avx512_bf16; see docs/performance.md)",
+        default="fp32")
 
 
 @dataclass
@@ -187,10 +191,14 @@ class TrainConfig:
             "--meanflow-coef": self.policy.meanflow_coef, "--md-lambda": self.update.md_lambda or 0.0,
             "--alpha": self.update.alpha, "--anchor-tau": self.update.anchor_tau,
             "--probe-every": self.monitor.probe_every,
+            "--seed": self.seed, "--actor-lr": self.update.actor_lr, "--critic-lr": self.update.critic_lr,
+            "--alpha-lr": self.update.alpha_lr, "--lambda-lr": self.update.lambda_lr,
         }
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.seed >= 2**32:  # numpy, torch and gymnasium all accept seeds below 2**32
+            raise ConfigError(f"--seed must be below 2**32, got {self.seed}")
         for name, value in {"--gamma": self.update.gamma, "--tau": self.update.tau,
                             "--meanflow-r-neq-t": self.policy.meanflow_r_neq_t,
                             "--anchor-tau": self.update.anchor_tau,
@@ -209,6 +217,8 @@ class TrainConfig:
             raise ConfigError(f"--eval-mode mean does not exist for {self.algo}; use best-of-n or sample")
         if self.env.max_episode_steps is not None and self.env.max_episode_steps <= 0:
             raise ConfigError("--max-episode-steps must be positive")
+        if self.run_dir is not None and not self.run_dir.strip():
+            raise ConfigError("--run-dir is empty; give a folder such as runs/my-run")
         if not self.env.env.strip():
             raise ConfigError("--env is empty; give a Gymnasium id such as Hopper-v5")
 

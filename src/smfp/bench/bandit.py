@@ -64,6 +64,17 @@ def bimodal_q(peak: float = 0.6, width: float = 0.2, height: float = 2.0) -> Kno
     return KnownQ(f"bimodal(+-{peak}, w={width}, h={height})", 1, _max_of_bumps(centers, width, height), centers)
 
 
+def double_well_q(peak: float = 0.6, depth: float = 20.0) -> KnownQ:
+    """1-D: ``-depth * (a^2 - peak^2)^2``, two equal smooth peaks at ``+-peak`` and no flat background.
+
+    ``exp(Q/alpha)`` is then close to a two-component Gaussian mixture (peak std about
+    ``sqrt(alpha / (8 depth peak^2))``), a target a mixture policy can match closely.
+    """
+    def fn(a: torch.Tensor) -> torch.Tensor:
+        return -depth * (a.pow(2) - peak ** 2).pow(2).sum(-1)
+    return KnownQ(f"double_well(+-{peak}, depth={depth})", 1, fn, ((-peak,), (peak,)))
+
+
 def corners_q(peak: float = 0.6, width: float = 0.2, height: float = 2.0) -> KnownQ:
     """2-D: four equal bumps at ``(+-peak, +-peak)``."""
     centers = tuple(itertools.product((-peak, peak), repeat=2))
@@ -259,6 +270,6 @@ def shared_noise_kl(policy: Policy, anchor: Policy, n: int = 4096) -> float:
     return float(gaussian_kl(mean, log_std, mean_k, log_std_k).mean())
 
 
-__all__ = ["KnownQ", "BanditResult", "bimodal_q", "corners_q", "unimodal_q", "quadratic_q", "presquash_quadratic_q",
+__all__ = ["KnownQ", "BanditResult", "bimodal_q", "double_well_q", "corners_q", "unimodal_q", "quadratic_q", "presquash_quadratic_q",
            "md_gaussian_target", "set_constant_gaussian", "bandit_obs", "optimise", "sample_actions", "histogram",
            "boltzmann_bins", "total_variation", "tv_to_boltzmann", "peak_shares", "shared_noise_kl"]

@@ -7,11 +7,16 @@ line on stderr with a non-zero exit; anything else is a bug and keeps its traceb
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
 from smfp.cli.args import OneLineParser, add_dataclass_args, build_dataclass, fail
 from smfp.config import ConfigError, TrainConfig
+
+
+# Disk problems are the machine's, not the program's: one line, not a traceback.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES, errno.EPERM}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -39,6 +44,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.episodes <= 0:
         fail(f"--episodes must be positive, got {args.episodes}")
+    if args.seed < 0:
+        fail(f"--seed must be >= 0, got {args.seed}")
     agent = load_agent(args.target)
     try:
         mode = agent.resolve_mode(args.mode)
@@ -56,13 +63,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from smfp.bench.train_speed import run_train_bench
+    from smfp.bench.train_speed import format_table, run_train_bench
 
     algos = [a for a in args.algos.split(",") if a]
     report = run_train_bench(args.env, algos, args.steps, args.repeats, args.compare_sb3, args.warmup,
                              overrides=build_dataclass(TrainConfig, vars(args)))
-    if args.json:
-        print(json.dumps(report))
+    print(json.dumps(report) if args.json else format_table(report))
     return 0
 
 
@@ -73,6 +79,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         path = write_report(args.run_dirs, args.out)
     except FileNotFoundError as exc:
         fail(str(exc))
+    except OSError as exc:  # e.g. --out under a regular file, or an unwritable folder
+        fail(f"cannot write the report to {exc.filename or args.out}: {exc.strerror or exc}")
     print(path)
     return 0
 
@@ -82,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser, metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("train", help="train an agent (sac, mdpo, smfp)")
+    p = sub.add_parser("train", help="train an agent (sac, mdpo, smfp, flow)")
     add_dataclass_args(p, TrainConfig)
     p.set_defaults(func=cmd_train)
 
@@ -99,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: FIRST_RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("bench", help="benchmarks: train (update throughput)")
+    p = sub.add_parser("bench", help="benchmarks: train (update throughput), latency (action selection)")
     bench = p.add_subparsers(dest="bench", parser_class=OneLineParser, metavar="BENCH")
     bench.required = True
     b = bench.add_parser("train", help="gradient-update throughput (steps/s) on a MuJoCo task")
@@ -112,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     add_dataclass_args(b, TrainConfig, skip=("env", "algo", "total_steps", "run_dir", "resume", "seed"))
     b.set_defaults(func=cmd_bench_train)
+
+    from smfp.bench.latency import add_latency_parser  # bench latency
+
+    add_latency_parser(bench)
+
+    from smfp.sweep.cli import add_subcommands as add_sweep_subcommands  # sweep, aggregate
+
+    add_sweep_subcommands(sub)
+
+    from smfp.export.cli import add_export_parser  # export
+
+    add_export_parser(sub)
     return parser
 
 
@@ -122,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except _user_errors() as exc:
         fail(str(exc))
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        fail(f"{exc.strerror} ({exc.filename or 'while writing'}); free space or fix the folder, then run again"
+             + (" with --resume" if getattr(args, "command", None) == "train" else ""))
     except KeyboardInterrupt:
         print("smfp: interrupted", file=sys.stderr)
         return 130

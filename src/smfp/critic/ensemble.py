@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from smfp.precision import matmul_dtype
+
 
 class QEnsemble(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256), num_q: int = 2):
@@ -36,8 +38,12 @@ class QEnsemble(nn.Module):
         """Forward with explicit parameters (pass detached ones to get input-only gradients)."""
         h = torch.cat([obs, act], dim=-1).unsqueeze(0).expand(self.num_q, -1, -1)
         last = len(weights) - 1
+        dtype = matmul_dtype()  # hidden-to-hidden layers in reduced precision (smfp.precision)
         for i, (w, b) in enumerate(zip(weights, biases)):
-            h = torch.baddbmm(b, h, w)
+            if dtype is not None and 0 < i < last:
+                h = torch.baddbmm(b.to(dtype), h.to(dtype), w.to(dtype))
+            else:
+                h = torch.baddbmm(b, h if i < last else h.float(), w)
             if i < last:
                 h = torch.relu(h)
         return h.squeeze(-1)

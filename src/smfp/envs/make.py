@@ -27,13 +27,24 @@ class CheckedEnv(gym.Wrapper):
         self.steps = 0
 
     def _check(self, obs, reward=0.0):
-        obs = np.asarray(obs, dtype=np.float32)
+        try:
+            obs = np.asarray(obs, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise EnvError(f"{self.env_id} returned an observation that is not an array of numbers at step "
+                           f"{self.steps} ({type(obs).__name__})") from None
         if obs.shape != self.obs_shape:
             raise EnvError(f"{self.env_id} returned an observation of shape {obs.shape} at step {self.steps}, "
                            f"but its observation space says {self.obs_shape}")
         if not np.isfinite(obs).all():
             raise EnvError(f"{self.env_id} returned a non-finite observation at step {self.steps}")
-        if not np.isfinite(reward):
+        try:
+            value = np.asarray(reward, dtype=np.float64)
+        except (TypeError, ValueError):
+            value = np.zeros(0)
+        if value.size != 1:
+            raise EnvError(f"{self.env_id} returned a reward that is not a number ({str(reward)[:40]!r}) at step "
+                           f"{self.steps}")
+        if not np.isfinite(value).all():
             raise EnvError(f"{self.env_id} returned a non-finite reward ({reward}) at step {self.steps}")
         return obs
 
@@ -52,7 +63,7 @@ def _import_prefix(env_id: str) -> None:
         module = env_id.split(":", 1)[0]
         try:
             importlib.import_module(module)
-        except ImportError as exc:
+        except (ImportError, ValueError, TypeError) as exc:  # missing module, empty or relative name
             raise EnvError(f"cannot import module {module!r} for env {env_id!r}: {exc}") from None
 
 

@@ -67,12 +67,14 @@ class MultiGoalEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, render_mode: str | None = None, action_cost: float = 30.0, distance_cost: float = 1.0,
-                 goal_reward: float = 10.0, goal_radius: float = 1.0, init_std: float = 0.1):
+                 goal_reward: float = 10.0, goal_radius: float = 1.0, init_std: float = 0.1,
+                 reward_scale: float = 1.0):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode {render_mode!r} is not supported; use 'rgb_array'")
         self.render_mode = render_mode
         self.action_cost, self.distance_cost = action_cost, distance_cost
         self.goal_reward, self.goal_radius, self.init_std = goal_reward, goal_radius, init_std
+        self.reward_scale = reward_scale
         self.bound = 7.0
         self.observation_space = spaces.Box(-self.bound, self.bound, (2,), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
@@ -97,7 +99,7 @@ class MultiGoalEnv(gym.Env):
         terminated = goal >= 0
         if terminated:
             reward += self.goal_reward
-        return self.pos.astype(np.float32), reward, terminated, False, {"goal": goal, "position": self.pos.copy()}
+        return self.pos.astype(np.float32), self.reward_scale * reward, terminated, False, {"goal": goal, "position": self.pos.copy()}
 
     def render(self):
         if self._background is None:
@@ -121,7 +123,8 @@ class HallwayEnv(gym.Env):
     def __init__(self, render_mode: str | None = None, length: float = 10.0, half_width: float = 3.0,
                  obstacle_radius: float = 1.5, max_speed: float = 0.5, lag: float = 0.5,
                  progress_reward: float = 1.0, action_cost: float = 0.1, success_reward: float = 10.0,
-                 collision_penalty: float = 10.0, start_x: float = 1.0, init_std: float = 0.05):
+                 collision_penalty: float = 10.0, start_x: float = 1.0, init_std: float = 0.05,
+                 reward_scale: float = 1.0):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode {render_mode!r} is not supported; use 'rgb_array'")
         self.render_mode = render_mode
@@ -130,7 +133,7 @@ class HallwayEnv(gym.Env):
         self.obstacle_radius, self.max_speed, self.lag = obstacle_radius, max_speed, lag
         self.progress_reward, self.action_cost = progress_reward, action_cost
         self.success_reward, self.collision_penalty = success_reward, collision_penalty
-        self.start_x, self.init_std = start_x, init_std
+        self.start_x, self.init_std, self.reward_scale = start_x, init_std, reward_scale
         self.goal_x = length - 0.5
         high = np.array([length, half_width, max_speed, max_speed], dtype=np.float32)
         low = np.array([0.0, -half_width, -max_speed, -max_speed], dtype=np.float32)
@@ -187,7 +190,7 @@ class HallwayEnv(gym.Env):
             reward += self.success_reward
         # Report the state inside the observation box even after a collision.
         self.pos = np.clip(self.pos, [0.0, -self.half_width], [self.length, self.half_width])
-        return self._obs(), reward, terminated, False, self._info()
+        return self._obs(), self.reward_scale * reward, terminated, False, self._info()
 
     def render(self):
         c = self._canvas

@@ -4,7 +4,9 @@ TensorBoard under the same keys; a tqdm bar shows progress on a terminal.
 Resume rule: when a run resumes from the checkpoint at step S, ``metrics.jsonl`` is rewritten
 (atomically) to keep only complete lines with ``step <= S``, so lines logged after the
 checkpoint by the interrupted process, and a torn last line, are dropped; TensorBoard
-purges its events after S in the same way (``purge_step``).
+purges its events after S in the same way (``purge_step``). A resume that finds no checkpoint
+starts from scratch (S = 0), so it keeps no line. A "complete line" is a JSON object whose
+``step`` is an integer.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict) and "step" in row:
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
             rows.append(row)
     return rows
 
@@ -53,14 +55,15 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, tensorboard: bool = True,
                  progress: bool = True, callback: Optional[Callable[[int, dict], None]] = None):
         self.path = run_dir / "metrics.jsonl"
-        if start_step > 0:
+        resumed = start_step > 0 or self.path.exists()  # a resume without a checkpoint restarts at step 0
+        if resumed:
             truncate_metrics(self.path, start_step)
         self.file = open(self.path, "a", buffering=1)
         self.callback = callback
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if start_step > 0 else None)
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if resumed else None)
         self.bar = None
         if progress and sys.stderr.isatty():
             from tqdm import tqdm

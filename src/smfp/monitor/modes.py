@@ -13,6 +13,10 @@ The mode-count rule (stated once, tested on known mixtures in ``tests/test_modes
   iterations).
 - End points closer than ``h`` are one mode (visited from the densest end point down; two modes of
   a kernel estimate with bandwidth ``h`` lie at least about ``2 h`` apart).
+- Two modes are merged unless the density dips between them: if the estimate along the straight
+  segment joining them stays above ``valley`` (0.8) times the lower of the two peaks, they are one
+  mode (a finite sample of one broad Gaussian has shallow spurious bumps on its flat top; distinct
+  behaviours are separated by a real valley).
 - Modes attracting less than ``min_mass`` of the samples are reported as ``minor`` and not counted
   (stray tail samples must not count as behaviour).
 
@@ -36,6 +40,7 @@ import numpy as np
 
 DEFAULT_MIN_MASS = 0.05
 DEFAULT_MIN_BANDWIDTH = 0.02
+DEFAULT_VALLEY = 0.8
 
 
 @dataclass
@@ -56,8 +61,8 @@ def scott_bandwidth(actions: np.ndarray, min_bandwidth: float = DEFAULT_MIN_BAND
 
 
 def count_modes(actions, bandwidth: float | None = None, min_mass: float = DEFAULT_MIN_MASS,
-                min_bandwidth: float = DEFAULT_MIN_BANDWIDTH, max_iter: int = 100,
-                max_dims: int = 3) -> ModeResult:
+                min_bandwidth: float = DEFAULT_MIN_BANDWIDTH, valley: float = DEFAULT_VALLEY,
+                max_iter: int = 100, max_dims: int = 3) -> ModeResult:
     """Apply the mode-count rule (module docstring) to samples ``actions`` of shape (n, d)."""
     x = np.asarray(actions, dtype=np.float64)
     if x.ndim == 1:
@@ -109,6 +114,9 @@ def count_modes(actions, bandwidth: float | None = None, min_mass: float = DEFAU
         else:
             centers.append(y[i])
             raw_labels[i] = len(centers) - 1
+    raw_labels = _merge_without_valley(np.array(centers), raw_labels, kernel, valley)
+    centers = [centers[k] for k in range(len(centers)) if np.any(raw_labels == k)]
+    _, raw_labels = np.unique(raw_labels, return_inverse=True)
     counts = np.bincount(raw_labels, minlength=len(centers))
     masses = counts / n
     keep = [k for k in np.argsort(-counts, kind="stable") if masses[k] >= min_mass]
@@ -121,6 +129,36 @@ def count_modes(actions, bandwidth: float | None = None, min_mass: float = DEFAU
     return ModeResult(count=len(keep), centers=kept,
                       masses=masses[keep], labels=remap[raw_labels], bandwidth=h, minor=len(minor),
                       minor_mass=float(masses[minor].sum()) if minor else 0.0)
+
+
+def _merge_without_valley(centers: np.ndarray, labels: np.ndarray, kernel, valley: float,
+                          points: int = 24) -> np.ndarray:
+    """Union modes whose joining segment has no density dip below ``valley`` x the lower peak.
+
+    ``centers`` are ordered by decreasing density; a merged mode keeps the lowest index (densest).
+    """
+    k = len(centers)
+    if k < 2 or valley <= 0:
+        return labels
+    peak = kernel(centers).sum(1)
+    parent = list(range(k))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    ts = np.linspace(0.0, 1.0, points)[1:-1, None]
+    for i in range(k):
+        for j in range(i + 1, k):
+            ri, rj = root(i), root(j)
+            if ri == rj:
+                continue
+            seg = centers[i] + ts * (centers[j] - centers[i])
+            if kernel(seg).sum(1).min() >= valley * min(peak[i], peak[j]):
+                parent[max(ri, rj)] = min(ri, rj)
+    roots = np.array([root(i) for i in range(k)])
+    return roots[labels]
 
 
 # --- policy probing (used by `smfp inspect` and `smfp demo`) ---------------------------------------

@@ -36,7 +36,12 @@ def load_run(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl; is it a run dir?")
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    try:  # the report only displays the config: an unreadable one is shown as unknown ("?")
+        config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    except (ValueError, OSError, RecursionError):
+        config = {}
+    if not isinstance(config, dict) or not all(isinstance(config.get(k, {}), dict) for k in ("env", "eval")):
+        config = {}
     return {"name": run_dir.name, "dir": run_dir, "rows": read_metrics(run_dir / "metrics.jsonl"),
             "alerts": read_metrics(run_dir / "alerts.jsonl"), "config": config}
 

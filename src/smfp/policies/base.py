@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from smfp.policies.distributions import semi_implicit_log_prob, squash, tanh_log_det
+from smfp.precision import matmul_dtype
+from smfp.policies.distributions import gaussian_log_prob, semi_implicit_log_prob, squash, tanh_log_det
 
 ACT_MODES = ("sample", "best-of-n", "mean")
 
@@ -33,6 +35,29 @@ class PolicySample:
     log_std: torch.Tensor  # (B, 1, d) output log-std
 
 
+class MLP(nn.Sequential):
+    """``Linear, act, ..., Linear`` (same parameters and state-dict keys as ``nn.Sequential``).
+
+    Inside ``smfp.precision.matmul_precision(dtype)`` the hidden-to-hidden layers run in
+    ``dtype`` (weights cast on the fly, gradients reach the float32 weights); the first and
+    last layers stay float32.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = matmul_dtype()
+        if dtype is None:
+            return super().forward(x)
+        last = len(self) - 1
+        for i, layer in enumerate(self):
+            if i == last:
+                x = layer(x.float())
+            elif i > 0 and isinstance(layer, nn.Linear):
+                x = F.linear(x.to(dtype), layer.weight.to(dtype), layer.bias.to(dtype))
+            else:
+                x = layer(x)
+        return x
+
+
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, act=nn.ReLU) -> nn.Sequential:
     layers: list[nn.Module] = []
     d = in_dim
@@ -40,7 +65,7 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, act=nn.ReLU) -> nn.S
         layers += [nn.Linear(d, h), act()]
         d = h
     layers.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 class Policy(nn.Module):
@@ -87,7 +112,9 @@ class Policy(nn.Module):
         noise = self.draw_noise(obs.shape[0], m, obs)
         mean, log_std = self.components(obs, noise)
         x = mean + torch.exp(log_std) * torch.randn_like(mean)
-        log_prob = semi_implicit_log_prob(x, mean, log_std) - tanh_log_det(x).sum(-1)
+        # With one component the surrogate is the Gaussian log-density itself (same values, fewer ops).
+        log_density = gaussian_log_prob(x, mean, log_std) if m == 1 else semi_implicit_log_prob(x, mean, log_std)
+        log_prob = log_density - tanh_log_det(x).sum(-1)
         return PolicySample(squash(x), log_prob, x, noise, mean, log_std)
 
     def act(self, obs: torch.Tensor, mode: str = "sample", num_candidates: int = 16,

@@ -14,6 +14,7 @@ from torch import nn
 from torch.func import jvp
 
 from smfp.policies.base import Policy, mlp
+from smfp.precision import float32_matmuls
 
 
 class SMFPPolicy(Policy):
@@ -56,6 +57,7 @@ class SMFPPolicy(Policy):
     def log_std(self, obs):
         return self.bound_log_std(self.sigma_net(obs))
 
+    @float32_matmuls  # the JVP stays in float32 (DESIGN.md section 6)
     def meanflow_loss(self, obs: torch.Tensor, r_neq_t: float = 0.5, weight_eps: float = 1e-3,
                       weight_power: float = 1.0) -> torch.Tensor:
         """MeanFlow identity loss on the policy's own transport (DESIGN.md section 6).

@@ -3,7 +3,9 @@
 A checkpoint holds everything a resumed run needs (weights, targets, anchor, optimiser
 moments, temperatures, counters, RNG states, config) and only tensors and plain Python
 values, so it is loaded with ``torch.load(weights_only=True)``: a file crafted to run code
-when unpickled is refused. The replay buffer goes to a sibling file written *before* the
+when unpickled is refused. Before unpickling, every member of the zip archive is checked
+against its CRC-32 (a flipped bit is caught, not loaded as a different weight); after, the
+fields every reader needs are checked. The replay buffer goes to a sibling file written *before* the
 checkpoint, so a checkpoint on disk always has its buffer.
 """
 
@@ -29,6 +31,10 @@ class CheckpointError(ValueError):
     """A missing, corrupt or unsafe checkpoint (reported as one line)."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, read-only...); earlier checkpoints are untouched."""
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
@@ -52,19 +58,31 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 def safe_load(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} " + ("is not a file" if path.exists() else "does not exist"))
     try:
+        if zipfile.is_zipfile(path):  # torch's format is a zip archive: check every member's CRC-32 first
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                raise CheckpointError(f"{path} is corrupt: {bad} fails its CRC-32 check")
         with warnings.catch_warnings():  # torch's pickle-protocol notices would add lines to a one-line error
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain data "
-                              f"(possibly malicious); only load checkpoints you trust ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        blocked = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line]
+        if not blocked:  # the safe unpickler choked on bytes that are not a pickle at all
+            raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or not a checkpoint)") from None
+        raise CheckpointError(f"refusing to load {path}: it references code, not just tensors and plain data "
+                              f"(possibly malicious; only load checkpoints you trust): {blocked[0][:160]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, NotImplementedError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: "
                               f"{type(exc).__name__})") from None
     return obj
+
+
+_META_KEYS = ("env_id", "policy_kind", "policy_kwargs", "critic_kwargs", "action_low", "action_high")
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -73,21 +91,38 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path} is not an SMFP checkpoint")
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')}, this smfp reads {VERSION}")
-    ckpt["config"] = json.loads(ckpt["config"])
-    ckpt["meta"] = json.loads(ckpt["meta"])
+    try:  # the structure every reader relies on (a damaged or hand-made file may lack it)
+        ckpt["config"] = json.loads(ckpt["config"])
+        ckpt["meta"] = json.loads(ckpt["meta"])
+        ok = (isinstance(ckpt["config"], dict) and isinstance(ckpt["meta"], dict)
+              and all(k in ckpt["meta"] for k in _META_KEYS) and isinstance(ckpt["learner"], dict)
+              and isinstance(ckpt["step"], int) and ckpt["step"] >= 0 and isinstance(ckpt.get("rng"), dict))
+    except (KeyError, TypeError, ValueError, RecursionError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{path} is an incomplete or damaged SMFP checkpoint (missing or malformed fields)")
     return ckpt
 
 
 def save_checkpoint(run_dir: Path, step: int, config: dict, meta: dict, learner_state: dict, rng: dict,
                     buffer_state: dict | None, keep: int) -> Path:
-    checkpoint_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    if buffer_state is not None:
-        atomic_torch_save(buffer_state, buffer_path(run_dir, step))
     ckpt = {"format": FORMAT, "version": VERSION, "step": int(step), "config": json.dumps(config),
             "meta": json.dumps(meta), "learner": learner_state, "rng": rng,
             "buffer_file": buffer_path(run_dir, step).name if buffer_state is not None else None}
     path = checkpoint_path(run_dir, step)
-    atomic_torch_save(ckpt, path)
+    try:
+        checkpoint_dir(run_dir).mkdir(parents=True, exist_ok=True)
+        if buffer_state is not None:
+            atomic_torch_save(buffer_state, buffer_path(run_dir, step))
+        atomic_torch_save(ckpt, path)
+    except OSError as exc:  # disk full, quota, read-only, I/O error: the atomic writer left no partial file
+        if buffer_state is not None and not path.exists():
+            buffer_path(run_dir, step).unlink(missing_ok=True)  # a buffer without its checkpoint is useless
+        good = [s for s, _ in list_checkpoints(run_dir)]
+        kept = f"the checkpoint of step {good[-1]} is intact" if good else "no earlier checkpoint exists"
+        raise CheckpointWriteError(f"cannot write the checkpoint of step {step} to {checkpoint_dir(run_dir)} "
+                                   f"({exc.strerror or exc}); {kept}: free space, then continue with "
+                                   "--resume") from None
     _prune(run_dir, keep)
     return path
 

@@ -26,10 +26,10 @@ from smfp.monitor.health import HealthProbe
 from smfp.monitor.logger import MetricsLogger
 from smfp.train.atomic import atomic_write_text
 from smfp.update import Learner
-from smfp.train.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
+from smfp.train.checkpoint import CheckpointError, latest_checkpoint, safe_load, save_checkpoint
 
 # Fields that may differ when a run is resumed (they do not change the method).
-RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "log.progress", "eval.eval_every",
+RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "log.progress", "eval.eval_every",
                      "eval.eval_episodes", "checkpoint.checkpoint_every", "checkpoint.keep_checkpoints"}
 RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change the method
 
@@ -72,16 +72,36 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
             raise ConfigError(f"run dir {run_dir} already holds a run; pass --resume to continue it "
                               "or choose another --run-dir")
         try:
-            old = _flatten(json.loads(saved.read_text()))
-        except (json.JSONDecodeError, OSError):
+            old = json.loads(saved.read_text())
+        except (ValueError, OSError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting, I/O
             raise ConfigError(f"{saved} is unreadable; cannot resume this run") from None
+        try:
+            old = _flatten(old) if isinstance(old, dict) else None
+        except RecursionError:
+            old = None
+        if old is None:
+            raise ConfigError(f"{saved} does not hold a config (a JSON object); cannot resume this run")
         new = _flatten(cfg.to_dict())
         diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
                       and not k.startswith(RESUMABLE_PREFIXES) and old.get(k) != new.get(k))
         if diff:
-            raise ConfigError(f"run dir {run_dir} holds a different run (differs in: {', '.join(diff)}); "
+            shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
+            raise ConfigError(f"run dir {run_dir} holds a different run (differs in: {shown}); "
                               "use the same options to resume or choose another --run-dir")
     return run_dir
+
+
+def _check_buffer_fits(capacity: int, obs_dim: int, act_dim: int) -> None:
+    """The replay buffer is allocated (and zero-filled) up front: refuse one larger than the free memory."""
+    need = capacity * (2 * obs_dim + act_dim + 2) * 4  # float32 obs, next_obs, action, reward, terminated
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return  # not Linux: no check
+    if need > avail:
+        raise ConfigError(f"the replay buffer ({capacity} transitions) needs {need / 2**30:.1f} GiB but only "
+                          f"{avail / 2**30:.1f} GiB of memory is available; lower --buffer-size")
 
 
 class _StopFlag:
@@ -111,10 +131,9 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
     """Train according to ``cfg``; ``callback(step, row)`` receives every metrics row."""
     cfg = cfg.resolved()
     torch.set_num_threads(cfg.threads)
-    run_dir = prepare_run_dir(cfg)
-
     env = make_env(cfg.env.env, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
     eval_env = make_env(cfg.env.env, seed=cfg.seed + 10_000, max_episode_steps=cfg.env.max_episode_steps)
+    run_dir = prepare_run_dir(cfg)
     obs_dim, act_dim = env_dims(env)
     base_space = env.unwrapped.action_space
     meta = {"env_id": cfg.env.env, "obs_dim": obs_dim, "act_dim": act_dim,
@@ -127,28 +146,41 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
     learner = Learner(cfg, obs_dim, act_dim)
     meta["policy_kwargs"] = learner.policy.init_kwargs()
     meta["critic_kwargs"] = learner.critic.init_kwargs()
-    buffer = ReplayBuffer(obs_dim, act_dim, min(cfg.buffer.buffer_size, max(cfg.total_steps, 1)), seed=cfg.seed)
+    capacity = min(cfg.buffer.buffer_size, max(cfg.total_steps, 1))
+    _check_buffer_fits(capacity, obs_dim, act_dim)
+    buffer = ReplayBuffer(obs_dim, act_dim, capacity, seed=cfg.seed)
 
     start_step = 0
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
-        learner.load_state_dict(ckpt["learner"])
+        if cfg.total_steps < int(ckpt["step"]):
+            raise ConfigError(f"--total-steps {cfg.total_steps} is below the step of the checkpoint to resume "
+                              f"({ckpt['step']}); pass --total-steps >= {ckpt['step']}")
         if ckpt.get("buffer_file"):
             try:
-                buf_state = torch.load(run_dir / "checkpoints" / ckpt["buffer_file"], weights_only=True)
+                buf_state = safe_load(run_dir / "checkpoints" / Path(str(ckpt["buffer_file"])).name)
             except Exception as exc:  # noqa: BLE001 - any unreadable buffer is reported the same way
                 raise CheckpointError(f"replay buffer {ckpt['buffer_file']} of {ckpt['path']} is unreadable "
                                       f"({type(exc).__name__}); cannot resume exactly") from None
-            buffer.load_state_dict(buf_state)
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        rng.bit_generator.state = ckpt["rng"]["numpy"]
+        try:  # a checkpoint that loads safely may still not fit this run (edited or copied from another one)
+            learner.load_state_dict(ckpt["learner"])
+            if ckpt.get("buffer_file"):
+                buffer.load_state_dict(buf_state)
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            rng.bit_generator.state = ckpt["rng"]["numpy"]
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise CheckpointError(f"{ckpt['path']} does not fit this run ({type(exc).__name__}: {first}); "
+                                  "cannot resume from it") from None
         start_step = int(ckpt["step"])
     atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     logger = MetricsLogger(run_dir, cfg.total_steps, start_step, cfg.log.tensorboard, cfg.log.progress, callback)
     logger.message(f"smfp: {cfg.algo} on {cfg.env.env} seed {cfg.seed} -> {run_dir} "
                    f"(replay buffer {buffer.capacity} transitions, {buffer.nbytes / 2**20:.1f} MiB allocated"
-                   + (f"; resumed at step {start_step}" if start_step else "") + ")")
+                   + (f"; resumed at step {start_step}" if start_step else "")
+                   + ("; --resume found no checkpoint, starting from step 0" if cfg.resume and ckpt is None else "")
+                   + ")")
 
     alarms = AlarmMonitor(cfg.monitor, run_dir, learner.target_entropy, cfg.update.target_kl, learner.use_md,
                           emit=logger.message, start_step=start_step) if cfg.monitor.alarms else None
@@ -205,6 +237,9 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
             else:
                 with torch.inference_mode():
                     action = learner.policy.act(torch.from_numpy(obs).unsqueeze(0), "sample")[0].numpy()
+                if not np.isfinite(action).all():  # not the env's fault: say so before the env sees it
+                    raise TrainingDiverged(f"the policy produced a non-finite action at step {step + 1}; lower "
+                                           "the learning rates or use --grad-clip")
             next_obs, reward, terminated, truncated, info = env.step(action)
             buffer.add(obs, action, reward, next_obs, terminated)
             obs = next_obs

@@ -1,0 +1,324 @@
+"""``smfp bench train``: training throughput, environment steps per second with one update each.
+
+Every run does exactly what ``smfp train`` does per step once learning has started: act with the
+policy (one sample), step the real environment, add the transition to the replay buffer, sample
+a batch and run one ``Learner.update``. The first ``warmup`` steps (uniform random actions, no
+updates, as before ``--learning-starts``) fill the buffer and are not timed; the next ``steps``
+steps are.
+
+With ``compare_sb3`` Stable-Baselines3's SAC runs the same protocol with the same
+hyperparameters (network widths, batch size, learning rates, gamma, tau, ``train_freq=1``,
+``gradient_steps`` = updates per step, ``learning_starts`` = warmup, the same torch thread
+count); a callback notes the time when its learning starts.
+
+Candidates are run round-robin (a, b, c, a, b, c, ...) so that a change in machine load hits
+them alike; the report gives the median of each candidate's runs and the ratios of medians.
+Each run also records the process CPU time, whose rate (``cpu_steps_per_s``) is much less
+sensitive to other processes sharing the cores than the wall-clock rate.
+
+A candidate is an algorithm name, optionally followed by ``:field=value`` overrides of
+``TrainConfig`` leaf fields, e.g. ``smfp:precision=bf16:components=4``; its name in the report
+is the spec as given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import time
+import typing
+from typing import Optional, TextIO
+
+import numpy as np
+import torch
+
+from smfp.config import ALGOS, ConfigError, TrainConfig
+
+SB3_NAME = "sb3-sac"
+
+
+# --- candidate specs ----------------------------------------------------------------------
+def _leaf_types() -> dict[str, tuple[tuple[str, ...], typing.Any]]:
+    """Leaf field name -> (path, type) for every ``TrainConfig`` field (names are unique)."""
+    out = {}
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, prefix + (f.name,))
+            else:
+                out[f.name] = (prefix + (f.name,), tp)
+
+    walk(TrainConfig, ())
+    return out
+
+
+def _parse_value(text: str, tp, name: str):
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin is typing.Union and len(args) == 1:
+        if text.lower() == "none":
+            return None
+        return _parse_value(text, args[0], name)
+    if origin is typing.Literal:
+        if text not in typing.get_args(tp):
+            raise ConfigError(f"candidate option {name}={text!r}: choose one of {', '.join(map(str, typing.get_args(tp)))}")
+        return text
+    if origin is tuple:
+        return tuple(_parse_value(t, args[0], name) for t in text.replace("/", ",").split(",") if t)
+    if tp is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"candidate option {name}={text!r} is not a boolean")
+    try:
+        return tp(text) if tp in (int, float, str) else text
+    except ValueError:
+        raise ConfigError(f"candidate option {name}={text!r} is not a valid {tp.__name__}") from None
+
+
+def _set_leaf(cfg: TrainConfig, path: tuple[str, ...], value) -> TrainConfig:
+    if len(path) == 1:
+        return dataclasses.replace(cfg, **{path[0]: value})
+    return dataclasses.replace(cfg, **{path[0]: _set_leaf(getattr(cfg, path[0]), path[1:], value)})
+
+
+def candidate_config(spec: str, env: str, seed: int, steps: int, warmup: int,
+                     base: Optional[TrainConfig] = None) -> TrainConfig:
+    """The resolved ``TrainConfig`` of one run of candidate ``spec`` (e.g. ``smfp:components=4``)."""
+    algo, *options = spec.split(":")
+    if algo not in ALGOS:
+        raise ConfigError(f"unknown algorithm {algo!r} in --algos; choose from {', '.join(ALGOS)}")
+    cfg = base if base is not None else TrainConfig()
+    cfg = dataclasses.replace(cfg, algo=algo, seed=seed, total_steps=warmup + steps, run_dir="unused")
+    cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, env=env),
+                              update=dataclasses.replace(cfg.update, learning_starts=warmup))
+    leaves = _leaf_types()
+    for opt in options:
+        name, sep, text = opt.partition("=")
+        name = name.replace("-", "_")
+        if not sep or name not in leaves or name in ("algo", "env", "seed", "total_steps", "run_dir", "resume"):
+            raise ConfigError(f"bad candidate option {opt!r} in {spec!r}; use ALGO:FIELD=VALUE with a train option")
+        path, tp = leaves[name]
+        cfg = _set_leaf(cfg, path, _parse_value(text, tp, name))
+    return cfg.resolved()
+
+
+# --- one timed run ------------------------------------------------------------------------
+def _rates(steps: int, wall: float, cpu: float) -> dict:
+    return {"steps_per_s": steps / max(wall, 1e-9), "cpu_steps_per_s": steps / max(cpu, 1e-9),
+            "seconds": wall, "cpu_seconds": cpu}
+
+
+def time_smfp_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
+    """Run ``warmup`` untimed random steps then ``steps`` timed training steps of ``cfg``.
+
+    The per-step work mirrors ``smfp.train.loop.train`` (without logging, evaluation and
+    checkpoints, which happen at fixed intervals there).
+    """
+    from smfp.buffer import ReplayBuffer
+    from smfp.envs import env_dims, make_env
+    from smfp.update import Learner
+
+    torch.set_num_threads(cfg.threads)
+    env = make_env(cfg.env.env, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
+    obs_dim, act_dim = env_dims(env)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    learner = Learner(cfg, obs_dim, act_dim)
+    buffer = ReplayBuffer(obs_dim, act_dim, min(cfg.buffer.buffer_size, warmup + steps), seed=cfg.seed)
+    policy, batch_size, updates = learner.policy, cfg.update.batch_size, cfg.update.updates_per_step
+
+    obs, _ = env.reset(seed=cfg.seed)
+
+    def env_step(action):
+        nonlocal obs
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+
+    for _ in range(warmup):
+        env_step(rng.uniform(-1.0, 1.0, act_dim).astype(np.float32))
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        with torch.inference_mode():
+            action = policy.act(torch.from_numpy(obs).unsqueeze(0), "sample")[0].numpy()
+        env_step(action)
+        for _ in range(updates):
+            learner.update(buffer.sample(batch_size))
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    env.close()
+    return _rates(steps, wall, cpu)
+
+
+def sb3_available() -> bool:
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def time_sb3_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
+    """Stable-Baselines3 SAC with ``cfg``'s hyperparameters, timed from the step learning starts."""
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Clock(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.wall0 = self.cpu0 = None
+
+        def _start(self):
+            self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+
+        def _on_training_start(self) -> None:
+            if warmup == 0:
+                self._start()
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps == warmup:  # the last random step; updates start after the next one
+                self._start()
+            return True
+
+    torch.set_num_threads(cfg.threads)
+    u = cfg.update
+    env = gym.make(cfg.env.env, max_episode_steps=cfg.env.max_episode_steps)
+    net_arch = list(cfg.policy.hidden) if cfg.policy.hidden == cfg.critic.critic_hidden else \
+        dict(pi=list(cfg.policy.hidden), qf=list(cfg.critic.critic_hidden))
+    ent_coef = f"auto_{u.alpha}" if u.autotune_alpha else u.alpha
+    target_entropy = "auto" if u.target_entropy is None else u.target_entropy
+    model = SAC("MlpPolicy", env, learning_rate=u.actor_lr, buffer_size=min(cfg.buffer.buffer_size, warmup + steps),
+                learning_starts=warmup, batch_size=u.batch_size, tau=u.tau, gamma=u.gamma, train_freq=1,
+                gradient_steps=u.updates_per_step, ent_coef=ent_coef, target_entropy=target_entropy,
+                policy_kwargs=dict(net_arch=net_arch, n_critics=cfg.critic.num_q), seed=cfg.seed, device="cpu",
+                verbose=0)
+    clock = Clock()
+    model.learn(total_timesteps=warmup + steps, callback=clock, progress_bar=False)
+    wall, cpu = time.perf_counter() - clock.wall0, time.process_time() - clock.cpu0
+    env.close()
+    return _rates(steps, wall, cpu)
+
+
+# --- the benchmark ------------------------------------------------------------------------
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = line
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags}
+    try:
+        info["load_avg_1min_start"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    return info
+
+
+def _ratio(a: float, b: float) -> Optional[float]:
+    return a / b if b > 0 else None
+
+
+def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = ("sac", "smfp"), steps: int = 1000,
+                    repeats: int = 3, compare_sb3: bool = False, warmup: int = 1000,
+                    overrides: Optional[TrainConfig] = None, log: Optional[TextIO] = sys.stderr) -> dict:
+    """Time each candidate ``repeats`` times, round-robin; return the report (see the module doc).
+
+    ``overrides`` supplies every other training option (threads, widths, batch size, M, ...);
+    its ``env``, ``algo``, ``seed``, ``total_steps`` and ``learning_starts`` are set here.
+    One progress line per run goes to ``log`` (None: silent); ``format_table(report)`` renders the result.
+    """
+    if steps <= 0:
+        raise ConfigError(f"--steps must be positive, got {steps}")
+    if repeats <= 0:
+        raise ConfigError(f"--repeats must be positive, got {repeats}")
+    if warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {warmup}")
+    specs = list(dict.fromkeys(algos))
+    if not specs and not compare_sb3:
+        raise ConfigError("nothing to time: give --algos and/or --compare-sb3")
+    if compare_sb3 and not sb3_available():
+        raise ConfigError("--compare-sb3 needs Stable-Baselines3; install it with pip install -e '.[bench]'")
+    base = overrides if overrides is not None else TrainConfig()
+    # Check every candidate (and the environment) before the first timed run.
+    for spec in specs:
+        candidate_config(spec, env, 0, steps, warmup, base)
+    from smfp.envs import make_env
+    make_env(env, seed=0).close()
+    sb3_cfg = candidate_config("sac", env, 0, steps, warmup, base) if compare_sb3 else None
+
+    names = specs + ([SB3_NAME] if compare_sb3 else [])
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    machine = machine_info()
+    total = len(names) * repeats
+    for r in range(repeats):
+        for name in names:
+            if name == SB3_NAME:
+                result = time_sb3_run(dataclasses.replace(sb3_cfg, seed=r), steps, warmup)
+            else:
+                result = time_smfp_run(candidate_config(name, env, r, steps, warmup, base), steps, warmup)
+            result["seed"] = r
+            runs[name].append(result)
+            if log is not None:
+                done = r * len(names) + names.index(name) + 1
+                print(f"smfp bench: run {done}/{total}: {name} seed {r}: {result['steps_per_s']:.1f} steps/s "
+                      f"({result['cpu_steps_per_s']:.1f} per CPU-second)", file=log, flush=True)
+    try:
+        machine["load_avg_1min_end"] = os.getloadavg()[0]
+    except OSError:
+        pass
+
+    results = []
+    for name in names:
+        results.append({"name": name,
+                        "steps_per_s": statistics.median(x["steps_per_s"] for x in runs[name]),
+                        "cpu_steps_per_s": statistics.median(x["cpu_steps_per_s"] for x in runs[name]),
+                        "runs": runs[name]})
+    med = {x["name"]: x["steps_per_s"] for x in results}
+    cpu_med = {x["name"]: x["cpu_steps_per_s"] for x in results}
+    ratios, cpu_ratios = {}, {}
+    pairs = [(a, SB3_NAME) for a in specs if compare_sb3] + [(a, "sac") for a in specs if "sac" in specs and a != "sac"]
+    for a, b in pairs:
+        ratios[f"{a} / {b}"] = _ratio(med[a], med[b])
+        cpu_ratios[f"{a} / {b}"] = _ratio(cpu_med[a], cpu_med[b])
+    report = {
+        "env": env, "results": results, "ratios": ratios, "cpu_ratios": cpu_ratios,
+        "settings": {"steps": steps, "warmup": warmup, "repeats": repeats, "threads": base.threads,
+                     "batch_size": base.update.batch_size, "updates_per_step": base.update.updates_per_step,
+                     "hidden": list(base.policy.hidden), "critic_hidden": list(base.critic.critic_hidden),
+                     "order": "round-robin"},
+        "machine": machine,
+    }
+    return report
+
+
+def format_table(report: dict) -> str:
+    s = report["settings"]
+    lines = [f"{report['env']}: {s['steps']} timed steps (1 env step + {s['updates_per_step']} update each) after "
+             f"{s['warmup']} random steps; {s['repeats']} round-robin runs per candidate; {s['threads']} torch thread(s)",
+             f"{'candidate':<28} {'steps/s median':>15} {'per CPU-s':>10}   runs (steps/s)"]
+    for x in report["results"]:
+        runs = " ".join(f"{r['steps_per_s']:.1f}" for r in x["runs"])
+        lines.append(f"{x['name']:<28} {x['steps_per_s']:>15.1f} {x['cpu_steps_per_s']:>10.1f}   {runs}")
+    for key, value in report["ratios"].items():
+        cpu = report["cpu_ratios"].get(key)
+        lines.append(f"ratio {key:<36} {value:6.2f}x  (per CPU-second {cpu:.2f}x)")
+    m = report["machine"]
+    lines.append(f"machine: {m.get('cpu')}, {m.get('cpu_count')} CPUs, torch {m.get('torch')}, "
+                 f"load average {m.get('load_avg_1min_start', float('nan')):.2f} -> {m.get('load_avg_1min_end', float('nan')):.2f}")
+    return "\n".join(lines)

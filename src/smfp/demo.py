@@ -1,0 +1,333 @@
+"""``smfp demo``: the main job. SAC vs SMFP on the built-in multimodal tasks, with pictures.
+
+Trains each algorithm through the public API (``smfp.train(TrainConfig)``), then measures 100
+stochastic episodes from the start state of each task, prints a comparison table and writes
+PNG figures (trajectories; sampled actions over the critic's Q landscape at chosen states).
+The settings used are in ``DEMO_SETTINGS`` and recorded in every run's ``config.json``; the
+evidence behind them is in ``docs/demo.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from smfp.config import ConfigError, TrainConfig
+
+TASKS = {"multigoal": "smfp/MultiGoal-v0", "hallway": "smfp/Hallway-v0"}
+DEMO_ALGOS = ("sac", "smfp")
+
+# Settings shared by both algorithms (small networks: these tasks are 2-D and the demo has a
+# budget of a few minutes on 2 CPU cores), then per-algorithm / per-task differences.
+COMMON = {"policy.hidden": (64, 64), "critic.critic_hidden": (64, 64), "update.batch_size": 128,
+          "update.learning_starts": 1000, "eval.eval_every": 0, "eval.eval_episodes": 5,
+          "log.log_every": 500, "log.tensorboard": False, "checkpoint.checkpoint_every": 0,
+          "checkpoint.keep_checkpoints": 1, "buffer.save_buffer": False}
+DEMO_SETTINGS: dict[str, dict[str, dict]] = {
+    "multigoal": {"steps": {"sac": 6000, "smfp": 6000}, "sac": {}, "smfp": {"update.anchor_period": 200}},
+    "hallway": {"steps": {"sac": 6000, "smfp": 6000}, "sac": {}, "smfp": {"update.anchor_period": 200}},
+}
+
+# States at which the action distribution is drawn over the Q landscape (one panel each).
+PROBE_STATES = {
+    "multigoal": [("start", [0.0, 0.0]), ("near right goal", [2.5, 0.0])],
+    "hallway": [("start", [1.0, 0.0, 0.0, 0.0]), ("before obstacle", [2.8, 0.0, 0.4, 0.0])],
+}
+
+
+def set_path(cfg: TrainConfig, dotted: str, value) -> None:
+    obj = cfg
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        obj = getattr(obj, p)
+    if not hasattr(obj, leaf):
+        raise ConfigError(f"unknown demo setting {dotted!r}")
+    setattr(obj, leaf, value)
+
+
+def demo_config(task: str, algo: str, seed: int, steps: Optional[int], run_dir: Path,
+                overrides: Optional[dict] = None, progress: bool = False) -> TrainConfig:
+    cfg = TrainConfig(algo=algo, seed=seed, run_dir=str(run_dir))
+    cfg.env.env = TASKS[task]
+    settings = DEMO_SETTINGS[task]
+    cfg.total_steps = int(steps if steps is not None else settings["steps"][algo])
+    for key, value in {**COMMON, **settings[algo], **(overrides or {})}.items():
+        set_path(cfg, key, value)
+    cfg.update.learning_starts = min(cfg.update.learning_starts, max(cfg.total_steps // 3, 1))
+    cfg.log.log_every = min(cfg.log.log_every, max(cfg.total_steps // 4, 1))
+    cfg.log.progress = progress
+    return cfg
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+def rollouts(agent, env_id: str, episodes: int, seed: int, mode: str = "sample") -> list[dict]:
+    """Episodes from the start state with stochastic actions; keeps the path and the final info."""
+    from smfp.envs import make_env
+
+    env = make_env(env_id)
+    out = []
+    try:
+        for i in range(episodes):
+            obs, info = env.reset(seed=seed + i)
+            path, total, done = [obs[:2].copy()], 0.0, False
+            while not done:
+                obs, reward, terminated, truncated, info = env.step(agent.act_normalized(obs, mode))
+                path.append(obs[:2].copy())
+                total += reward
+                done = terminated or truncated
+            out.append({"return": total, "length": len(path) - 1, "info": info, "path": np.asarray(path)})
+    finally:
+        env.close()
+    return out
+
+
+def summarize(task: str, eps: list[dict]) -> dict:
+    n = len(eps)
+    s = {"episodes": n, "return_mean": float(np.mean([e["return"] for e in eps]))}
+    if task == "multigoal":
+        from smfp.envs.multimodal import GOAL_NAMES
+
+        goals = [int(e["info"].get("goal", -1)) for e in eps]
+        counts = {name: goals.count(g) for g, name in enumerate(GOAL_NAMES)}
+        s.update(goal_counts=counts, reached=sum(counts.values()), distinct=sum(c > 0 for c in counts.values()),
+                 distinct_10pct=sum(c >= 0.1 * n for c in counts.values()))
+    else:
+        succ = sum(bool(e["info"].get("success")) for e in eps)
+        coll = sum(bool(e["info"].get("collision")) for e in eps)
+        routes = {r: sum(e["info"].get("route") == r for e in eps) for r in ("up", "down")}
+        s.update(success=succ, collision=coll, routes=routes)
+    return s
+
+
+# --- figures ------------------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _draw_task(ax, task: str) -> None:
+    import matplotlib.patches as mpatches
+
+    if task == "multigoal":
+        from smfp.envs.multimodal import GOALS
+
+        for g in GOALS:
+            ax.add_patch(mpatches.Circle(g, 1.0, color="tab:green", alpha=0.25))
+        ax.set_xlim(-7, 7)
+        ax.set_ylim(-7, 7)
+    else:
+        ax.add_patch(mpatches.Circle((5.0, 0.0), 1.5, color="0.5"))
+        ax.axhline(3.0, color="k", lw=2)
+        ax.axhline(-3.0, color="k", lw=2)
+        ax.axvspan(9.5, 10.0, color="tab:green", alpha=0.25)
+        ax.set_xlim(0, 10)
+        ax.set_ylim(-3.2, 3.2)
+    ax.set_aspect("equal")
+
+
+def plot_trajectories(task: str, per_algo: dict[str, list[dict]], path: Path, title: str) -> Path:
+    plt = _plt()
+    algos = list(per_algo)
+    width = 4.2 if task == "multigoal" else 5.5
+    fig, axes = plt.subplots(1, len(algos), figsize=(width * len(algos), 4.4 if task == "multigoal" else 3.0),
+                             squeeze=False)
+    for ax, algo in zip(axes[0], algos):
+        _draw_task(ax, task)
+        for e in per_algo[algo]:
+            p = e["path"]
+            bad = bool(e["info"].get("collision"))
+            ax.plot(p[:, 0], p[:, 1], color="tab:red" if bad else "tab:blue", lw=0.7, alpha=0.35)
+        summ = summarize(task, per_algo[algo])
+        if task == "multigoal":
+            sub = " ".join(f"{k}:{v}" for k, v in summ["goal_counts"].items())
+        else:
+            sub = f"up {summ['routes']['up']} down {summ['routes']['down']} collide {summ['collision']}"
+        ax.set_title(f"{algo}: {sub}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_action_landscape(task: str, agents: dict, path: Path, samples: int = 500, grid: int = 61) -> Path:
+    """Sampled actions over the min-Q landscape of each agent's own critic, at ``PROBE_STATES``."""
+    import torch
+
+    plt = _plt()
+    states = PROBE_STATES[task]
+    algos = list(agents)
+    fig, axes = plt.subplots(len(states), len(algos), figsize=(3.6 * len(algos), 3.4 * len(states)),
+                             squeeze=False)
+    lin = np.linspace(-1, 1, grid)
+    ga, gb = np.meshgrid(lin, lin)
+    acts = torch.as_tensor(np.stack([ga.ravel(), gb.ravel()], 1), dtype=torch.float32)
+    for col, algo in enumerate(algos):
+        agent = agents[algo]
+        for row, (name, state) in enumerate(states):
+            ax = axes[row][col]
+            obs = torch.as_tensor(state, dtype=torch.float32)
+            with torch.no_grad():
+                q = agent.critic(obs.expand(len(acts), -1), acts).min(dim=0).values.numpy().reshape(grid, grid)
+                a = agent.policy.act(obs.expand(samples, -1), "sample").numpy()
+            cs = ax.contourf(ga, gb, q, levels=20, cmap="viridis")
+            fig.colorbar(cs, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+            ax.scatter(a[:, 0], a[:, 1], s=3, c="white", edgecolors="none", alpha=0.6)
+            ax.set_xlim(-1, 1)
+            ax.set_ylim(-1, 1)
+            ax.set_aspect("equal")
+            ax.set_title(f"{algo}, {name} {tuple(round(v, 1) for v in state[:2])}", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.suptitle(f"{TASKS[task]}: sampled actions (white) over min-Q(s, a) (colour)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- the job --------------------------------------------------------------------------------------------
+
+@dataclass
+class DemoOptions:
+    out: Path = Path("runs/demo")
+    tasks: tuple[str, ...] = ("multigoal", "hallway")
+    algos: tuple[str, ...] = DEMO_ALGOS
+    seeds: tuple[int, ...] = (0,)
+    steps: Optional[int] = None  # per training run (None: DEMO_SETTINGS)
+    episodes: int = 100
+    eval_seed: int = 20_000
+    samples: int = 500  # sampled actions per probe state (figures, mode counts)
+    figures: bool = True
+    overrides: dict = field(default_factory=dict)  # "task.algo" or "algo" -> {dotted key: value}
+    progress: bool = True
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _progress_callback(label: str, total: int) -> Callable[[int, dict], None]:
+    start = time.perf_counter()
+
+    def cb(step: int, row: dict) -> None:
+        if "train/sps" not in row:
+            return
+        ret = row.get("train/episode_return")
+        ret_s = f" episode return {ret:8.1f}" if isinstance(ret, float) else ""
+        h = row.get("train/entropy")
+        h_s = f" entropy {h:5.2f}" if isinstance(h, float) else ""
+        _say(f"  {label} step {step:6d}/{total}{ret_s}{h_s}  ({row['train/sps']:.0f} steps/s, "
+             f"{time.perf_counter() - start:.0f}s)")
+
+    return cb
+
+
+def run_demo(opts: DemoOptions) -> dict:
+    from smfp.agent import load_agent
+    from smfp.monitor.modes import assess_state
+    from smfp.train.loop import train
+
+    for t in opts.tasks:
+        if t not in TASKS:
+            raise ConfigError(f"unknown demo task {t!r}; choose from {', '.join(TASKS)}")
+    for a in opts.algos:
+        if a not in ("sac", "mdpo", "smfp", "flow"):
+            raise ConfigError(f"unknown algo {a!r}; choose from sac, mdpo, smfp, flow")
+    if opts.episodes <= 0:
+        raise ConfigError(f"--episodes must be positive, got {opts.episodes}")
+    if opts.steps is not None and opts.steps <= 0:
+        raise ConfigError(f"--steps must be positive, got {opts.steps}")
+    out = Path(opts.out)
+    t_start = time.perf_counter()
+    results: dict = {"tasks": {}, "figures": [], "settings": {}}
+    for task in opts.tasks:
+        results["tasks"][task] = {}
+        for seed in opts.seeds:
+            agents, eps_by_algo = {}, {}
+            for algo in opts.algos:
+                run_dir = out / task / f"{algo}-s{seed}"
+                if (run_dir / "config.json").exists():
+                    raise ConfigError(f"{run_dir} already holds a run; remove it or pass another --out")
+                overrides = {**opts.overrides.get(algo, {}), **opts.overrides.get(f"{task}.{algo}", {})}
+                cfg = demo_config(task, algo, seed, opts.steps, run_dir, overrides, progress=opts.progress)
+                label = f"[{task} {algo} seed {seed}]"
+                _say(f"{label} training {cfg.total_steps} steps -> {run_dir}")
+                t0 = time.perf_counter()
+                train(cfg, callback=_progress_callback(label, cfg.total_steps))
+                train_s = time.perf_counter() - t0
+                agent = load_agent(run_dir)
+                eps = rollouts(agent, TASKS[task], opts.episodes, opts.eval_seed)
+                summ = summarize(task, eps)
+                start_obs = np.asarray(PROBE_STATES[task][0][1], dtype=np.float32)
+                rep = assess_state(agent.policy, start_obs, opts.samples)
+                summ.update(entropy_start=rep.entropy, modes_start=rep.modes, train_seconds=train_s,
+                            steps=cfg.total_steps)
+                results["tasks"][task].setdefault(algo, {})[seed] = summ
+                results["settings"][f"{task}.{algo}"] = {"steps": cfg.total_steps, **{
+                    k: list(v) if isinstance(v, tuple) else v
+                    for k, v in {**COMMON, **DEMO_SETTINGS[task][algo], **overrides}.items()}}
+                _say(f"{label} done in {train_s:.0f}s: {format_summary(task, summ)}")
+                agents[algo], eps_by_algo[algo] = agent, eps
+            if opts.figures:
+                fig_dir = out / "figures"
+                fig_dir.mkdir(parents=True, exist_ok=True)
+                p1 = plot_trajectories(task, {a: e for a, e in eps_by_algo.items()},
+                                       fig_dir / f"{task}_trajectories_s{seed}.png",
+                                       f"{TASKS[task]}: {opts.episodes} stochastic episodes from the start, seed {seed}")
+                p2 = plot_action_landscape(task, agents, fig_dir / f"{task}_actions_s{seed}.png", opts.samples)
+                results["figures"] += [str(p1), str(p2)]
+    results["seconds"] = time.perf_counter() - t_start
+    results["table"] = format_table(results, opts.episodes)
+    (out / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return results
+
+
+def format_summary(task: str, s: dict) -> str:
+    if task == "multigoal":
+        counts = " ".join(f"{k} {v}" for k, v in s["goal_counts"].items())
+        text = f"goals reached {s['reached']}/{s['episodes']}, distinct {s['distinct']} ({counts})"
+    else:
+        text = (f"success {s['success']}/{s['episodes']}, collisions {s['collision']}, "
+                f"routes up {s['routes']['up']} / down {s['routes']['down']}")
+    if "entropy_start" in s:
+        text += f", entropy at start {s['entropy_start']:.2f}, modes at start {s['modes_start']}"
+    return text
+
+
+def format_table(results: dict, episodes: int) -> str:
+    lines = []
+    for task, by_algo in results["tasks"].items():
+        lines.append(f"{TASKS[task]} ({episodes} stochastic episodes from the start state per run)")
+        if task == "multigoal":
+            from smfp.envs.multimodal import GOAL_NAMES
+
+            head = (f"  {'algo':<6}{'seed':>5}{'reached':>9}{'distinct':>9}"
+                    + "".join(f"{g:>7}" for g in GOAL_NAMES) + f"{'entropy':>9}{'modes':>7}")
+        else:
+            head = (f"  {'algo':<6}{'seed':>5}{'success':>9}{'collide':>9}{'up':>6}{'down':>6}"
+                    f"{'entropy':>9}{'modes':>7}")
+        lines.append(head)
+        for algo, by_seed in by_algo.items():
+            for seed, s in by_seed.items():
+                if task == "multigoal":
+                    row = (f"  {algo:<6}{seed:>5}{s['reached']:>9}{s['distinct']:>9}"
+                           + "".join(f"{s['goal_counts'][g]:>7}" for g in GOAL_NAMES))
+                else:
+                    row = (f"  {algo:<6}{seed:>5}{s['success']:>9}{s['collision']:>9}"
+                           f"{s['routes']['up']:>6}{s['routes']['down']:>6}")
+                lines.append(row + f"{s['entropy_start']:>9.2f}{s['modes_start']:>7}")
+    lines.append("entropy: of the action at the start state (nats, [-1, 1]^d units); "
+                 "modes: mode count there (smfp.monitor.modes rule)")
+    return "\n".join(lines)

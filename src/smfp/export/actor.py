@@ -1,0 +1,287 @@
+"""Deployable actors: observation (+ noise) -> action in the task's own bounds.
+
+Each actor is a small ``nn.Module`` built from a trained policy (and, for best-of-N, its critic
+ensemble) that TorchScript can script and the ONNX exporter can trace; it is also what
+``smfp bench latency`` times in eager PyTorch, so eager and exported timings run the same
+computation. Randomness is an input, never drawn inside, so that an exported actor can be
+checked against the library for the same noise and so that the caller owns the random stream:
+
+==========  =================  ======================================================
+mode        inputs             noise layout (standard normal, float32)
+==========  =================  ======================================================
+sample      obs (B, o),        gaussian: (B, d) = xi;
+            noise (B, n)       smfp / flow: (B, 2d) = [z, xi] (z: generator noise,
+                               xi: output noise)
+best-of-n   obs (B, o),        smfp / flow: (B, N, d) = N candidate noises z per state
+            noise (B, N, d)    (N is free at run time; sigma = 0; the critic's min-Q
+                               picks the candidate)
+mean        obs (B, o)         gaussian only: tanh of the mean
+==========  =================  ======================================================
+
+Exact rewrites (no approximation): the time inputs of the generator network are constants
+per step, so their first-layer columns are folded into one bias per step, and the network
+runs on ``[obs, x]``; the affine map ``[-1, 1] -> [low, high]`` is ``center + half * a``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smfp.policies import Policy
+from smfp.policies.distributions import squash
+
+MODES = ("sample", "best-of-n", "mean")
+
+
+class ExportError(ValueError):
+    """A user-facing export problem (reported as one line)."""
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    """A detached float32 copy; a layer stack becomes a plain ``nn.Sequential`` (training-time
+    options of the library's MLP, such as reduced matmul precision, do not belong in a deployed actor)."""
+    if isinstance(module, nn.Sequential):
+        module = nn.Sequential(*(copy.deepcopy(m) for m in module))
+    else:
+        module = copy.deepcopy(module)
+    module = module.float().eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class _StepField(nn.Module):
+    """A generator network ``f([obs, x, time...])`` with its time inputs folded into per-step biases."""
+
+    def __init__(self, seq: nn.Sequential, state_cols: int, step_times: list[list[float]]):
+        super().__init__()
+        first = seq[0]
+        w = first.weight.detach()
+        times = torch.tensor(step_times, dtype=torch.float64)  # (K, c)
+        folded = first.bias.detach().double() + times @ w[:, state_cols:].double().T  # (K, H)
+        self.weight = nn.Parameter(w[:, :state_cols].clone(), requires_grad=False)
+        self.biases: list[torch.Tensor] = [b.to(w.dtype).clone() for b in folded]
+        self.act = _frozen(seq[1])
+        self.rest = _frozen(nn.Sequential(*list(seq)[2:]))
+
+    def forward(self, inp: torch.Tensor, k: int) -> torch.Tensor:
+        return self.rest(self.act(F.linear(inp, self.weight, self.biases[k])))
+
+
+class _BoundedLogStd(nn.Module):
+    """``log_std(s) = min + (max - min) (tanh(raw(s)) + 1) / 2``, written as ``c0 + c1 tanh(raw)``."""
+
+    def __init__(self, log_std_min: float, log_std_max: float):
+        super().__init__()
+        self.c0 = float(log_std_min + 0.5 * (log_std_max - log_std_min))
+        self.c1 = float(0.5 * (log_std_max - log_std_min))
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.c0 + self.c1 * torch.tanh(raw)
+
+
+class _MinQ(nn.Module):
+    """min over the critic ensemble, from a ``QEnsemble``'s stacked (E, in, out) weights."""
+
+    def __init__(self, critic: nn.Module):
+        super().__init__()
+        self.weights: list[torch.Tensor] = [w.detach().clone() for w in critic.weights]
+        self.biases: list[torch.Tensor] = [b.detach().clone() for b in critic.biases]
+        self.num_q = int(critic.num_q)
+        self.layers = len(self.weights)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([obs, act], dim=-1).unsqueeze(0).expand(self.num_q, -1, -1)
+        for i in range(self.layers):
+            h = torch.baddbmm(self.biases[i], h, self.weights[i])
+            if i < self.layers - 1:
+                h = torch.relu(h)
+        return h.squeeze(-1).min(dim=0).values
+
+
+class _Rescale(nn.Module):
+    def __init__(self, low: np.ndarray, high: np.ndarray):
+        super().__init__()
+        low64, high64 = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+        self.register_buffer("center", torch.tensor((high64 + low64) / 2.0, dtype=torch.float32))
+        self.register_buffer("half_range", torch.tensor((high64 - low64) / 2.0, dtype=torch.float32))
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.center, self.half_range, a)
+
+
+class GaussianSampleActor(nn.Module):
+    def __init__(self, policy: Policy, low, high):
+        super().__init__()
+        self.net = _frozen(policy.net)
+        self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
+        self.rescale = _Rescale(low, high)
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        mean, raw = self.net(obs).chunk(2, dim=-1)
+        x = torch.addcmul(mean, torch.exp(self.log_std(raw)), noise)
+        return self.rescale(torch.tanh(x))
+
+
+class GaussianMeanActor(nn.Module):
+    def __init__(self, policy: Policy, low, high):
+        super().__init__()
+        self.net = _frozen(policy.net)
+        self.act_dim = int(policy.act_dim)
+        self.rescale = _Rescale(low, high)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.rescale(torch.tanh(self.net(obs)[:, : self.act_dim]))
+
+
+def _generator(policy: Policy, steps: int) -> tuple[nn.Sequential, list[list[float]], list[float]]:
+    """The generator network, its per-step time inputs and step sizes, mirroring ``transport``."""
+    if policy.kind == "smfp":
+        times, dts = [], []
+        for i in range(steps):
+            t, r = 1.0 - i / steps, 1.0 - (i + 1) / steps
+            times.append([t, t - r])
+            dts.append(t - r)
+        return policy.u_net, times, dts
+    if policy.kind == "flow":
+        dt = 1.0 / steps
+        return policy.v_net, [[1.0 - i * dt] for i in range(steps)], [dt] * steps
+    raise ExportError(f"no generator for policy {policy.kind!r}")
+
+
+class MixtureSampleActor(nn.Module):
+    """smfp / flow: ``x = transport(s, z) + sigma(s) xi``, then the bounds."""
+
+    def __init__(self, policy: Policy, low, high, steps: int):
+        super().__init__()
+        seq, times, dts = _generator(policy, steps)
+        d, o = int(policy.act_dim), int(policy.obs_dim)
+        self.field = _StepField(seq, o + d, times)
+        self.dts: list[float] = dts
+        self.steps = len(dts)
+        self.sigma_net = _frozen(policy.sigma_net)
+        self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
+        self.rescale = _Rescale(low, high)
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        z, xi = noise.chunk(2, dim=-1)
+        x = z
+        for k in range(self.steps):
+            x = torch.sub(x, self.field(torch.cat([obs, x], dim=-1), k), alpha=self.dts[k])
+        std = torch.exp(self.log_std(self.sigma_net(obs)))
+        return self.rescale(torch.tanh(torch.addcmul(x, std, xi)))
+
+
+class MixtureBestOfNActor(nn.Module):
+    """smfp / flow: N noise-free candidates ``tanh(transport(s, z_n))``, the one with the highest min-Q."""
+
+    def __init__(self, policy: Policy, critic: nn.Module, low, high, steps: int):
+        super().__init__()
+        seq, times, dts = _generator(policy, steps)
+        d, o = int(policy.act_dim), int(policy.obs_dim)
+        self.field = _StepField(seq, o + d, times)
+        self.dts: list[float] = dts
+        self.steps = len(dts)
+        self.obs_dim, self.act_dim = o, d
+        self.min_q = _MinQ(critic)
+        self.rescale = _Rescale(low, high)
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        b, n = noise.shape[0], noise.shape[1]
+        s = obs.unsqueeze(1).expand(b, n, self.obs_dim)
+        x = noise
+        for k in range(self.steps):
+            x = torch.sub(x, self.field(torch.cat([s, x], dim=-1), k), alpha=self.dts[k])
+        cand = torch.tanh(x)
+        q = self.min_q(s.reshape(b * n, self.obs_dim), cand.reshape(b * n, self.act_dim)).reshape(b, n)
+        best = q.argmax(dim=1)
+        a = torch.gather(cand, 1, best.reshape(b, 1, 1).expand(b, 1, self.act_dim)).squeeze(1)
+        return self.rescale(a)
+
+
+def resolve_mode(policy: Policy, mode: str) -> str:
+    """``auto`` -> the policy's evaluation default; gaussian best-of-n is its mean (one candidate)."""
+    if mode == "auto":
+        mode = policy.default_eval_mode()
+    if mode not in MODES:
+        raise ExportError(f"unknown mode {mode!r}; choose auto, {', '.join(MODES)}")
+    if mode == "mean" and policy.is_mixture:
+        raise ExportError(f"mode 'mean' does not exist for the {policy.kind} policy (z = 0 lands between modes); "
+                          "use --mode best-of-n or sample")
+    if mode == "best-of-n" and not policy.is_mixture:
+        mode = "mean"
+    return mode
+
+
+def default_steps(policy: Policy) -> int:
+    return int(getattr(policy, "steps", 1)) if policy.kind == "flow" else 1
+
+
+def build_actor(policy: Policy, low, high, mode: str = "sample", steps: Optional[int] = None,
+                critic: Optional[nn.Module] = None) -> nn.Module:
+    """A deployable actor for ``policy``; ``steps``: MeanFlow jumps (smfp) or Euler steps (flow)."""
+    mode = resolve_mode(policy, mode)
+    steps = default_steps(policy) if steps is None else int(steps)
+    if steps < 1:
+        raise ExportError(f"steps must be positive, got {steps}")
+    if not policy.is_mixture:
+        actor = GaussianSampleActor(policy, low, high) if mode == "sample" else GaussianMeanActor(policy, low, high)
+    elif mode == "sample":
+        actor = MixtureSampleActor(policy, low, high, steps)
+    else:
+        if critic is None:
+            raise ExportError("best-of-n needs the run's critic, and none was given")
+        actor = MixtureBestOfNActor(policy, critic, low, high, steps)
+    return actor.eval()
+
+
+def noise_shape(policy: Policy, mode: str, num_candidates: int = 16) -> Optional[tuple[int, ...]]:
+    """Per-state noise shape the actor expects (None: no noise input)."""
+    mode = resolve_mode(policy, mode)
+    d = int(policy.act_dim)
+    if mode == "mean":
+        return None
+    if mode == "best-of-n":
+        return (num_candidates, d)
+    return (2 * d,) if policy.is_mixture else (d,)
+
+
+@torch.no_grad()
+def reference_actions(policy: Policy, low, high, mode: str, obs: torch.Tensor, noise: Optional[torch.Tensor],
+                      steps: Optional[int] = None, critic: Optional[nn.Module] = None) -> torch.Tensor:
+    """The library's own (eager ``Policy``) actions for the given observations and noise.
+
+    Written against the ``Policy`` interface (``components``, ``transport``, the critic), not the
+    deployable modules, so comparing the two checks the rewrites above.
+    """
+    mode = resolve_mode(policy, mode)
+    steps = default_steps(policy) if steps is None else int(steps)
+    b, d = obs.shape[0], policy.act_dim
+    if mode == "mean":
+        a = squash(policy.component_means(obs, obs.new_zeros(b, 1, d)))[:, 0]
+    elif mode == "sample" and not policy.is_mixture:
+        mean, log_std = policy.components(obs, obs.new_zeros(b, 1, d))
+        a = squash(mean + torch.exp(log_std) * noise.unsqueeze(1))[:, 0]
+    elif mode == "sample":
+        z, xi = noise[:, :d].unsqueeze(1), noise[:, d:].unsqueeze(1)
+        mean = policy.transport(obs, z, steps)
+        a = squash(mean + torch.exp(policy.log_std(obs)).unsqueeze(1) * xi)[:, 0]
+    else:
+        n = noise.shape[1]
+        cand = squash(policy.transport(obs, noise, steps))
+        obs_rep = obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1)
+        q = critic(obs_rep, cand.reshape(b * n, d)).min(dim=0).values.reshape(b, n)
+        a = cand[torch.arange(b), q.argmax(dim=1)]
+    low_t = torch.as_tensor(np.asarray(low, dtype=np.float32))
+    high_t = torch.as_tensor(np.asarray(high, dtype=np.float32))
+    return low_t + (a + 1.0) * 0.5 * (high_t - low_t)
+
+
+__all__ = ["MODES", "ExportError", "build_actor", "default_steps", "noise_shape", "reference_actions",
+           "resolve_mode"]

@@ -1,0 +1,48 @@
+"""``smfp export RUN_DIR --format onnx|torchscript --out FILE [--mode ...] [--steps K]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from smfp.cli.args import fail
+from smfp.export.actor import ExportError
+from smfp.export.runtime import FORMATS
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from smfp.export import export_run
+
+    if args.steps is not None and args.steps <= 0:
+        fail(f"--steps must be positive, got {args.steps}")
+    try:
+        summary = export_run(args.target, args.format, args.out, args.mode, args.steps)
+    except ExportError as exc:
+        fail(str(exc))
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"wrote {summary['path']} ({summary['format']}, {summary['policy']} policy, mode {summary['mode']}, "
+          f"{summary['steps']} step(s))")
+    for name, text in summary["inputs"].items():
+        print(f"  input {name}: {text}")
+    print(f"  output action: float32 (B, act_dim) in the task's bounds")
+    print(f"verified against the eager policy on {summary['verified_on']} observations: "
+          f"max abs error {summary['max_abs_error']:.3g} (tolerance {summary['tolerance']:.3g})")
+    return 0
+
+
+def add_export_parser(subparsers) -> None:
+    """Register ``smfp export``."""
+    p = subparsers.add_parser("export", help="export a run's actor to ONNX or TorchScript (self-contained)")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--mode", default="auto", choices=("auto", "sample", "best-of-n", "mean"),
+                   help="auto (mean for gaussian, best-of-n otherwise), sample (noise is an input), best-of-n "
+                        "(candidate noises are an input; includes the critic), mean (gaussian only)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="generation steps: MeanFlow jumps for smfp (default 1), Euler steps for flow "
+                        "(default: as trained)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_export)
