@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli
+from smfp.cli.main import main
 from smfp.config import TrainConfig
 from smfp.sweep.aggregate import aggregate, load_runs, to_markdown, write_aggregate
 from smfp.sweep.grid import SweepError
@@ -189,13 +190,20 @@ def test_runs_without_evaluations_are_skipped_with_a_warning(tmp_path):
         load_runs(tmp_path)
 
 
-def test_aggregate_user_mistakes_are_one_line(tmp_path, two_task_dir):
+def test_aggregate_user_mistakes_are_one_line(tmp_path, two_task_dir, capsys):
     root, _ = two_task_dir
-    assert_one_line_error(run_cli("aggregate", str(tmp_path / "nothing")), "is not a folder")
+    assert_one_line_error(run_cli("aggregate", str(tmp_path / "nothing")), "is not a folder")  # real CLI
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({"Pendulum-v1": {"reference": 1.0, "random": 0.0}}))
-    assert_one_line_error(run_cli("aggregate", str(root), "--reference", str(partial)),
-                          "MountainCarContinuous-v0 is missing from the reference table")
     only_smfp = tmp_path / "only_smfp"
     make_run(only_smfp, "smfp", "Pendulum-v1", 0, [1.0])
-    assert_one_line_error(run_cli("aggregate", str(only_smfp)), "no sac runs on Pendulum-v1")
+    for argv, needle in [(["aggregate", str(root), "--reference", str(partial)],
+                          "MountainCarContinuous-v0 is missing from the reference table"),
+                         (["aggregate", str(only_smfp)], "no sac runs on Pendulum-v1"),
+                         (["aggregate", str(root), "--reference", str(tmp_path / "none.json")], "does not exist")]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(argv)  # in-process: the same code path without another interpreter start-up
+        assert exc.value.code == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and needle in lines[0], lines

@@ -20,7 +20,7 @@ import pytest
 import ray
 
 from conftest import REPO, assert_one_line_error, load_weights_only, read_jsonl, run_cli, smfp_command
-from smfp.cli.main import build_parser
+from smfp.cli.main import build_parser, main
 from smfp.cli.args import build_dataclass
 from smfp.config import TrainConfig
 from smfp.sweep.grid import build_grid, parse_list, parse_seeds, read_attempts
@@ -211,17 +211,31 @@ def test_a_failing_run_is_recorded_and_the_others_still_finish(ray_address, tmp_
     assert record["runs"][ok]["status"] == "done" and list_checkpoints(specs[0].run_dir)[-1][0] == 300
 
 
-def test_sweep_user_mistakes_are_one_line_before_ray_starts(killed_sweep, tmp_path, ray_address):
+def one_line_error_in_process(argv: list[str], capsys, *needles: str) -> None:
+    """``smfp.cli.main.main`` in this process (no interpreter start-up): one stderr line, non-zero exit."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code not in (0, None)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), lines[0]
+
+
+def test_sweep_user_mistakes_are_one_line_before_ray_starts(killed_sweep, tmp_path, ray_address, capsys):
     proc = run_cli("sweep", "--algos", "sac,ppo", "--envs", ENV, "--out", str(tmp_path / "x"))
-    assert_one_line_error(proc, "unknown algo 'ppo'")
-    proc = run_cli("sweep", "--envs", ENV, "--seeds", "0,x", "--out", str(tmp_path / "x"))
-    assert_one_line_error(proc, "--seeds expects integers")
-    proc = run_cli("sweep", "--algos", "sac", "--envs", f"{ENV},Hoper-v5", "--out", str(tmp_path / "x"))
-    assert_one_line_error(proc, "Hoper-v5")
-    proc = run_cli("sweep", "--algos", "sac", "--envs", ENV, "--out", str(tmp_path / "x"), "--md-lambda", "1")
-    assert_one_line_error(proc, f"sac-{ENV}-s0", "mirror-descent")
+    assert_one_line_error(proc, "unknown algo 'ppo'")  # the real CLI process
+    proc = run_cli("sweep", "--algos", "sac", "--envs", ENV, "--out", str(tmp_path / "x"), "--address", "127.0.0.1:1")
+    assert_one_line_error(proc, "cannot reach a Ray cluster at 127.0.0.1:1")  # fast, not Ray's minutes of retries
+    one_line_error_in_process(["sweep", "--envs", ENV, "--seeds", "0,x", "--out", str(tmp_path / "x")], capsys,
+                              "--seeds expects integers")
+    one_line_error_in_process(["sweep", "--algos", "sac", "--envs", f"{ENV},Hoper-v5", "--out", str(tmp_path / "x")],
+                              capsys, "Hoper-v5")
+    one_line_error_in_process(["sweep", "--algos", "sac", "--envs", ENV, "--out", str(tmp_path / "x"),
+                               "--md-lambda", "1"], capsys, f"sac-{ENV}-s0", "mirror-descent")
     # same sweep dir, other network sizes: refused instead of mixing two runs in one folder
     argv = sweep_argv(killed_sweep["out"], "0", ray_address)
     argv[argv.index("--hidden") + 1] = "64"
-    assert_one_line_error(run_cli(*argv), "holds a different run", "policy.hidden")
+    one_line_error_in_process(argv, capsys, "holds a different run", "policy.hidden")
     assert not (tmp_path / "x").exists()

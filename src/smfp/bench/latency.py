@@ -107,7 +107,7 @@ def _policies(obs_dim: int, act_dim: int, run: Optional[str], pcfg: PolicyConfig
     return policies, critic.eval(), np.asarray(low), np.asarray(high), trained_kind, best_of_n
 
 
-def _candidates(policies: dict) -> list[tuple[str, int, str]]:
+def _candidates() -> list[tuple[str, int, str]]:
     cands = [("gaussian", 1, "sample")]
     cands += [("smfp", k, "sample") for k in SMFP_STEPS]
     cands += [("flow", k, "sample") for k in FLOW_STEPS]
@@ -135,7 +135,10 @@ def _onnx_fn(sess, shape, obs: np.ndarray, rng: np.random.Generator) -> Callable
     return lambda: sess.run(None, {"obs": obs, "noise": rng.standard_normal(size, dtype=np.float32)})[0]
 
 
-def _call_floors(obs_dim: int, backends: tuple[str, ...], tmp: Path, threads: int) -> dict:
+CLOCKS = {"wall": time.perf_counter_ns, "cpu": time.thread_time_ns}
+
+
+def _call_floors(obs_dim: int, backends: tuple[str, ...], tmp: Path, threads: int, clock: str) -> dict:
     """Time of a call that does no arithmetic (numpy in, numpy out) in each backend: the fixed cost."""
     floors: dict[str, float] = {}
     obs = np.zeros((1, obs_dim), dtype=np.float32)
@@ -161,11 +164,11 @@ def _call_floors(obs_dim: int, backends: tuple[str, ...], tmp: Path, threads: in
     for name, fn in fns.items():
         for _ in range(200):
             fn()
-        times = []
+        times, now = [], CLOCKS[clock]
         for _ in range(2000):
-            t0 = time.perf_counter_ns()
+            t0 = now()
             fn()
-            times.append(time.perf_counter_ns() - t0)
+            times.append(now() - t0)
         floors[name] = round(float(np.median(times)) / 1e3, 2)
     return floors
 
@@ -173,7 +176,7 @@ def _call_floors(obs_dim: int, backends: tuple[str, ...], tmp: Path, threads: in
 def run_latency_bench(obs_dim: int = 17, act_dim: int = 6, batches: tuple[int, ...] = (1, 32, 1024),
                       run: Optional[str] = None, backends: tuple[str, ...] = BACKENDS, seconds: float = 6.0,
                       max_rounds: int = 200, min_rounds: int = 5, warmup_s: float = 0.05, block_s: float = 0.005,
-                      threads: int = 1, seed: int = 0, best_of_n: Optional[int] = None,
+                      threads: int = 1, seed: int = 0, clock: str = "wall", best_of_n: Optional[int] = None,
                       policy_cfg: Optional[PolicyConfig] = None, critic_cfg: Optional[CriticConfig] = None,
                       log: Callable[[str], None] = lambda s: None) -> dict:
     """Time every candidate in every backend at every batch size; returns the JSON-ready report."""
@@ -189,6 +192,8 @@ def run_latency_bench(obs_dim: int = 17, act_dim: int = 6, batches: tuple[int, .
         except ImportError:
             log("smfp: onnx/onnxruntime not installed (pip install 'smfp[export]'); skipping the onnx backend")
             backends = tuple(b for b in backends if b != "onnx")
+    if clock not in CLOCKS:
+        raise ConfigError(f"unknown --clock {clock!r}; choose wall or cpu")
     torch.set_num_threads(threads)
     pcfg, ccfg = policy_cfg or PolicyConfig(), critic_cfg or CriticConfig()
     policies, critic, low, high, trained_kind, run_n = _policies(obs_dim, act_dim, run, pcfg, ccfg, seed)
@@ -196,7 +201,7 @@ def run_latency_bench(obs_dim: int = 17, act_dim: int = 6, batches: tuple[int, .
     obs_dim, act_dim = policies["smfp"].obs_dim, policies["smfp"].act_dim
     machine = machine_description(threads)
     rng = np.random.default_rng(seed)
-    cands = _candidates(policies)
+    cands = _candidates()
     report_results: list[dict] = []
 
     with tempfile.TemporaryDirectory(prefix="smfp-latency-") as tmpdir, torch.inference_mode():
@@ -217,7 +222,8 @@ def run_latency_bench(obs_dim: int = 17, act_dim: int = 6, batches: tuple[int, .
                 entry["onnx"] = onnx_session(path, threads)
             actors[(kind, steps, mode)] = entry
         log(f"smfp: built {len(cands)} actors x {len(backends)} backends; timing batches {list(batches)}")
-        floors = _call_floors(obs_dim, backends, tmp, threads)
+        floors = _call_floors(obs_dim, backends, tmp, threads, clock)
+        now = CLOCKS[clock]
 
         for batch in batches:
             obs = rng.standard_normal((batch, obs_dim)).astype(np.float32)
@@ -250,9 +256,9 @@ def run_latency_bench(obs_dim: int = 17, act_dim: int = 6, batches: tuple[int, .
                 for key in order:
                     fn, out = fns[key], samples[key]
                     for _ in range(block[key]):
-                        t0 = time.perf_counter_ns()
+                        t0 = now()
                         fn()
-                        out.append(time.perf_counter_ns() - t0)
+                        out.append(now() - t0)
                 rounds += 1
             log(f"smfp: batch {batch}: {rounds} rounds in {time.perf_counter() - start:.1f} s")
             for (kind, steps, mode, backend), times in samples.items():
@@ -267,7 +273,8 @@ def run_latency_bench(obs_dim: int = 17, act_dim: int = 6, batches: tuple[int, .
             "hidden": list(policies["smfp"].hidden), "sigma_hidden": list(policies["smfp"].sigma_hidden),
             "critic_hidden": list(critic.hidden), "num_q": critic.num_q, "best_of_n": n_best,
             "trained_policy": trained_kind, "run": run, "machine": machine, "call_floor_us": floors,
-            "settings": {"seconds_per_batch": seconds, "min_rounds": min_rounds, "max_rounds": max_rounds,
+            "settings": {"clock": clock, "seconds_per_batch": seconds, "min_rounds": min_rounds,
+                         "max_rounds": max_rounds,
                          "block_s": block_s, "warmup_s": warmup_s, "seed": seed},
             "results": report_results, "ratios_to_smfp1": ratios, "targets": _targets(report_results)}
 
@@ -315,7 +322,8 @@ def format_table(report: dict) -> str:
     m = report["machine"]
     backends = report["backends"]
     lines = [f"latency of one action selection (numpy obs in -> noise -> actor -> bounded numpy action out); "
-             f"median / p90 in us, (x) = median / smfp-1 of the same backend and batch",
+             f"median / p90 in us ({report['settings']['clock']} clock), (x) = median / smfp-1 of the same "
+             f"backend and batch",
              f"machine: {m['cpu']}, {m['usable_cores']} usable cores, torch {m['torch']}, onnxruntime "
              f"{m['onnxruntime']}, {m['threads']} thread(s), load average {m['load_average']} -> "
              f"{m['load_average_end']}",
@@ -368,12 +376,13 @@ def main_latency(args) -> int:
     report = run_latency_bench(obs_dim=args.obs_dim or 17, act_dim=args.act_dim or 6,
                                batches=tuple(parse_batches(args.batch)), run=args.run, backends=backends,
                                seconds=args.seconds, threads=args.threads, best_of_n=args.best_of_n,
-                               min_rounds=args.min_rounds, log=lambda s: print(s, file=sys.stderr))
+                               min_rounds=args.min_rounds, clock=args.clock, log=lambda s: print(s, file=sys.stderr))
     print(json.dumps(report) if args.json else format_table(report))
     return 0
 
 
-__all__ = ["BACKENDS", "add_latency_parser", "format_table", "machine_description", "main_latency", "parse_batches", "run_latency_bench"]
+__all__ = ["BACKENDS", "CLOCKS", "add_latency_parser", "format_table", "machine_description", "main_latency",
+           "parse_batches", "run_latency_bench"]
 
 
 def add_latency_parser(bench_subparsers) -> None:
@@ -391,5 +400,8 @@ def add_latency_parser(bench_subparsers) -> None:
     b.add_argument("--min-rounds", type=int, default=5, help="rounds run even past --seconds")
     b.add_argument("--best-of-n", type=int, default=None, help="candidates of best-of-N (default: the run's, or 16)")
     b.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime intra-op threads")
+    b.add_argument("--clock", default="wall", choices=tuple(CLOCKS),
+                   help="wall: elapsed time, what a controller sees (default); cpu: the calling thread's CPU time, "
+                        "which leaves out time the OS gives to other processes (use on a shared, busy machine)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=main_latency)

@@ -124,12 +124,15 @@ def main(argv=None) -> int:
             return  # evaluation rows share a step with the training row
         records.append({"step": step, "buffer_fill": min(step, capacity), "rss_mib": rss_mib(),
                         "elapsed_s": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0})
+        r = records[-1]
+        print(f"soak: step {step}: RSS {r['rss_mib']:.1f} MiB, buffer {r['buffer_fill']}, "
+              f"{r['elapsed_s']:.0f} s", flush=True)
 
     print(f"soak: {args.algo} on {args.env}, {args.steps} steps, buffer {capacity} transitions "
           f"({buffer_mib:.2f} MiB; allocating one alone raised RSS by {after - before:.2f} MiB), "
           f"networks {' '.join(map(str, args.hidden))}, batch {args.batch_size}, run dir {run_dir}; "
           f"RSS {start_rss:.1f} MiB after imports, {before:.1f} MiB with the env checked", flush=True)
-    train(cfg, callback=record)
+    result = train(cfg, callback=record)  # Ctrl-C / SIGTERM stop it gracefully: the table covers what ran
     wall = time.perf_counter() - t0
 
     print(f"\n{'step':>8} {'buffer':>8} {'RSS MiB':>9} {'vs full':>8} {'elapsed s':>10}")
@@ -137,13 +140,16 @@ def main(argv=None) -> int:
     for r in records:
         delta = f"{r['rss_mib'] - base:+8.1f}" if base is not None and r["step"] >= capacity else f"{'':>8}"
         print(f"{r['step']:>8} {r['buffer_fill']:>8} {r['rss_mib']:>9.1f} {delta} {r['elapsed_s']:>10.0f}")
+    steps_done = result.step
     result = verdict(records, capacity, args.tolerance_mib)
     print(f"\n{result['text']}")
-    print(f"wall {wall:.0f} s ({args.steps / wall:.0f} steps/s), CPU {time.process_time() - cpu0:.0f} s")
+    print(f"{steps_done} of {args.steps} steps{' (stopped early)' if steps_done < args.steps else ''}; wall "
+          f"{wall:.0f} s ({steps_done / wall:.0f} steps/s), CPU {time.process_time() - cpu0:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "buffer_mib": buffer_mib,
                                                "buffer_alloc_rss_mib": after - before, "records": records,
-                                               "verdict": result, "wall_s": wall}, indent=2) + "\n")
+                                               "verdict": result, "steps_done": steps_done, "wall_s": wall},
+                                              indent=2) + "\n")
     return 0 if result["flat"] is not False else 1
 
 

@@ -18,7 +18,12 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a mistake as one line on stderr and exits 2."""
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines and other control characters escaped (they may come from user input)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _unwrap_optional(tp) -> tuple[Any, bool]:
@@ -111,5 +116,5 @@ def build_dataclass(cls, values: dict, base=None):
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:
-    print(f"smfp: error: {message}", file=sys.stderr)
+    print(f"smfp: error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(code)

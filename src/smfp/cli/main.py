@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     from smfp.export.cli import add_export_parser  # export
 
     add_export_parser(sub)
+
+    from smfp.demo import add_demo_parser  # demo (the main job)
+    from smfp.monitor.modes import add_inspect_parser  # inspect (assess multimodality)
+
+    add_demo_parser(sub)
+    add_inspect_parser(sub)
     return parser
 
 

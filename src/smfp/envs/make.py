@@ -37,8 +37,9 @@ class CheckedEnv(gym.Wrapper):
                            f"but its observation space says {self.obs_shape}")
         if not np.isfinite(obs).all():
             raise EnvError(f"{self.env_id} returned a non-finite observation at step {self.steps}")
-        try:
-            value = np.asarray(reward, dtype=np.float64)
+        try:  # None and text would pass np.asarray(..., float64) as nan or as a parsed number
+            value = np.zeros(0) if reward is None or isinstance(reward, (str, bytes)) else \
+                np.asarray(reward, dtype=np.float64)
         except (TypeError, ValueError):
             value = np.zeros(0)
         if value.size != 1:
@@ -99,8 +100,8 @@ def _make_checked(env_id, seed, max_episode_steps, render_mode) -> gym.Env:
         env.close()
         raise EnvError(f"env {env_id!r} needs a flat Box observation space, got {env.observation_space}")
     env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+    env = CheckedEnv(env, env_id)  # below the statistics, which would choke on a non-numeric reward first
     env = gym.wrappers.RecordEpisodeStatistics(env)
-    env = CheckedEnv(env, env_id)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)

@@ -80,7 +80,8 @@ def export_policy(policy: Policy, low, high, fmt: str, out: str | Path, mode: st
     scale = float(max(1.0, np.max(high - low) / 2.0))
     tol = 1e-4 * scale
     summary = {"path": str(out), "format": fmt, "policy": policy.kind, "mode": mode, "steps": steps,
-               "inputs": meta["inputs"], "max_abs_error": err, "tolerance": tol, "verified_on": verify_batch}
+               "inputs": meta["inputs"], "output": meta["output"], "max_abs_error": err, "tolerance": tol,
+               "verified_on": verify_batch}
     if not err <= tol:
         raise ExportError(f"exported actor {out} disagrees with the eager policy: max abs error {err:.3g} "
                           f"> {tol:.3g} on {verify_batch} observations")

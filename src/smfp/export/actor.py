@@ -56,6 +56,14 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module
 
 
+def _fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``a + b * c``: one fused op in eager/TorchScript; plain Mul + Add when traced for ONNX (the
+    exporter turns ``addcmul`` into an extra multiplication by its constant ``value = 1``)."""
+    if torch.jit.is_tracing():
+        return a + b * c
+    return torch.addcmul(a, b, c)
+
+
 class _StepField(nn.Module):
     """A generator network ``f([obs, x, time...])`` with its time inputs folded into per-step biases."""
 
@@ -113,19 +121,21 @@ class _Rescale(nn.Module):
         self.register_buffer("half_range", torch.tensor((high64 - low64) / 2.0, dtype=torch.float32))
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.center, self.half_range, a)
+        return _fma(self.center, self.half_range, a)
 
 
 class GaussianSampleActor(nn.Module):
     def __init__(self, policy: Policy, low, high):
         super().__init__()
         self.net = _frozen(policy.net)
+        self.act_dim = int(policy.act_dim)
         self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
         self.rescale = _Rescale(low, high)
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        mean, raw = self.net(obs).chunk(2, dim=-1)
-        x = torch.addcmul(mean, torch.exp(self.log_std(raw)), noise)
+        h = self.net(obs)  # constant slice bounds (a chunk would trace to shape arithmetic in ONNX)
+        mean, raw = h[:, : self.act_dim], h[:, self.act_dim :]
+        x = _fma(mean, torch.exp(self.log_std(raw)), noise)
         return self.rescale(torch.tanh(x))
 
 
@@ -165,17 +175,17 @@ class MixtureSampleActor(nn.Module):
         self.field = _StepField(seq, o + d, times)
         self.dts: list[float] = dts
         self.steps = len(dts)
+        self.act_dim = d
         self.sigma_net = _frozen(policy.sigma_net)
         self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
         self.rescale = _Rescale(low, high)
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        z, xi = noise.chunk(2, dim=-1)
-        x = z
+        x, xi = noise[:, : self.act_dim], noise[:, self.act_dim :]
         for k in range(self.steps):
             x = torch.sub(x, self.field(torch.cat([obs, x], dim=-1), k), alpha=self.dts[k])
         std = torch.exp(self.log_std(self.sigma_net(obs)))
-        return self.rescale(torch.tanh(torch.addcmul(x, std, xi)))
+        return self.rescale(torch.tanh(_fma(x, std, xi)))
 
 
 class MixtureBestOfNActor(nn.Module):

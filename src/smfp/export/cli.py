@@ -26,7 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{summary['steps']} step(s))")
     for name, text in summary["inputs"].items():
         print(f"  input {name}: {text}")
-    print(f"  output action: float32 (B, act_dim) in the task's bounds")
+    print(f"  output action: {summary['output']}")
     print(f"verified against the eager policy on {summary['verified_on']} observations: "
           f"max abs error {summary['max_abs_error']:.3g} (tolerance {summary['tolerance']:.3g})")
     return 0

@@ -121,6 +121,18 @@ class SweepResult:
         return sum(1 for s in self.statuses.values() if s == status)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (ray.init would retry for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SweepError(f"cannot reach a Ray cluster at {address} ({exc.strerror or type(exc).__name__}); "
+                         "start one with `ray start --head` or check --address") from None
+
+
 def connect_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     """Start a light local Ray instance or join ``address``; True if this call started/joined it."""
     try:
@@ -135,6 +147,7 @@ def connect_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
             if num_cpus is not None:
                 raise SweepError("--num-cpus sizes a local Ray instance; with --address the cluster's CPUs are used")
             common.pop("include_dashboard")
+            _check_reachable(address)
             ray.init(address=address, **common)
         else:
             # address="local": a private instance even if `ray start` or RAY_ADDRESS points elsewhere
@@ -153,16 +166,36 @@ def connect_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
 def run_sweep(specs: list[RunSpec], out: Path, grid: dict, cpus_per_run: int = 1, max_retries: int = 3,
               address: Optional[str] = None, num_cpus: Optional[int] = None, progress_every: float = 30.0,
               emit: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> SweepResult:
-    """Submit every unfinished run of ``specs`` as a Ray task and wait for all of them."""
+    """Submit every unfinished run of ``specs`` as a Ray task and wait for all of them.
+
+    Nothing is written and no line is emitted before the run dirs are checked and Ray is reached,
+    so a mistake there is a single error.
+    """
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    states = {spec.name: run_state(spec) for spec in specs}  # raises if a run dir holds another run
     record = SweepRecord.open(out)
-    states = {spec.name: run_state(spec) for spec in specs}  # raises before Ray starts if a dir conflicts
+    todo = [spec for spec in specs if not states[spec.name].finished]
+    started_ray = connect_ray(address, num_cpus) if todo else False
+    if todo:
+        import ray
+    try:
+        if todo:
+            total_cpus = int(ray.cluster_resources().get("CPU", 0))
+            if total_cpus < cpus_per_run:
+                raise SweepError(f"--cpus-per-run {cpus_per_run} exceeds the {total_cpus} CPUs Ray has; "
+                                 "no run could ever start")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SweepError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
     sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     record.start(sweep_id, grid)
     statuses: dict[str, str] = {}
     errors: dict[str, str] = {}
-    todo = []
     for spec in specs:
         if states[spec.name].finished:
             statuses[spec.name] = "skipped"
@@ -171,22 +204,14 @@ def run_sweep(specs: list[RunSpec], out: Path, grid: dict, cpus_per_run: int = 1
             statuses[spec.name] = "queued"
             record.set_run(spec, status="queued", step=states[spec.name].step, sweep=sweep_id, reused=False,
                            error=None)
-            todo.append(spec)
     record.save()
-    skipped = len(specs) - len(todo)
-    emit(f"smfp sweep: {len(specs)} runs in {out} ({skipped} already finished, {len(todo)} to run)")
+    emit(f"smfp sweep: {len(specs)} runs in {out} ({len(specs) - len(todo)} already finished, "
+         f"{len(todo)} to run)")
     t_start = time.time()
     if not todo:
         return SweepResult(out, statuses, errors, 0.0)
 
-    started_ray = connect_ray(address, num_cpus)
-    import ray
-
     try:
-        total_cpus = int(ray.cluster_resources().get("CPU", 0))
-        if total_cpus < cpus_per_run:
-            raise SweepError(f"--cpus-per-run {cpus_per_run} exceeds the {total_cpus} CPUs Ray has; "
-                             "no run could ever start")
         remote = ray.remote(train_task).options(num_cpus=cpus_per_run, max_retries=max_retries,
                                                 retry_exceptions=[RunInterrupted], name="smfp-train")
         pending = {remote.remote(spec.config.to_dict(), sweep_id): spec for spec in todo}

@@ -73,7 +73,8 @@ def safe_load(path: Path) -> dict:
         if not blocked:  # the safe unpickler choked on bytes that are not a pickle at all
             raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or not a checkpoint)") from None
         raise CheckpointError(f"refusing to load {path}: it references code, not just tensors and plain data "
-                              f"(possibly malicious; only load checkpoints you trust): {blocked[0][:160]}") from None
+                              f"(possibly malicious; only load checkpoints you trust): "
+                              f"{blocked[0].split(' Please use')[0][:160]}") from None  # not torch's allow-list advice
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, NotImplementedError) as exc:
         if isinstance(exc, CheckpointError):
             raise

@@ -1,0 +1,85 @@
+"""SIGINT (Ctrl-C) and SIGTERM stop ``smfp train`` gracefully: a final checkpoint at the step
+reached, exit status 0, and ``--resume`` carries on from exactly there (nothing is lost)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import REPO, load_weights_only, smfp_command
+from smfp.monitor.logger import read_metrics
+from smfp.train.checkpoint import list_checkpoints, load_checkpoint
+
+LOG_EVERY = 50
+FLAGS = ["train", "--algo", "sac", "--env", "Pendulum-v1", "--seed", "5", "--hidden", "16", "16",
+         "--critic-hidden", "16", "16", "--batch-size", "32", "--learning-starts", "100",
+         "--log-every", str(LOG_EVERY), "--checkpoint-every", "100000", "--eval-every", "0", "--eval-episodes", "1",
+         "--max-episode-steps", "100", "--no-progress", "--no-tensorboard", "--threads", "1"]
+
+
+def _popen(args: list[str], stderr: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    with open(stderr, "w") as err:
+        return subprocess.Popen([*smfp_command(), *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err,
+                                text=True)
+
+
+def _last_logged(run: Path) -> int:
+    return max((r["step"] for r in read_metrics(run / "metrics.jsonl")), default=0)
+
+
+def _stop_with(sig: signal.Signals, run: Path, extra: list[str], after_step: int, stderr: Path) -> tuple[dict, str]:
+    """Start a (long) run, wait until it has logged past ``after_step`` (so it is inside the training
+    loop), send ``sig`` and return its JSON summary and stderr."""
+    proc = _popen([*FLAGS, "--total-steps", "1000000", "--run-dir", str(run), *extra], stderr)
+    deadline = time.monotonic() + 120
+    while _last_logged(run) <= after_step:
+        assert proc.poll() is None, f"training exited early:\n{stderr.read_text()}"
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    err = stderr.read_text()
+    assert proc.returncode == 0, f"{sig.name} must stop gracefully with status 0, got {proc.returncode}:\n{err}"
+    assert "Traceback" not in err and "stop requested" in err, err
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def _check_final_checkpoint(run: Path, step: int) -> None:
+    steps = [s for s, _ in list_checkpoints(run)]
+    assert steps[-1] == step, f"the final checkpoint is at {steps[-1]}, the run stopped at {step}"
+    ckpt = load_checkpoint(run / "checkpoints" / f"step_{step:010d}.pt")
+    assert ckpt["step"] == step
+    assert ckpt["learner"]["updates"] == step - 100, "one update per step after --learning-starts 100"
+    buf = load_weights_only(run / "checkpoints" / ckpt["buffer_file"])
+    assert buf["size"] == step, "every transition collected before the stop is in the saved buffer"
+    assert _last_logged(run) == step - step % LOG_EVERY
+
+
+def test_sigint_then_sigterm_then_resume_to_the_end(tmp_path):
+    run = tmp_path / "run"
+    summary, _ = _stop_with(signal.SIGINT, run, [], 300, tmp_path / "err1.txt")
+    s1 = summary["step"]
+    assert summary["stopped_early"] is True and s1 > 300
+    _check_final_checkpoint(run, s1)
+
+    summary, err = _stop_with(signal.SIGTERM, run, ["--resume"], s1 + 100, tmp_path / "err2.txt")
+    s2 = summary["step"]
+    assert f"resumed at step {s1}" in err
+    assert summary["stopped_early"] is True and s2 > s1 + 100
+    _check_final_checkpoint(run, s2)
+
+    target = s2 + 60
+    proc = _popen([*FLAGS, "--total-steps", str(target), "--run-dir", str(run), "--resume"], tmp_path / "err3.txt")
+    out, _ = proc.communicate(timeout=120)
+    err = (tmp_path / "err3.txt").read_text()
+    assert proc.returncode == 0 and f"resumed at step {s2}" in err, err
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["step"] == target and final["stopped_early"] is False
+    train_rows = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train/sps" in r]
+    assert train_rows == list(range(LOG_EVERY, target + 1, LOG_EVERY)), "a logged interval was lost or repeated"
