@@ -64,15 +64,17 @@ def bimodal_q(peak: float = 0.6, width: float = 0.2, height: float = 2.0) -> Kno
     return KnownQ(f"bimodal(+-{peak}, w={width}, h={height})", 1, _max_of_bumps(centers, width, height), centers)
 
 
-def double_well_q(peak: float = 0.6, depth: float = 20.0) -> KnownQ:
-    """1-D: ``-depth * (a^2 - peak^2)^2``, two equal smooth peaks at ``+-peak`` and no flat background.
+def double_well_q(peak: float = 0.6, depth: float = 10.0, dim: int = 1) -> KnownQ:
+    """``-depth * sum_i (a_i^2 - peak^2)^2``: smooth equal peaks at ``+-peak`` per coordinate, no flat background.
 
-    ``exp(Q/alpha)`` is then close to a two-component Gaussian mixture (peak std about
-    ``sqrt(alpha / (8 depth peak^2))``), a target a mixture policy can match closely.
+    ``dim = 1``: two peaks at ``+-peak``; ``dim = 2``: four at the corners ``(+-peak, +-peak)``.
+    ``exp(Q/alpha)`` is a product over coordinates of near-Gaussian two-peak densities (peak std
+    about ``sqrt(alpha / (8 depth peak^2))``, valley ``depth peak^4 / alpha`` nats below the peaks).
     """
     def fn(a: torch.Tensor) -> torch.Tensor:
         return -depth * (a.pow(2) - peak ** 2).pow(2).sum(-1)
-    return KnownQ(f"double_well(+-{peak}, depth={depth})", 1, fn, ((-peak,), (peak,)))
+    centers = tuple(itertools.product((-peak, peak), repeat=dim))
+    return KnownQ(f"double_well(+-{peak}, depth={depth}, dim={dim})", dim, fn, centers)
 
 
 def corners_q(peak: float = 0.6, width: float = 0.2, height: float = 2.0) -> KnownQ:

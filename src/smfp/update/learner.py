@@ -60,7 +60,10 @@ def tune_allocator() -> None:
 
 def grad_norm(params: list[nn.Parameter], clip: float) -> torch.Tensor:
     """Total gradient norm before clipping; clips in place when ``clip > 0``."""
-    return torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf, foreach=True)
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+    # Same norm as clip_grad_norm_ computes, without its (identity) rescaling of every gradient.
+    return torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None], foreach=True)
 
 
 class Learner:
@@ -188,7 +191,7 @@ class Learner:
 
     @staticmethod
     def _finite(loss: torch.Tensor, norm: torch.Tensor) -> bool:
-        return bool(torch.isfinite(loss).item() and torch.isfinite(norm).item())
+        return math.isfinite(loss.item()) and math.isfinite(norm.item())  # 0-dim: 2 ops, not 10
 
     def _skip(self, optimizer: torch.optim.Optimizer, with_metrics: bool) -> dict[str, torch.Tensor]:
         """Guard: a non-finite loss or gradient is never applied; the update is skipped and counted."""

@@ -1,0 +1,225 @@
+"""The mode-count rule on known mixtures, and `smfp inspect` on real policies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli, tiny_config
+from smfp.monitor.modes import assess_state, count_modes, inspect_run, verdict
+
+
+def mixture(rng, centers, std, n=1000, weights=None):
+    centers = np.asarray(centers, dtype=float)
+    k = rng.choice(len(centers), size=n, p=weights)
+    return np.clip(centers[k] + std * rng.standard_normal((n, centers.shape[1])), -1.0, 1.0), k
+
+
+FOUR = [[0.6, 0.0], [-0.6, 0.0], [0.0, 0.6], [0.0, -0.6]]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_well_separated_mixtures_give_their_number_of_modes(seed):
+    rng = np.random.default_rng(seed)
+    for centers, std in (([[0.3, -0.2]], 0.05), ([[-0.6, 0.1], [0.6, -0.1]], 0.08), (FOUR, 0.08), (FOUR, 0.15)):
+        a, comp = mixture(rng, centers, std)
+        res = count_modes(a)
+        assert res.count == len(centers), (centers, std, res.masses)
+        # each found mode sits on a true centre and holds about its share of the samples
+        for c, m in zip(res.centers, res.masses):
+            assert np.min(np.linalg.norm(np.asarray(centers) - c, axis=1)) < 0.1
+            assert abs(m - 1.0 / len(centers)) < 0.08
+        # labels agree with the generating component (up to renaming)
+        for k in range(len(centers)):
+            labels = res.labels[comp == k]
+            assert np.mean(labels == np.bincount(labels[labels >= 0]).argmax()) > 0.95
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("std", [0.3, 0.45])
+def test_one_broad_gaussian_is_one_mode(seed, std):
+    a, _ = mixture(np.random.default_rng(seed), [[0.0, 0.0]], std)
+    res = count_modes(a)
+    assert res.count == 1 and res.masses[0] > 0.95
+
+
+def test_mode_count_in_one_and_many_dimensions():
+    rng = np.random.default_rng(7)
+    a1, _ = mixture(rng, [[-0.5], [0.5]], 0.1)
+    assert count_modes(a1[:, 0]).count == 2  # a 1-D vector is accepted
+    broad17, _ = mixture(rng, [[0.0] * 17], 0.3)
+    assert count_modes(broad17).count == 1  # no fragmentation in high dimension
+    four17, _ = mixture(rng, list(np.eye(17)[:4] * 0.7), 0.1)
+    assert count_modes(four17).count == 4
+
+
+def test_minor_clusters_below_min_mass_are_not_counted():
+    rng = np.random.default_rng(3)
+    a, _ = mixture(rng, [[-0.6, 0.0], [0.6, 0.0], [0.0, 0.8]], 0.05, weights=[0.49, 0.49, 0.02])
+    res = count_modes(a)
+    assert res.count == 2 and res.minor == 1 and 0.005 < res.minor_mass < 0.05
+    assert (res.labels == -1).sum() == round(res.minor_mass * len(a))
+    assert count_modes(a, min_mass=0.005).count == 3
+
+
+def test_deterministic_samples_are_one_mode_and_bad_input_is_refused():
+    assert count_modes(np.tile([[0.5, -0.5]], (200, 1))).count == 1
+    with pytest.raises(ValueError):
+        count_modes(np.array([[0.0, np.nan]]))
+    with pytest.raises(ValueError):
+        count_modes(np.zeros((0, 2)))
+
+
+def test_verdict_wording():
+    class R:
+        def __init__(self, modes):
+            self.modes = modes
+
+    assert verdict([R(1), R(1)], "smfp").startswith("unimodal at all 2 probed states: a Gaussian policy would do")
+    v = verdict([R(4), R(1), R(2), R(1)], "smfp")
+    assert v.startswith("2-4 modes at 50% of states (2/4)")
+
+
+# --- policies ---------------------------------------------------------------------------------------------
+
+class SignMap(torch.nn.Module):
+    """An average velocity ``u = z - 1.5 tanh(5 z)``: the one-step map is ``mu(s, z) = 1.5 tanh(5 z)``,
+    which sends the four sign quadrants of ``z`` to the four corners ``(+-0.9, +-0.9)`` of the box."""
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        super().__init__()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+
+    def forward(self, inp):
+        z = inp[..., self.obs_dim:self.obs_dim + self.act_dim]
+        return z - 1.5 * torch.tanh(5.0 * z)
+
+
+def four_corner_policy():
+    from smfp.policies import SMFPPolicy
+
+    pol = SMFPPolicy(obs_dim=2, act_dim=2, hidden=(8,), sigma_hidden=(4,))
+    pol.u_net = SignMap(2, 2)
+    with torch.no_grad():
+        for p in pol.sigma_net.parameters():
+            p.zero_()
+        pol.sigma_net[-1].bias.fill_(-3.0)  # sigma = exp(-5 + 3.5 (tanh(-3) + 1)) ~ 0.04
+    return pol.eval()
+
+
+def test_assess_state_finds_four_modes_and_credits_their_spread_in_the_entropy():
+    torch.manual_seed(0)
+    rep = assess_state(four_corner_policy(), np.zeros(2, np.float32), n=1000)
+    assert rep.modes == 4
+    assert sorted(np.sign(np.round(rep.centers, 1)).tolist()) == [[-1, -1], [-1, 1], [1, -1], [1, 1]]
+    assert all(0.2 < m < 0.3 for m in rep.masses)
+    # the mixture estimate credits the spread over 4 equal modes: about log 4 nats over the conditional one
+    assert rep.entropy - rep.entropy_m1 == pytest.approx(np.log(4.0), abs=0.15)
+
+
+def test_assess_state_on_a_gaussian_policy_is_one_mode_with_exact_entropy():
+    from smfp.policies import GaussianPolicy
+
+    torch.manual_seed(0)
+    rep = assess_state(GaussianPolicy(2, 2, hidden=(8,)), np.zeros(2, np.float32), n=800)
+    assert rep.modes == 1 and rep.entropy == pytest.approx(rep.entropy_m1)
+
+
+# --- smfp inspect on trained runs -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bandit_env_module(tmp_path_factory):
+    """A one-step task with one best action (0.5, -0.5): a unimodal bandit, as a user module."""
+    import sys
+    import textwrap
+
+    folder = tmp_path_factory.mktemp("bandit_env")
+    (folder / "smfp_test_bandit.py").write_text(textwrap.dedent('''
+        import gymnasium as gym
+        import numpy as np
+        from gymnasium import spaces
+
+
+        class Bandit(gym.Env):
+            def __init__(self):
+                self.observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+                self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+            def reset(self, seed=None, options=None):
+                super().reset(seed=seed)
+                return np.zeros(1, np.float32), {}
+
+            def step(self, action):
+                a = np.asarray(action, dtype=np.float64)
+                reward = -4.0 * float(np.sum((a - np.array([0.5, -0.5])) ** 2))
+                return np.zeros(1, np.float32), reward, True, False, {}
+
+
+        if "SmfpTestBandit-v0" not in gym.registry:
+            gym.register("SmfpTestBandit-v0", entry_point=__name__ + ":Bandit", max_episode_steps=1)
+    '''))
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))
+
+
+@pytest.fixture(scope="module")
+def bandit_run(tmp_path_factory, bandit_env_module):
+    from smfp.train.loop import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "smfp-bandit"
+    cfg = tiny_config(run_dir, env="smfp_test_bandit:SmfpTestBandit-v0", total_steps=1200, learning_starts=200,
+                      eval_every=0, checkpoint_every=0)
+    cfg.algo = "smfp"
+    cfg.update.gamma = 0.0
+    cfg.update.anchor_period = 100
+    cfg.log.tensorboard = False
+    cfg.monitor.alarms = False
+    train(cfg)
+    return run_dir
+
+
+def test_inspect_finds_one_mode_for_a_policy_trained_on_a_unimodal_bandit(bandit_run):
+    report = inspect_run(bandit_run, states=[[0.0]], samples=600)
+    (state,) = report["states"]
+    assert state["modes"] == 1
+    # the policy learned: its one mode sits near the best action
+    assert np.linalg.norm(np.asarray(state["mode_centers"][0]) - [0.5, -0.5]) < 0.25
+    assert report["verdict"].startswith("unimodal at all 1 probed states")
+    assert report["train_entropy"] is not None and "gap" in report["train_entropy"]
+    assert (bandit_run / "inspect.png").stat().st_size > 1000
+
+
+def test_inspect_cli_json_and_default_probe_states(bandit_run, bandit_env_module, tmp_path):
+    png = tmp_path / "probe.png"
+    proc = run_cli("inspect", bandit_run, "--samples", "300", "--states", "3", "--json", "--out", png,
+                   pythonpath=bandit_env_module)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert set(out) >= {"states", "verdict", "png", "train_entropy"}
+    assert 1 <= len(out["states"]) <= 3
+    for s in out["states"]:
+        assert set(s) >= {"state", "modes", "entropy", "entropy_m1"} and len(s["state"]) == 1
+        assert s["modes"] == 1
+    assert png.stat().st_size > 1000
+    text = run_cli("inspect", bandit_run, "--state", "0", "--samples", "200", "--out", png,
+                   pythonpath=bandit_env_module)
+    assert text.returncode == 0 and "verdict: unimodal" in text.stdout and "figure:" in text.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--state", "0", "0"], "--state has 2 values"),
+    (["--state", "x"], "--state expects numbers"),
+    (["--samples", "0"], "--samples must be at least 2"),
+    (["--min-mass", "1.5"], "--min-mass"),
+])
+def test_inspect_user_mistakes_are_one_line(bandit_run, bandit_env_module, args, needle):
+    proc = run_cli("inspect", bandit_run, *args, pythonpath=bandit_env_module)
+    assert_one_line_error(proc, needle)
+
+
+def test_inspect_missing_run_is_one_line(tmp_path):
+    assert_one_line_error(run_cli("inspect", tmp_path / "nothing"), "neither a run dir nor a checkpoint")

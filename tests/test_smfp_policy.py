@@ -1,0 +1,131 @@
+"""SMFP policy (DESIGN.md sections 3, 6, 8): MeanFlow JVP, gradients, network calls per action."""
+
+from __future__ import annotations
+
+import torch
+
+from smfp.policies import SMFPPolicy
+
+torch.set_num_threads(1)
+
+
+def _policy(obs_dim=3, act_dim=2, seed=0, double=True):
+    torch.manual_seed(seed)
+    p = SMFPPolicy(obs_dim, act_dim, hidden=(32, 32), sigma_hidden=(16,))
+    return p.double() if double else p
+
+
+def test_meanflow_jvp_matches_central_difference():
+    """The total derivative d/dt u(z_t, r, t) along (dz, dr, dt) = (v, 0, 1), i.e. (v, dt=1, dh=1) in the
+    network's (t, h = t - r) inputs, computed with torch.func.jvp as in ``meanflow_loss``."""
+    p = _policy()
+    g = torch.Generator().manual_seed(1)
+    b = 64
+    obs = torch.randn(b, 3, generator=g, dtype=torch.float64)
+    z_t = torch.randn(b, 2, generator=g, dtype=torch.float64)
+    v = torch.randn(b, 2, generator=g, dtype=torch.float64)
+    t = 0.2 + 0.7 * torch.rand(b, 1, generator=g, dtype=torch.float64)
+    h = t * torch.rand(b, 1, generator=g, dtype=torch.float64)
+    one = torch.ones_like(t)
+    _, du = torch.func.jvp(lambda zt, tt, hh: p.u(obs, zt, tt, hh), (z_t, t, h), (v, one, one))
+    eps = 1e-5
+    with torch.no_grad():
+        fd = (p.u(obs, z_t + eps * v, t + eps, h + eps) - p.u(obs, z_t - eps * v, t - eps, h - eps)) / (2 * eps)
+    torch.testing.assert_close(du, fd, rtol=1e-6, atol=1e-8)
+    # the h-direction matters (a wrong tangent, dh = 0, gives a different derivative)
+    _, du_wrong = torch.func.jvp(lambda zt, tt, hh: p.u(obs, zt, tt, hh), (z_t, t, h), (v, one, torch.zeros_like(h)))
+    assert float((du_wrong - fd).abs().max()) > 1e-3
+
+
+def _meanflow_loss_with_finite_difference(p, obs, r_neq_t=0.5, eps=1e-5, weight_eps=1e-3):
+    """An independent re-implementation of DESIGN.md section 6 with a central difference for d/dt u;
+    consumes the global RNG in the same order as ``SMFPPolicy.meanflow_loss``."""
+    b = obs.shape[0]
+    z = torch.randn(b, 1, p.act_dim, dtype=obs.dtype)
+    with torch.no_grad():
+        x_hat = p.transport(obs, z, steps=1)
+    z, x_hat = z.squeeze(1), x_hat.squeeze(1)
+    times = torch.sigmoid(torch.randn(b, 2, dtype=obs.dtype) * 1.0 - 0.4)
+    t, r = times.max(dim=1, keepdim=True).values, times.min(dim=1, keepdim=True).values
+    r = torch.where(torch.rand(b, 1) >= r_neq_t, t, r)
+    assert bool((r <= t).all())
+    h = t - r
+    z_t = (1.0 - t) * x_hat + t * z
+    v = z - x_hat
+    with torch.no_grad():
+        du = (p.u(obs, z_t + eps * v, t + eps, h + eps) - p.u(obs, z_t - eps * v, t - eps, h - eps)) / (2 * eps)
+        target = v - h * du
+        sq = (p.u(obs, z_t, t, h) - target).pow(2).sum(-1)
+    return float(((sq + weight_eps).pow(-1.0) * sq).mean())
+
+
+def test_meanflow_loss_agrees_with_finite_difference_and_trains_u():
+    p = _policy()
+    obs = torch.randn(128, 3, dtype=torch.float64)
+    torch.manual_seed(7)
+    loss = p.meanflow_loss(obs)
+    torch.manual_seed(7)
+    ref = _meanflow_loss_with_finite_difference(p, obs)
+    assert abs(float(loss.detach()) - ref) <= 1e-6 * max(1.0, abs(ref)), (float(loss), ref)
+    assert float(loss.detach()) > 1e-3  # an untrained u is not yet self-consistent
+
+    # gradients reach every parameter of the u-network (and only the target path is stopped)
+    p.zero_grad(set_to_none=True)
+    loss.backward()
+    for name, prm in p.u_net.named_parameters():
+        assert prm.grad is not None, name
+        assert torch.isfinite(prm.grad).all(), name
+        assert float(prm.grad.abs().sum()) > 0, name
+
+    # and a few steps on it lower it (float32, as in training)
+    p32 = _policy(double=False)
+    opt = torch.optim.Adam(p32.parameters(), lr=1e-3)
+    obs32 = torch.randn(256, 3)
+    torch.manual_seed(0)
+    first = float(p32.meanflow_loss(obs32).detach())
+    for _ in range(200):
+        opt.zero_grad()
+        p32.meanflow_loss(obs32).backward()
+        opt.step()
+    torch.manual_seed(0)
+    last = float(p32.meanflow_loss(obs32).detach())
+    print(f"meanflow loss: {first:.4f} -> {last:.4f} after 200 Adam steps")
+    assert last < 0.8 * first
+
+
+class _Counter:
+    def __init__(self, module):
+        self.calls, self.rows = 0, 0
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.calls += 1
+        self.rows += inputs[0].reshape(-1, inputs[0].shape[-1]).shape[0]
+
+    def reset(self):
+        self.calls, self.rows = 0, 0
+
+
+def test_one_network_evaluation_per_action_and_k_for_k_steps():
+    p = _policy(double=False)
+    u_count = _Counter(p.u_net)
+    s_count = _Counter(p.sigma_net)
+    b, m = 5, 8
+    obs = torch.randn(b, 3)
+    with torch.no_grad():
+        smp = p.sample(obs, m)
+        assert smp.action.shape == (b, m, 2)
+        assert (u_count.calls, u_count.rows) == (1, b * m)  # one batched pass, one row per action
+        assert (s_count.calls, s_count.rows) == (1, b)  # sigma(s): once per state
+
+        for mode, n_actions in (("sample", b), ("best-of-n", b * 16)):
+            u_count.reset()
+            a = p.act(obs, mode, num_candidates=16, q_fn=lambda o, x: -x.pow(2).sum(-1))
+            assert a.shape == (b, 2)
+            assert (u_count.calls, u_count.rows) == (1, n_actions), mode
+
+        noise = torch.randn(b, m, 2)
+        for k in (1, 2, 4, 7):
+            u_count.reset()
+            p.transport(obs, noise, steps=k)
+            assert (u_count.calls, u_count.rows) == (k, k * b * m), k
