@@ -69,11 +69,20 @@ class Worker:
     def __init__(self, folder: Path):
         self.folder = folder
         self.counter = itertools.count()
-        self.log = open(folder / "worker_stderr.txt", "w")
+        self.log = open(folder / "worker_stderr.txt", "a")
+        self._start()
+
+    def _start(self):
         env = dict(os.environ)
         env.pop("PYTHONWARNINGS", None)
         self.proc = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, cwd=REPO, env=env)
+
+    def _restart(self):
+        """After a hang or a crash: a fresh worker, so that hypothesis can replay the failing input."""
+        self.proc.kill()
+        self.proc.wait()
+        self._start()
 
     def new_dir(self) -> Path:
         d = self.folder / f"case{next(self.counter)}"
@@ -86,11 +95,13 @@ class Worker:
         self.proc.stdin.flush()
         ready, _, _ = select.select([self.proc.stdout], [], [], CALL_TIMEOUT)
         if not ready:
-            self.proc.kill()
-            raise AssertionError(f"smfp {' '.join(argv)!r} hung for more than {CALL_TIMEOUT} s")
+            self._restart()
+            raise AssertionError(f"smfp {argv!r} hung for more than {CALL_TIMEOUT} s")
         line = self.proc.stdout.readline()
         if not line:
-            raise AssertionError(f"the process died on smfp {argv!r}: {(self.folder / 'worker_stderr.txt').read_text()}")
+            status = self.proc.wait()
+            self._restart()
+            raise AssertionError(f"the process died (status {status}) on smfp {argv!r}:\n{err.read_text()}")
         reply = json.loads(line)
         stderr = err.read_text()
         assert reply["traceback"] is None, f"traceback for smfp {argv!r}:\n{reply['traceback']}"
@@ -136,6 +147,17 @@ def check_outcome(argv: list[str], code: int, stderr: str) -> str:
 JUNK = st.sampled_from(["", " ", "abc", "1e3", "0x10", "1_000", "+3", "-", "--", "nan", "inf", "-inf", "1e400",
                         "none", "None", "NaN", "٣", "3.5", "-0", "00", "1 2", "true", "é", "--help-me",
                         "9" * 30, "-9" * 10, "[]", "{}", "%s", "\t", "a\nb", "\r", "x\x1b[2J"])
+
+
+def _small_or_not_an_int(text: str, limit: int = 100) -> bool:
+    """Junk for flags whose large values legitimately take long (steps, episodes, widths...)."""
+    try:
+        return abs(int(text)) <= limit
+    except ValueError:
+        return True
+
+
+SMALL_JUNK = JUNK.filter(_small_or_not_an_int)
 SAFE_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters=":/\\"),
                     max_size=12)
 SMALL_INT = st.integers(-3, 40).map(str)
@@ -170,12 +192,13 @@ def _value_for(action, run_dir_name):
     if flag == "--threads":
         return st.sampled_from(["1", "2", "0", "-1", "x"]).map(lambda v: [v])
     if action.nargs == "+":
-        return st.lists(st.one_of(st.integers(-2, 24).map(str), JUNK), min_size=0, max_size=3)
+        return st.lists(st.one_of(st.integers(-2, 24).map(str), SMALL_JUNK), min_size=0, max_size=3)
     if action.choices:
         return st.one_of(st.sampled_from(list(action.choices)), JUNK).map(lambda v: [v])
     if kind == "int":
-        big = st.integers(-(2**70), 2**70).map(str) if flag in LARGE_OK else SMALL_INT
-        return st.one_of(SMALL_INT, big, JUNK).map(lambda v: [v])
+        if flag in LARGE_OK:
+            return st.one_of(SMALL_INT, st.integers(-(2**70), 2**70).map(str), JUNK).map(lambda v: [v])
+        return st.one_of(SMALL_INT, SMALL_JUNK).map(lambda v: [v])
     if kind == "float":
         return st.one_of(ANY_FLOAT, JUNK).map(lambda v: [v])
     return st.one_of(SAFE_TEXT, JUNK).map(lambda v: [v])
@@ -229,11 +252,12 @@ def test_fuzz_eval_arguments(worker, trained, data):
     (case / "empty_dir").mkdir()
     ckpt = sorted((trained / "checkpoints").glob("step_*.pt"))[-1]
     target = data.draw(st.one_of(
-        st.sampled_from([str(trained), str(ckpt), str(case / "junk.pt"), str(case / "empty_dir"),
-                         str(case / "missing.pt"), "", ".", "/"]),
+        st.sampled_from([str(trained), str(ckpt)]),
+        st.sampled_from([str(case / "junk.pt"), str(case / "empty_dir"), str(case / "missing.pt"), "", ".", "/"]),
         SAFE_TEXT.map(lambda t: str(case / ("x" + t)))), label="target")
     options = data.draw(st.lists(st.one_of(
-        st.tuples(st.just("--episodes"), st.one_of(st.integers(-2, 2).map(str), JUNK)),
+        st.tuples(st.just("--episodes"), st.one_of(st.integers(-2, 2).map(str), JUNK.filter(
+            lambda t: _small_or_not_an_int(t, 3)))),
         st.tuples(st.just("--mode"), st.one_of(st.sampled_from(["auto", "sample", "best-of-n", "mean"]), JUNK)),
         st.tuples(st.just("--seed"), st.one_of(st.integers(-(2**70), 2**70).map(str), JUNK)),
         st.tuples(st.sampled_from(["--json", "--bogus", "--episodes"])),

@@ -86,7 +86,7 @@ def test_verdict_wording():
 # --- policies ---------------------------------------------------------------------------------------------
 
 class SignMap(torch.nn.Module):
-    """An average velocity ``u = z - 1.5 tanh(5 z)``: the one-step map is ``mu(s, z) = 1.5 tanh(5 z)``,
+    """An average velocity ``u = z - 1.5 tanh(200 z)``: the one-step map is ``mu(s, z) = 1.5 tanh(200 z)``,
     which sends the four sign quadrants of ``z`` to the four corners ``(+-0.9, +-0.9)`` of the box."""
 
     def __init__(self, obs_dim: int, act_dim: int):
@@ -95,7 +95,7 @@ class SignMap(torch.nn.Module):
 
     def forward(self, inp):
         z = inp[..., self.obs_dim:self.obs_dim + self.act_dim]
-        return z - 1.5 * torch.tanh(5.0 * z)
+        return z - 1.5 * torch.tanh(200.0 * z)
 
 
 def four_corner_policy():
@@ -106,7 +106,7 @@ def four_corner_policy():
     with torch.no_grad():
         for p in pol.sigma_net.parameters():
             p.zero_()
-        pol.sigma_net[-1].bias.fill_(-3.0)  # sigma = exp(-5 + 3.5 (tanh(-3) + 1)) ~ 0.04
+        pol.sigma_net[-1].bias.fill_(-0.233)  # log-std -5 + 3.5 (tanh(b) + 1) = -2.3: sigma 0.1
     return pol.eval()
 
 
@@ -154,7 +154,7 @@ def bandit_env_module(tmp_path_factory):
 
             def step(self, action):
                 a = np.asarray(action, dtype=np.float64)
-                reward = -4.0 * float(np.sum((a - np.array([0.5, -0.5])) ** 2))
+                reward = -20.0 * float(np.sum((a - np.array([0.5, -0.5])) ** 2))
                 return np.zeros(1, np.float32), reward, True, False, {}
 
 
@@ -171,11 +171,13 @@ def bandit_run(tmp_path_factory, bandit_env_module):
     from smfp.train.loop import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "smfp-bandit"
-    cfg = tiny_config(run_dir, env="smfp_test_bandit:SmfpTestBandit-v0", total_steps=1200, learning_starts=200,
+    cfg = tiny_config(run_dir, env="smfp_test_bandit:SmfpTestBandit-v0", total_steps=1500, learning_starts=200,
                       eval_every=0, checkpoint_every=0)
     cfg.algo = "smfp"
     cfg.update.gamma = 0.0
     cfg.update.anchor_period = 100
+    cfg.update.alpha, cfg.update.autotune_alpha = 0.05, False
+    cfg.update.actor_lr = cfg.update.critic_lr = 1e-3
     cfg.log.tensorboard = False
     cfg.monitor.alarms = False
     train(cfg)

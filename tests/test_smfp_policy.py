@@ -34,7 +34,7 @@ def test_meanflow_jvp_matches_central_difference():
     torch.testing.assert_close(du, fd, rtol=1e-6, atol=1e-8)
     # the h-direction matters (a wrong tangent, dh = 0, gives a different derivative)
     _, du_wrong = torch.func.jvp(lambda zt, tt, hh: p.u(obs, zt, tt, hh), (z_t, t, h), (v, one, torch.zeros_like(h)))
-    assert float((du_wrong - fd).abs().max()) > 1e-3
+    assert float((du_wrong.detach() - fd).abs().max()) > 1e-3
 
 
 def _meanflow_loss_with_finite_difference(p, obs, r_neq_t=0.5, eps=1e-5, weight_eps=1e-3):
@@ -76,21 +76,6 @@ def test_meanflow_loss_agrees_with_finite_difference_and_trains_u():
         assert prm.grad is not None, name
         assert torch.isfinite(prm.grad).all(), name
         assert float(prm.grad.abs().sum()) > 0, name
-
-    # and a few steps on it lower it (float32, as in training)
-    p32 = _policy(double=False)
-    opt = torch.optim.Adam(p32.parameters(), lr=1e-3)
-    obs32 = torch.randn(256, 3)
-    torch.manual_seed(0)
-    first = float(p32.meanflow_loss(obs32).detach())
-    for _ in range(200):
-        opt.zero_grad()
-        p32.meanflow_loss(obs32).backward()
-        opt.step()
-    torch.manual_seed(0)
-    last = float(p32.meanflow_loss(obs32).detach())
-    print(f"meanflow loss: {first:.4f} -> {last:.4f} after 200 Adam steps")
-    assert last < 0.8 * first
 
 
 class _Counter:

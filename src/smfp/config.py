@@ -46,6 +46,9 @@ class PolicyConfig:
     meanflow_every: int = doc("apply the MeanFlow loss every N updates", default=2)
     meanflow_batch: int = doc("states per MeanFlow loss evaluation", default=64)
     meanflow_r_neq_t: float = doc("fraction of MeanFlow samples with r != t", default=0.5)
+    meanflow_weight_power: float = doc("adaptive weight 1/(|delta|^2 + 1e-3)^p of the MeanFlow loss; p = 1 (the "
+                                       "MeanFlow paper's) made its gradient ~10x the RL gradient on MuJoCo, so "
+                                       "the default is plain MSE (p = 0)", default=0.0)
     flow_steps: int = doc("K, Euler steps of the flow-K policy (--algo flow)", default=20)
 
 

@@ -54,8 +54,8 @@ def set_path(cfg: TrainConfig, dotted: str, value) -> None:
 def demo_config(task: str, algo: str, seed: int, steps: Optional[int], run_dir: Path,
                 overrides: Optional[dict] = None, progress: bool = False) -> TrainConfig:
     cfg = TrainConfig(algo=algo, seed=seed, run_dir=str(run_dir))
-    cfg.env.env = TASKS[task]
     settings = DEMO_SETTINGS[task]
+    cfg.env.env = settings.get("train_env", TASKS[task])
     cfg.total_steps = int(steps if steps is not None else settings["steps"][algo])
     for key, value in {**COMMON, **settings[algo], **(overrides or {})}.items():
         set_path(cfg, key, value)
@@ -250,6 +250,8 @@ def run_demo(opts: DemoOptions) -> dict:
     if opts.steps is not None and opts.steps <= 0:
         raise ConfigError(f"--steps must be positive, got {opts.steps}")
     out = Path(opts.out)
+    _say(f"smfp demo -> {out} (tasks {', '.join(opts.tasks)}; algos {', '.join(opts.algos)}; "
+         f"seeds {', '.join(map(str, opts.seeds))}; progress on stderr)")
     t_start = time.perf_counter()
     results: dict = {"tasks": {}, "figures": [], "settings": {}}
     for task in opts.tasks:
@@ -382,8 +384,6 @@ def cmd_demo(args) -> int:
     opts = DemoOptions(out=out, tasks=_csv(args.tasks, "--tasks"), algos=_csv(args.algos, "--algos"),
                        seeds=seeds, steps=steps, episodes=episodes, samples=samples,
                        figures=args.figures, progress=args.progress)
-    _say(f"smfp demo -> {out} (tasks {', '.join(opts.tasks)}; algos {', '.join(opts.algos)}; "
-         f"seeds {', '.join(map(str, seeds))}; progress on stderr)")
     results = run_demo(opts)
     if args.json:
         print(json.dumps({k: results[k] for k in ("tasks", "figures", "seconds", "settings")}, default=str))

@@ -23,13 +23,16 @@ is the spec as given.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import time
 import typing
+from concurrent.futures import ProcessPoolExecutor
 from typing import Optional, TextIO
 
 import numpy as np
@@ -111,9 +114,27 @@ def candidate_config(spec: str, env: str, seed: int, steps: int, warmup: int,
 
 
 # --- one timed run ------------------------------------------------------------------------
-def _rates(steps: int, wall: float, cpu: float) -> dict:
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence native-library chatter (MuJoCo's model-compiler deprecation notices) on fd 2."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _rates(steps: int, wall: float, cpu: float, updates: int) -> dict:
     return {"steps_per_s": steps / max(wall, 1e-9), "cpu_steps_per_s": steps / max(cpu, 1e-9),
-            "seconds": wall, "cpu_seconds": cpu}
+            "seconds": wall, "cpu_seconds": cpu, "updates": int(updates)}
 
 
 def time_smfp_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
@@ -127,7 +148,8 @@ def time_smfp_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     from smfp.update import Learner
 
     torch.set_num_threads(cfg.threads)
-    env = make_env(cfg.env.env, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
+    with _quiet_native_stderr():
+        env = make_env(cfg.env.env, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
     obs_dim, act_dim = env_dims(env)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -154,7 +176,7 @@ def time_smfp_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
             learner.update(buffer.sample(batch_size))
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     env.close()
-    return _rates(steps, wall, cpu)
+    return _rates(steps, wall, cpu, learner.updates)
 
 
 def sb3_available() -> bool:
@@ -190,7 +212,8 @@ def time_sb3_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
 
     torch.set_num_threads(cfg.threads)
     u = cfg.update
-    env = gym.make(cfg.env.env, max_episode_steps=cfg.env.max_episode_steps)
+    with _quiet_native_stderr():
+        env = gym.make(cfg.env.env, max_episode_steps=cfg.env.max_episode_steps)
     net_arch = list(cfg.policy.hidden) if cfg.policy.hidden == cfg.critic.critic_hidden else \
         dict(pi=list(cfg.policy.hidden), qf=list(cfg.critic.critic_hidden))
     ent_coef = f"auto_{u.alpha}" if u.autotune_alpha else u.alpha
@@ -204,7 +227,21 @@ def time_sb3_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     model.learn(total_timesteps=warmup + steps, callback=clock, progress_bar=False)
     wall, cpu = time.perf_counter() - clock.wall0, time.process_time() - clock.cpu0
     env.close()
-    return _rates(steps, wall, cpu)
+    return _rates(steps, wall, cpu, model._n_updates)
+
+
+def _one_run(kind: str, cfg: dict, steps: int, warmup: int) -> dict:
+    """Entry point of an isolated run (picklable: a config dict in, a result dict out)."""
+    config = TrainConfig.from_dict(cfg)
+    return (time_sb3_run if kind == SB3_NAME else time_smfp_run)(config, steps, warmup)
+
+
+def _run(kind: str, cfg: TrainConfig, steps: int, warmup: int, isolate: bool) -> dict:
+    if not isolate:
+        return _one_run(kind, cfg.to_dict(), steps, warmup)
+    # A fresh interpreter per run: no allocator state, caches or settings leak between candidates.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_one_run, kind, cfg.to_dict(), steps, warmup).result()
 
 
 # --- the benchmark ------------------------------------------------------------------------
@@ -236,12 +273,15 @@ def _ratio(a: float, b: float) -> Optional[float]:
 
 def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = ("sac", "smfp"), steps: int = 1000,
                     repeats: int = 3, compare_sb3: bool = False, warmup: int = 1000,
-                    overrides: Optional[TrainConfig] = None, log: Optional[TextIO] = sys.stderr) -> dict:
+                    overrides: Optional[TrainConfig] = None, log: Optional[TextIO] = sys.stderr,
+                    isolate: bool = True) -> dict:
     """Time each candidate ``repeats`` times, round-robin; return the report (see the module doc).
 
     ``overrides`` supplies every other training option (threads, widths, batch size, M, ...);
     its ``env``, ``algo``, ``seed``, ``total_steps`` and ``learning_starts`` are set here.
     One progress line per run goes to ``log`` (None: silent); ``format_table(report)`` renders the result.
+    ``isolate``: each run in a fresh process (default), so no run inherits another's heap,
+    caches or process-wide settings.
     """
     if steps <= 0:
         raise ConfigError(f"--steps must be positive, got {steps}")
@@ -259,7 +299,8 @@ def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = (
     for spec in specs:
         candidate_config(spec, env, 0, steps, warmup, base)
     from smfp.envs import make_env
-    make_env(env, seed=0).close()
+    with _quiet_native_stderr():
+        make_env(env, seed=0).close()
     sb3_cfg = candidate_config("sac", env, 0, steps, warmup, base) if compare_sb3 else None
 
     names = specs + ([SB3_NAME] if compare_sb3 else [])
@@ -269,9 +310,9 @@ def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = (
     for r in range(repeats):
         for name in names:
             if name == SB3_NAME:
-                result = time_sb3_run(dataclasses.replace(sb3_cfg, seed=r), steps, warmup)
+                result = _run(SB3_NAME, dataclasses.replace(sb3_cfg, seed=r), steps, warmup, isolate)
             else:
-                result = time_smfp_run(candidate_config(name, env, r, steps, warmup, base), steps, warmup)
+                result = _run("smfp", candidate_config(name, env, r, steps, warmup, base), steps, warmup, isolate)
             result["seed"] = r
             runs[name].append(result)
             if log is not None:
@@ -301,7 +342,7 @@ def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = (
         "settings": {"steps": steps, "warmup": warmup, "repeats": repeats, "threads": base.threads,
                      "batch_size": base.update.batch_size, "updates_per_step": base.update.updates_per_step,
                      "hidden": list(base.policy.hidden), "critic_hidden": list(base.critic.critic_hidden),
-                     "order": "round-robin"},
+                     "order": "round-robin", "isolated_processes": isolate},
         "machine": machine,
     }
     return report

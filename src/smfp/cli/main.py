@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except _user_errors() as exc:
         fail(str(exc))
+    except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as a RuntimeError
+        if not isinstance(exc, MemoryError) and "can't allocate memory" not in str(exc):
+            raise
+        fail("out of memory; use smaller sizes (--buffer-size, --hidden, --critic-hidden, --batch-size)")
     except OSError as exc:
         if exc.errno not in _DISK_ERRNOS:
             raise

@@ -68,10 +68,13 @@ class MultiGoalEnv(gym.Env):
 
     def __init__(self, render_mode: str | None = None, action_cost: float = 30.0, distance_cost: float = 1.0,
                  goal_reward: float = 10.0, goal_radius: float = 1.0, init_std: float = 0.1,
-                 reward_scale: float = 1.0):
+                 reward_scale: float = 1.0, explore_starts: float = 0.0, explore_std: float = 2.0):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode {render_mode!r} is not supported; use 'rgb_array'")
+        if not 0.0 <= explore_starts <= 1.0:
+            raise ValueError(f"explore_starts is a probability, got {explore_starts}")
         self.render_mode = render_mode
+        self.explore_starts, self.explore_std = explore_starts, explore_std
         self.action_cost, self.distance_cost = action_cost, distance_cost
         self.goal_reward, self.goal_radius, self.init_std = goal_reward, goal_radius, init_std
         self.reward_scale = reward_scale
@@ -85,7 +88,13 @@ class MultiGoalEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self.pos = np.clip(self.np_random.normal(0.0, self.init_std, 2), -self.bound, self.bound)
+        std = self.init_std
+        if self.explore_starts > 0 and self.np_random.random() < self.explore_starts:
+            std = self.explore_std
+        self.pos = np.clip(self.np_random.normal(0.0, std, 2), -self.bound, self.bound)
+        dists = np.linalg.norm(GOALS - self.pos, axis=1)
+        if dists.min() < self.goal_radius + 0.5:  # never start on (or next to) a goal
+            self.pos = self.pos * 0.5
         self.trail = [self.pos.copy()]
         return self.pos.astype(np.float32), {"goal": -1, "position": self.pos.copy()}
 
@@ -210,12 +219,19 @@ class HallwayEnv(gym.Env):
         return img
 
 
+# The training variant the demo uses for MultiGoal (docs/demo.md): the same task with rewards x 0.1
+# and half of the episodes started from N(0, 2^2 I) ("exploring starts"); evaluation is always on
+# smfp/MultiGoal-v0 from its own start state.
+MULTIGOAL_EXPLORE_KWARGS = {"reward_scale": 0.1, "explore_starts": 0.5, "explore_std": 2.0}
+
+
 def _register() -> None:
-    specs = {"smfp/MultiGoal-v0": ("smfp.envs.multimodal:MultiGoalEnv", 50),
-             "smfp/Hallway-v0": ("smfp.envs.multimodal:HallwayEnv", 60)}
-    for env_id, (entry_point, horizon) in specs.items():
+    specs = {"smfp/MultiGoal-v0": ("smfp.envs.multimodal:MultiGoalEnv", 50, {}),
+             "smfp/MultiGoalExplore-v0": ("smfp.envs.multimodal:MultiGoalEnv", 50, MULTIGOAL_EXPLORE_KWARGS),
+             "smfp/Hallway-v0": ("smfp.envs.multimodal:HallwayEnv", 60, {})}
+    for env_id, (entry_point, horizon, kwargs) in specs.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry_point, max_episode_steps=horizon)
+            gym.register(id=env_id, entry_point=entry_point, max_episode_steps=horizon, kwargs=dict(kwargs))
 
 
 _register()

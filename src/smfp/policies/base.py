@@ -117,6 +117,22 @@ class Policy(nn.Module):
         log_prob = log_density - tanh_log_det(x).sum(-1)
         return PolicySample(squash(x), log_prob, x, noise, mean, log_std)
 
+    def sample_first(self, obs: torch.Tensor, num_components: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sample(obs, M)``'s first action per state and its log-density: (B, d), (B,).
+
+        Same random draws and the same values as ``sample(obs, M).action[:, 0]`` and
+        ``.log_prob[:, 0]``, but only that action is scored (a 1 x M table instead of M x M):
+        the critic target needs one action, the other M - 1 serve only as mixture components.
+        """
+        m = num_components if self.is_mixture else 1
+        noise = self.draw_noise(obs.shape[0], m, obs)
+        mean, log_std = self.components(obs, noise)
+        eps = torch.randn_like(mean)
+        x = mean[:, :1] + torch.exp(log_std[:, :1]) * eps[:, :1]  # (B, 1, d)
+        log_density = gaussian_log_prob(x, mean, log_std) if m == 1 else semi_implicit_log_prob(x, mean, log_std)
+        log_prob = log_density - tanh_log_det(x).sum(-1)
+        return squash(x[:, 0]), log_prob[:, 0]
+
     def act(self, obs: torch.Tensor, mode: str = "sample", num_candidates: int = 16,
             q_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
         """Actions (B, d) in [-1, 1] for evaluation or deployment.

@@ -91,17 +91,35 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def _check_buffer_fits(capacity: int, obs_dim: int, act_dim: int) -> None:
-    """The replay buffer is allocated (and zero-filled) up front: refuse one larger than the free memory."""
-    need = capacity * (2 * obs_dim + act_dim + 2) * 4  # float32 obs, next_obs, action, reward, terminated
+def _dense(sizes: list[int]) -> int:
+    return sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+
+
+def _check_memory(cfg: TrainConfig, capacity: int, obs_dim: int, act_dim: int) -> None:
+    """Refuse, before allocating anything, a run whose replay buffer (allocated and zero-filled up
+    front), networks or update batches cannot fit in the available memory: a rough upper estimate,
+    meant to turn absurd sizes into one clear line instead of an allocation traceback or the OOM killer."""
+    p, c, u = cfg.policy, cfg.critic, cfg.update
+    buffer = capacity * (2 * obs_dim + act_dim + 2) * 4  # float32 obs, next_obs, action, reward, terminated
+    widths = [*p.hidden, *p.sigma_hidden, *c.critic_hidden]
+    params = (_dense([obs_dim + 2 * act_dim + 2, *p.hidden, 2 * act_dim]) + _dense([obs_dim, *p.sigma_hidden, act_dim])
+              + c.num_q * _dense([obs_dim + act_dim, *c.critic_hidden, 1]))
+    nets = params * 4 * 8  # weights, target / anchor copies, gradients, two Adam moments
+    rows = max(u.batch_size * max(p.components, p.target_components, 1), p.meanflow_batch, cfg.eval.best_of_n,
+               cfg.monitor.probe_states * cfg.monitor.probe_samples)
+    batches = rows * sum(widths) * 4 * 4  # float32 activations of every layer, with gradients and temporaries
     try:
         with open("/proc/meminfo") as f:
             avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError, IndexError):
         return  # not Linux: no check
-    if need > avail:
-        raise ConfigError(f"the replay buffer ({capacity} transitions) needs {need / 2**30:.1f} GiB but only "
-                          f"{avail / 2**30:.1f} GiB of memory is available; lower --buffer-size")
+    parts = {"replay buffer": buffer, "networks": nets, "update batches": batches}
+    if sum(parts.values()) > avail:
+        big = max(parts, key=parts.get)
+        hint = {"replay buffer": "lower --buffer-size", "networks": "use smaller --hidden/--critic-hidden widths",
+                "update batches": "lower --batch-size, --components, the network widths or the probe sizes"}[big]
+        raise ConfigError(f"this run needs about {sum(parts.values()) / 2**30:.3g} GiB ({big}: "
+                          f"{parts[big] / 2**30:.3g} GiB) but only {avail / 2**30:.3g} GiB of memory is available; {hint}")
 
 
 class _StopFlag:
@@ -141,13 +159,13 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
             "action_high": np.asarray(base_space.high, dtype=np.float64).tolist(),
             "policy_kind": cfg.policy_kind}
 
+    capacity = min(cfg.buffer.buffer_size, max(cfg.total_steps, 1))
+    _check_memory(cfg, capacity, obs_dim, act_dim)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     learner = Learner(cfg, obs_dim, act_dim)
     meta["policy_kwargs"] = learner.policy.init_kwargs()
     meta["critic_kwargs"] = learner.critic.init_kwargs()
-    capacity = min(cfg.buffer.buffer_size, max(cfg.total_steps, 1))
-    _check_buffer_fits(capacity, obs_dim, act_dim)
     buffer = ReplayBuffer(obs_dim, act_dim, capacity, seed=cfg.seed)
 
     start_step = 0

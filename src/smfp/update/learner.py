@@ -95,6 +95,7 @@ class Learner:
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=u.alpha_lr) if u.autotune_alpha else None
         self.lambda_opt = torch.optim.Adam([self.log_lambda], lr=u.lambda_lr) if u.autotune_lambda else None
         self.updates = 0
+        self.last_meanflow: torch.Tensor | None = None  # latest MeanFlow loss (applied every N updates)
         self.skipped_updates = 0
         self.consecutive_nonfinite = 0
         self.last_refresh_kl = torch.zeros(())
@@ -141,8 +142,10 @@ class Learner:
                                       self.components)
         loss_mf = None
         if self.policy.kind == "smfp" and p.meanflow_coef > 0 and self.updates % p.meanflow_every == 0:
-            loss_mf = self.policy.meanflow_loss(batch.obs[: p.meanflow_batch], r_neq_t=p.meanflow_r_neq_t)
+            loss_mf = self.policy.meanflow_loss(batch.obs[: p.meanflow_batch], r_neq_t=p.meanflow_r_neq_t,
+                                                weight_power=p.meanflow_weight_power)
             loss_pi_total = loss_pi + p.meanflow_coef * loss_mf
+            self.last_meanflow = loss_mf.detach()  # logged even when the logged update skips it (parity)
         else:
             loss_pi_total = loss_pi
         self.actor_opt.zero_grad(set_to_none=True)
@@ -185,8 +188,8 @@ class Learner:
                 "train/grad_norm_actor": actor_gn.detach(), "train/grad_norm_critic": critic_gn.detach(),
                 "train/skipped_updates": torch.tensor(float(self.skipped_updates)),
             }
-            if loss_mf is not None:
-                metrics["losses/meanflow"] = loss_mf.detach()
+            if self.last_meanflow is not None:
+                metrics["losses/meanflow"] = self.last_meanflow
         return metrics
 
     @staticmethod

@@ -23,8 +23,7 @@ def soft_target(policy: Policy, target_critic: QEnsemble, batch: Batch, alpha: t
     ``a'`` is the first of the M sampled actions; the other M - 1 serve as mixture components
     that score it.
     """
-    nxt = policy.sample(batch.next_obs, components)
-    a_next, logp_next = nxt.action[:, 0], nxt.log_prob[:, 0]
+    a_next, logp_next = policy.sample_first(batch.next_obs, components)  # = sample(...)[:, 0], scored 1 x M
     q_next = target_critic(batch.next_obs, a_next).min(dim=0).values - alpha * logp_next
     return batch.reward + gamma * (1.0 - batch.terminated) * q_next
 

@@ -1,0 +1,84 @@
+"""`smfp demo` (the main job) in its reduced-budget smoke form, and its bookkeeping."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from smfp.demo import demo_config, summarize
+
+
+def _ep(info):
+    return {"return": 0.0, "length": 1, "info": info, "path": np.zeros((2, 2))}
+
+
+def test_multigoal_summary_counts_goals():
+    eps = [_ep({"goal": g}) for g in [0, 0, 2, -1, 3, 0, -1, 2, 2, 2]]
+    s = summarize("multigoal", eps)
+    assert s["goal_counts"] == {"right": 3, "left": 0, "up": 4, "down": 1}
+    assert s["reached"] == 8 and s["distinct"] == 3
+    assert s["distinct_10pct"] == 3  # 'down' is reached in 1 of 10 episodes: exactly 10% counts
+    assert summarize("multigoal", eps + [_ep({"goal": -1})])["distinct_10pct"] == 2  # 1 of 11 does not
+
+
+def test_hallway_summary_counts_routes_successes_and_collisions():
+    infos = [{"route": "up", "success": True, "collision": False}] * 3 + \
+            [{"route": "down", "success": True, "collision": False}] * 2 + \
+            [{"route": "down", "success": False, "collision": True},
+             {"route": "none", "success": False, "collision": True},
+             {"route": "none", "success": False, "collision": False}]
+    s = summarize("hallway", [_ep(i) for i in infos])
+    assert s["success"] == 5 and s["collision"] == 2 and s["routes"] == {"up": 3, "down": 3}
+
+
+def test_demo_config_trains_each_algo_with_its_settings(tmp_path):
+    cfg = demo_config("multigoal", "smfp", 3, 900, tmp_path / "r", {"update.md_lambda": 2.0})
+    assert cfg.algo == "smfp" and cfg.seed == 3 and cfg.total_steps == 900
+    assert cfg.env.env.startswith("smfp/MultiGoal") and cfg.update.md_lambda == 2.0
+    assert cfg.update.learning_starts <= 300  # never more than a third of a small budget
+    cfg.resolved()  # a valid configuration
+    sac = demo_config("hallway", "sac", 0, None, tmp_path / "s")
+    assert sac.env.env == "smfp/Hallway-v0" and sac.total_steps > 1000
+
+
+@pytest.mark.slow
+def test_demo_quick_smoke_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--quick", "--steps", "400", "--out", out, "--no-progress", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the comparison table names both tasks, both algorithms and the figure paths
+    assert "smfp/MultiGoal-v0" in proc.stdout and "smfp/Hallway-v0" in proc.stdout
+    for algo in ("sac", "smfp"):
+        assert any(line.strip().startswith(algo) for line in proc.stdout.splitlines())
+    figures = [line.split("figure: ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("figure: ")]
+    assert len(figures) == 4
+    for f in figures:
+        data = open(f, "rb").read()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    # progress was visible while training
+    assert "[multigoal smfp seed 0] step" in proc.stderr and "[hallway sac seed 0] training" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    mg = summary["tasks"]["multigoal"]["smfp"]["0"]
+    assert mg["episodes"] == 10 and sum(mg["goal_counts"].values()) == mg["reached"] <= 10
+    hw = summary["tasks"]["hallway"]["sac"]["0"]
+    assert hw["success"] + hw["collision"] <= 10 and set(hw["routes"]) == {"up", "down"}
+    for run in ("multigoal/sac-s0", "multigoal/smfp-s0", "hallway/sac-s0", "hallway/smfp-s0"):
+        assert (out / run / "config.json").exists() and any((out / run / "checkpoints").glob("step_*.pt"))
+    # the same folder is not overwritten
+    again = run_cli("demo", "--quick", "--steps", "400", "--out", out, "--no-progress", "--tasks", "multigoal")
+    assert_one_line_error(again, "already holds a run")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tasks", "maze"], "unknown demo task 'maze'"),
+    (["--algos", "ppo"], "unknown algo 'ppo'"),
+    (["--episodes", "0"], "--episodes must be positive"),
+    (["--seeds", "a,b"], "--seeds expects"),
+    (["--steps", "-5"], "--steps must be positive"),
+])
+def test_demo_user_mistakes_are_one_line(tmp_path, args, needle):
+    proc = run_cli("demo", "--out", tmp_path / "d", "--no-progress", *args)
+    assert_one_line_error(proc, needle)
