@@ -12,7 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_config
+from conftest import tiny_config
+from smfp.cli.main import main
 from smfp.envs import EnvError, make_env
 from smfp.train.loop import TrainingDiverged, train
 
@@ -116,13 +117,18 @@ def test_healthy_variant_trains(tmp_path, fault_module):
     assert train(cfg).step == 60
 
 
-def test_faulty_env_through_the_cli_is_one_line(tmp_path, fault_module):
+def test_faulty_env_through_the_cli_is_one_line(tmp_path, fault_module, capsys):
+    """``smfp train`` (its entry point, in-process: the module is importable here) reports it as one line."""
     env_id = f"{MODULE}:SmfpFault-inf_reward-v0"
-    proc = run_cli("train", "--env", env_id, "--total-steps", "60", "--learning-starts", "1000", "--run-dir",
-                   tmp_path / "run", "--hidden", "16", "--critic-hidden", "16", "--batch-size", "8", "--no-progress",
-                   "--no-tensorboard", "--eval-every", "0", pythonpath=fault_module)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.splitlines()
+    try:
+        code = main(["train", "--env", env_id, "--total-steps", "60", "--learning-starts", "1000", "--run-dir",
+                     str(tmp_path / "run"), "--hidden", "16", "--critic-hidden", "16", "--batch-size", "8",
+                     "--no-progress", "--no-tensorboard", "--eval-every", "0"])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    lines = err.splitlines()
     assert lines[-1].startswith("smfp: error:") and env_id in lines[-1] and f"at step {FAULT_AT}" in lines[-1]
     assert all(line.startswith("smfp: ") for line in lines) and sum("error" in line for line in lines) == 1
 

@@ -83,33 +83,36 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     rng = random.Random(seed)
     note = f"(SMFP_KILL_SEED={seed} reproduces the kill schedule)"
     run, ckdir = tmp_path / "run", tmp_path / "run" / "checkpoints"
-    schedule = ["startup", "midwrite", "random", "midwrite", "random", "midwrite"]
+    schedule = ["startup", "midwrite", "random", "midwrite", "random"]
     restored, midwrite_hits, kills, resumed_at = [0], 0, 0, []
     for i, kind in enumerate(schedule):
-        stale = set(_tmp_files(ckdir))  # left by an earlier kill; removed by the next checkpoint
         log = tmp_path / f"stderr_{i}.txt"
         proc = _start(run, log)
         if kind == "startup":  # anywhere from the interpreter start to the first steps
             time.sleep(rng.uniform(0.0, 4.0))
             alive = proc.poll() is None
-        elif kind == "midwrite":  # the moment a new checkpoint or buffer temp file exists
-            alive = _wait_for(lambda: bool(set(_tmp_files(ckdir)) - stale), proc, timeout=120, poll=0.0002)
-        else:  # once the run is a random number of steps past where it resumed, at a random moment
-            past = restored[-1] + rng.randint(1, 100)
+        else:  # first let the run get a random number of steps past where it resumed
+            past = restored[-1] + rng.randint(1, 100) + (CKPT_EVERY if kind == "random" else 0)
             alive = _wait_for(lambda: "smfp: sac on" in log.read_text() and _last_logged(run) >= past, proc,
-                              timeout=120, poll=0.005)  # (the start line comes after the metrics truncation)
-            time.sleep(rng.uniform(0.0, 0.05))
+                              timeout=180, poll=0.005)  # (the start line comes after the metrics truncation)
+            if alive and kind == "random":
+                time.sleep(rng.uniform(0.0, 0.05))
+            elif alive:  # then freeze it the moment a new checkpoint/buffer temp file appears; kill it if
+                alive = _freeze_mid_write(proc, ckdir)  # the write was still in progress, else let it go on
             alive = alive and proc.poll() is None
         if not alive:
             break  # finished before this kill; the checks below still hold
         _kill(proc)
         kills += 1
-        midwrite_hits += bool(set(_tmp_files(ckdir)) - stale)  # its temp file left behind: killed mid-write
+        midwrite_hits += kind == "midwrite"
         step = _check_disk(run)
         assert step >= restored[-1], f"the step went backwards: {restored} then {step} {note}"
+        if kind == "random":  # it ran past at least one more checkpoint, so a resume goes further
+            assert step > restored[-1], f"{restored} then {step} {note}"
         restored.append(step)
-        resumed_at.append(_resumed_step(tmp_path / f"stderr_{i}.txt"))
+        resumed_at.append(_resumed_step(log))
 
+    print(f"kills: {kills}, restored steps after each: {restored[1:]} {note}")  # shown on failure
     final = _start(run, tmp_path / "stderr_final.txt")
     out, _ = final.communicate(timeout=240)
     err = (tmp_path / "stderr_final.txt").read_text()
@@ -122,7 +125,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
         assert said in (None, before) and not (before == 0 and said is not None), (restored, resumed_at, note)
     assert _resumed_step(tmp_path / "stderr_final.txt") == (restored[-1] or None), (restored, note)
     assert kills >= 5, f"only {kills} kills landed before the run finished {note}"
-    assert midwrite_hits >= 1, f"no kill landed while a checkpoint was being written {note}"
+    assert midwrite_hits >= 2, f"fewer than two kills landed while a checkpoint was being written {note}"
 
     assert _check_disk(run) == TOTAL
     assert not _tmp_files(ckdir), "temp files of killed writes are cleaned up by the next checkpoint"
@@ -134,6 +137,26 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     eval_steps = [r["step"] for r in rows if "eval/return_mean" in r]
     assert train_steps == list(range(LOG_EVERY, TOTAL + 1, LOG_EVERY)), "training rows missing or duplicated"
     assert eval_steps == list(range(EVAL_EVERY, TOTAL + 1, EVAL_EVERY)), "eval rows missing or duplicated"
+
+
+def _freeze_mid_write(proc: subprocess.Popen, ckdir: Path, timeout: float = 180) -> bool:
+    """SIGSTOP the process as soon as a new temp file appears in ``ckdir``; True when it is frozen
+    while that temp file still exists (in the middle of an atomic write), else it is resumed and the
+    next write is tried. False when the process ended first."""
+    seen = set(_tmp_files(ckdir))  # left by an earlier kill; removed by the next checkpoint
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return False
+        new = set(_tmp_files(ckdir)) - seen
+        if new:
+            proc.send_signal(signal.SIGSTOP)
+            if set(_tmp_files(ckdir)) & new:
+                return True
+            proc.send_signal(signal.SIGCONT)
+            seen |= new
+        time.sleep(0.0002)
+    raise AssertionError("no checkpoint write was caught in progress")
 
 
 def _last_logged(run: Path) -> int:

@@ -61,25 +61,17 @@ def _check_final_checkpoint(run: Path, step: int) -> None:
     assert _last_logged(run) == step - step % LOG_EVERY
 
 
-def test_sigint_then_sigterm_then_resume_to_the_end(tmp_path):
+def test_sigint_then_resume_then_sigterm(tmp_path):
     run = tmp_path / "run"
-    summary, _ = _stop_with(signal.SIGINT, run, [], 300, tmp_path / "err1.txt")
+    summary, _ = _stop_with(signal.SIGINT, run, [], 150, tmp_path / "err1.txt")
     s1 = summary["step"]
-    assert summary["stopped_early"] is True and s1 > 300
+    assert summary["stopped_early"] is True and s1 > 150
     _check_final_checkpoint(run, s1)
 
-    summary, err = _stop_with(signal.SIGTERM, run, ["--resume"], s1 + 100, tmp_path / "err2.txt")
+    summary, err = _stop_with(signal.SIGTERM, run, ["--resume"], s1 + 50, tmp_path / "err2.txt")
     s2 = summary["step"]
-    assert f"resumed at step {s1}" in err
-    assert summary["stopped_early"] is True and s2 > s1 + 100
+    assert f"resumed at step {s1}" in err, "the resumed run must continue exactly where Ctrl-C stopped"
+    assert summary["stopped_early"] is True and s2 > s1 + 50
     _check_final_checkpoint(run, s2)
-
-    target = s2 + 60
-    proc = _popen([*FLAGS, "--total-steps", str(target), "--run-dir", str(run), "--resume"], tmp_path / "err3.txt")
-    out, _ = proc.communicate(timeout=120)
-    err = (tmp_path / "err3.txt").read_text()
-    assert proc.returncode == 0 and f"resumed at step {s2}" in err, err
-    final = json.loads(out.strip().splitlines()[-1])
-    assert final["step"] == target and final["stopped_early"] is False
     train_rows = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train/sps" in r]
-    assert train_rows == list(range(LOG_EVERY, target + 1, LOG_EVERY)), "a logged interval was lost or repeated"
+    assert train_rows == list(range(LOG_EVERY, s2 + 1, LOG_EVERY)), "a logged interval was lost or repeated"

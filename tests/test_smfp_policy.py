@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from smfp.policies import SMFPPolicy
@@ -37,7 +38,7 @@ def test_meanflow_jvp_matches_central_difference():
     assert float((du_wrong.detach() - fd).abs().max()) > 1e-3
 
 
-def _meanflow_loss_with_finite_difference(p, obs, r_neq_t=0.5, eps=1e-5, weight_eps=1e-3):
+def _meanflow_loss_with_finite_difference(p, obs, weight_power, r_neq_t=0.5, eps=1e-5, weight_eps=1e-3):
     """An independent re-implementation of DESIGN.md section 6 with a central difference for d/dt u;
     consumes the global RNG in the same order as ``SMFPPolicy.meanflow_loss``."""
     b = obs.shape[0]
@@ -56,16 +57,17 @@ def _meanflow_loss_with_finite_difference(p, obs, r_neq_t=0.5, eps=1e-5, weight_
         du = (p.u(obs, z_t + eps * v, t + eps, h + eps) - p.u(obs, z_t - eps * v, t - eps, h - eps)) / (2 * eps)
         target = v - h * du
         sq = (p.u(obs, z_t, t, h) - target).pow(2).sum(-1)
-    return float(((sq + weight_eps).pow(-1.0) * sq).mean())
+    return float(((sq + weight_eps).pow(-weight_power) * sq).mean())
 
 
-def test_meanflow_loss_agrees_with_finite_difference_and_trains_u():
+@pytest.mark.parametrize("weight_power", [0.0, 1.0])
+def test_meanflow_loss_agrees_with_finite_difference_and_reaches_u(weight_power):
     p = _policy()
     obs = torch.randn(128, 3, dtype=torch.float64)
     torch.manual_seed(7)
-    loss = p.meanflow_loss(obs)
+    loss = p.meanflow_loss(obs, weight_power=weight_power)
     torch.manual_seed(7)
-    ref = _meanflow_loss_with_finite_difference(p, obs)
+    ref = _meanflow_loss_with_finite_difference(p, obs, weight_power)
     assert abs(float(loss.detach()) - ref) <= 1e-6 * max(1.0, abs(ref)), (float(loss), ref)
     assert float(loss.detach()) > 1e-3  # an untrained u is not yet self-consistent
 

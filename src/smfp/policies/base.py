@@ -120,8 +120,8 @@ class Policy(nn.Module):
     def sample_first(self, obs: torch.Tensor, num_components: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """``sample(obs, M)``'s first action per state and its log-density: (B, d), (B,).
 
-        Same random draws and the same values as ``sample(obs, M).action[:, 0]`` and
-        ``.log_prob[:, 0]``, but only that action is scored (a 1 x M table instead of M x M):
+        Same random draws and values as ``sample(obs, M).action[:, 0]`` and
+        ``.log_prob[:, 0]`` (to float rounding), but only that action is scored (1 x M, not M x M):
         the critic target needs one action, the other M - 1 serve only as mixture components.
         """
         m = num_components if self.is_mixture else 1
