@@ -102,8 +102,8 @@ def test_bad_input_is_one_line_without_traceback(args, word):
 
 
 # --- the speed work keeps behaviour -----------------------------------------------------------
-def _policy(kind: str):
-    kwargs = dict(obs_dim=5, act_dim=3, hidden=(32, 32))
+def _policy(kind: str, hidden=(32, 32)):
+    kwargs = dict(obs_dim=5, act_dim=3, hidden=hidden)
     if kind != "gaussian":
         kwargs["sigma_hidden"] = (16, 16)
     return build_policy(kind, **kwargs)
@@ -127,12 +127,13 @@ def test_sample_first_is_sample_column_zero(kind, m):
 
 def test_float32_path_is_bit_identical_to_plain_modules():
     torch.manual_seed(0)
-    policy = _policy("smfp")
+    policy = _policy("smfp", hidden=(128, 128))
     plain = nn.Sequential(*policy.u_net)  # same layers, the stock Sequential forward
     x = torch.randn(64, 5 + 3 + 2)
     assert torch.equal(policy.u_net(x), plain(x))
     with matmul_precision(torch.bfloat16):
         assert not torch.equal(policy.u_net(x), plain(x))  # the context really switches
+        assert torch.equal(policy.sigma_net(x[:, :5]), nn.Sequential(*policy.sigma_net)(x[:, :5]))  # too narrow
     assert torch.equal(policy.u_net(x), plain(x))  # and is left behind
 
 
@@ -146,7 +147,7 @@ def test_bf16_is_close_to_float32_and_keeps_float32_outputs():
     assert q16.dtype == torch.float32
     rel = (q16 - q32).norm() / q32.norm()
     assert 0 < rel < 0.02, rel
-    policy = _policy("gaussian")
+    policy = _policy("gaussian", hidden=(256, 256))
     o = torch.randn(64, 5)
     out32 = policy.net(o)
     with matmul_precision(torch.bfloat16):
@@ -168,7 +169,7 @@ def test_meanflow_loss_ignores_bf16_context():
 
 @pytest.mark.parametrize("algo", ["sac", "smfp"])
 def test_bf16_learner_updates_float32_weights(algo):
-    cfg = candidate_config(f"{algo}:precision=bf16:hidden=64/64:critic_hidden=64/64:batch_size=32",
+    cfg = candidate_config(f"{algo}:precision=bf16:hidden=128/128:critic_hidden=128/128:batch_size=32",
                            "Pendulum-v1", 0, 10, 10)
     torch.manual_seed(0)
     learner = Learner(cfg, 3, 1)

@@ -105,11 +105,11 @@ def test_hallway_observation_holds_position_and_velocity_with_lagged_dynamics():
     assert info == {"route": "none", "collision": False, "success": False, "position": info["position"]}
     p0 = obs[:2].astype(np.float64)
     obs1, *_ = env.step(np.array([1.0, 0.0]))
-    np.testing.assert_allclose(obs1[2:], [0.25, 0.0], atol=1e-6)  # v' = 0.5 v + 0.5 * 0.5 a
-    np.testing.assert_allclose(obs1[:2], p0 + [0.25, 0.0], atol=1e-6)
+    np.testing.assert_allclose(obs1[2:], [0.35, 0.0], atol=1e-6)  # v' = 0.3 v + 0.7 * 0.5 a
+    np.testing.assert_allclose(obs1[:2], p0 + [0.35, 0.0], atol=1e-6)
     obs2, reward, *_ = env.step(np.array([1.0, 0.0]))
-    np.testing.assert_allclose(obs2[2:], [0.375, 0.0], atol=1e-6)
-    assert reward == pytest.approx(0.375 - 0.1 * 1.0, abs=1e-6)  # progress minus action cost
+    np.testing.assert_allclose(obs2[2:], [0.455, 0.0], atol=1e-6)
+    assert reward == pytest.approx(0.455 - 0.1 * 1.0, abs=1e-6)  # progress minus action cost
     assert env.observation_space.contains(obs2)
 
 

@@ -1,7 +1,8 @@
 """Matmul precision of the networks' hidden-to-hidden layers (``--precision``).
 
 Inside ``matmul_precision(torch.bfloat16)`` the policy MLPs and the critic ensemble compute
-their hidden-to-hidden layers (the 256 x 256 matmuls that dominate an update) in bfloat16:
+their hidden-to-hidden layers (the 256 x 256 matmuls that dominate an update; layers narrower
+than ``MIN_REDUCED_WIDTH`` excepted) in bfloat16:
 on CPUs with AMX/avx512_bf16 such a matmul is several times faster than in float32. The
 first layer (raw observations, actions, noise, times), the last layer (means, log-stds,
 Q-values), the losses, the weights the optimisers hold and everything outside the context
@@ -17,6 +18,9 @@ from typing import Iterator, Optional
 import torch
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+# Narrower layers (e.g. SMFP's 64-wide sigma net) gain less from bfloat16 than the casts cost.
+MIN_REDUCED_WIDTH = 128
 
 _matmul_dtype: Optional[torch.dtype] = None
 

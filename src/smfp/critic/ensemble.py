@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from smfp.precision import matmul_dtype
+from smfp.precision import MIN_REDUCED_WIDTH, matmul_dtype
 
 
 class QEnsemble(nn.Module):
@@ -40,10 +40,10 @@ class QEnsemble(nn.Module):
         last = len(weights) - 1
         dtype = matmul_dtype()  # hidden-to-hidden layers in reduced precision (smfp.precision)
         for i, (w, b) in enumerate(zip(weights, biases)):
-            if dtype is not None and 0 < i < last:
+            if dtype is not None and 0 < i < last and min(w.shape[-2:]) >= MIN_REDUCED_WIDTH:
                 h = torch.baddbmm(b.to(dtype), h.to(dtype), w.to(dtype))
             else:
-                h = torch.baddbmm(b, h if i < last else h.float(), w)
+                h = torch.baddbmm(b, h.float(), w)  # .float() is a no-op on float32 input
             if i < last:
                 h = torch.relu(h)
         return h.squeeze(-1)

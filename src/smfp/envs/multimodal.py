@@ -11,9 +11,9 @@ Pure NumPy, deterministic given the reset seed, each with a fast ``render()`` to
 
 ``smfp/Hallway-v0`` (this project's task)
     A point robot with inertia crosses a corridor ``x in [0, 10]``, ``|y| < 3`` with a round
-    obstacle of radius 1.5 at ``(5, 0)``: two equally good routes, above and below it.
+    obstacle of radius 1 at ``(5, 0)``: two equally good routes, above and below it (gaps of 2).
     Observation ``(x, y, vx, vy)``; action = commanded velocity in ``[-1, 1]^2`` (times 0.5);
-    velocity follows the command with a lag, ``v' = 0.5 v + 0.5 * 0.5 a``, ``p' = p + v'``.
+    velocity follows the command with a lag, ``v' = 0.3 v + 0.7 * 0.5 a``, ``p' = p + v'``.
     Start ``(1, 0) + N(0, 0.05^2)``, at rest. Reward ``(x' - x) - 0.1 ||a||^2`` (progress),
     +10 and termination when ``x' >= 9.5`` (success), -10 and termination when the step's
     segment touches the obstacle or leaves the corridor (collision). Time limit 60 steps.
@@ -130,7 +130,7 @@ class HallwayEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, render_mode: str | None = None, length: float = 10.0, half_width: float = 3.0,
-                 obstacle_radius: float = 1.5, max_speed: float = 0.5, lag: float = 0.5,
+                 obstacle_radius: float = 1.0, max_speed: float = 0.5, lag: float = 0.3,
                  progress_reward: float = 1.0, action_cost: float = 0.1, success_reward: float = 10.0,
                  collision_penalty: float = 10.0, start_x: float = 1.0, init_std: float = 0.05,
                  reward_scale: float = 1.0):

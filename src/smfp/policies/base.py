@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smfp.precision import matmul_dtype
+from smfp.precision import MIN_REDUCED_WIDTH, matmul_dtype
 from smfp.policies.distributions import gaussian_log_prob, semi_implicit_log_prob, squash, tanh_log_det
 
 ACT_MODES = ("sample", "best-of-n", "mean")
@@ -38,9 +38,9 @@ class PolicySample:
 class MLP(nn.Sequential):
     """``Linear, act, ..., Linear`` (same parameters and state-dict keys as ``nn.Sequential``).
 
-    Inside ``smfp.precision.matmul_precision(dtype)`` the hidden-to-hidden layers run in
-    ``dtype`` (weights cast on the fly, gradients reach the float32 weights); the first and
-    last layers stay float32.
+    Inside ``smfp.precision.matmul_precision(dtype)`` the hidden-to-hidden layers at least
+    ``MIN_REDUCED_WIDTH`` wide run in ``dtype`` (weights cast on the fly, gradients reach the
+    float32 weights); the first and last layers and narrow layers stay float32.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,12 +49,12 @@ class MLP(nn.Sequential):
             return super().forward(x)
         last = len(self) - 1
         for i, layer in enumerate(self):
-            if i == last:
-                x = layer(x.float())
-            elif i > 0 and isinstance(layer, nn.Linear):
+            if not isinstance(layer, nn.Linear):
+                x = layer(x)  # activations run in the dtype of their input
+            elif 0 < i < last and min(layer.in_features, layer.out_features) >= MIN_REDUCED_WIDTH:
                 x = F.linear(x.to(dtype), layer.weight.to(dtype), layer.bias.to(dtype))
             else:
-                x = layer(x)
+                x = layer(x.float())
         return x
 
 
