@@ -89,8 +89,12 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     for i, kind in enumerate(schedule):
         log = tmp_path / f"stderr_{i}.txt"
         proc = _start(run, log)
-        if kind == "startup":  # anywhere from the interpreter start to the first steps
-            time.sleep(rng.uniform(0.0, 4.0))
+        if kind == "startup":  # anywhere from the interpreter start to the first steps (at most ~20 ms
+            deadline = time.monotonic() + rng.uniform(0.0, 4.0)  # after the start line, however fast it is)
+            while time.monotonic() < deadline and "smfp: sac on" not in log.read_text():
+                time.sleep(0.002)
+            if time.monotonic() < deadline:
+                time.sleep(rng.uniform(0.0, 0.02))
             alive = proc.poll() is None
         else:  # first let the run get a random number of steps past where it resumed
             past = restored[-1] + rng.randint(1, 100) + (CKPT_EVERY if kind == "random" else 0)

@@ -65,6 +65,18 @@ def test_minor_clusters_below_min_mass_are_not_counted():
     assert count_modes(a, min_mass=0.005).count == 3
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_faint_cluster_between_two_modes_does_not_chain_them_together(seed):
+    """Regression: two edge modes joined by a sparse band with a faint cluster in the middle (as a
+    trained SMFP policy at the MultiGoal start state shows) are 2 modes, not 1."""
+    rng = np.random.default_rng(seed)
+    a, _ = mixture(rng, [[-0.94, 0.0], [0.94, 0.0]], 0.04, n=470)
+    band = np.stack([rng.uniform(-0.8, 0.8, 25), 0.05 * rng.standard_normal(25)], 1)
+    faint = np.array([0.0, 0.0]) + 0.02 * rng.standard_normal((5, 2))
+    res = count_modes(np.concatenate([a, band, faint]))
+    assert res.count == 2 and min(res.masses) > 0.4
+
+
 def test_deterministic_samples_are_one_mode_and_bad_input_is_refused():
     assert count_modes(np.tile([[0.5, -0.5]], (200, 1))).count == 1
     with pytest.raises(ValueError):

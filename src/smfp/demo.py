@@ -34,10 +34,12 @@ _HW = {"update.critic_lr": 1e-3, "update.alpha": 0.1, "update.alpha_lr": 1e-3}
 DEMO_SETTINGS: dict[str, dict] = {
     # MultiGoal trains on its exploring-starts variant (rewards x 0.1, half of the episodes from
     # N(0, 2^2)); evaluation is on smfp/MultiGoal-v0 from the start state. See docs/demo.md.
-    "multigoal": {"train_env": "smfp/MultiGoalExplore-v0", "steps": {"sac": 6000, "smfp": 6000},
-                  "sac": dict(_MG), "smfp": {**_MG, "policy.actor_states": 32, "update.anchor_period": 200}},
+    "multigoal": {"train_env": "smfp/MultiGoalExplore-v0", "steps": {"sac": 8000, "smfp": 8000},
+                  "sac": dict(_MG), "smfp": {**_MG, "policy.actor_states": 32, "update.anchor_period": 200,
+                                             "update.md_lambda": 0.1}},
     "hallway": {"steps": {"sac": 6000, "smfp": 6000},
-                "sac": dict(_HW), "smfp": {**_HW, "policy.actor_states": 32, "update.anchor_period": 200}},
+                "sac": dict(_HW), "smfp": {**_HW, "policy.actor_states": 32, "update.anchor_period": 200,
+                                           "update.md_lambda": 0.1, "update.autotune_lambda": True}},
 }
 
 # States at which the action distribution is drawn over the Q landscape (one panel each).
@@ -62,8 +64,8 @@ def demo_config(task: str, algo: str, seed: int, steps: Optional[int], run_dir: 
     cfg = TrainConfig(algo=algo, seed=seed, run_dir=str(run_dir))
     settings = DEMO_SETTINGS[task]
     cfg.env.env = settings.get("train_env", TASKS[task])
-    cfg.total_steps = int(steps if steps is not None else settings["steps"][algo])
-    for key, value in {**COMMON, **settings[algo], **(overrides or {})}.items():
+    cfg.total_steps = int(steps if steps is not None else settings["steps"].get(algo, max(settings["steps"].values())))
+    for key, value in {**COMMON, **settings.get(algo, {}), **(overrides or {})}.items():
         set_path(cfg, key, value)
     cfg.update.learning_starts = min(cfg.update.learning_starts, max(cfg.total_steps // 3, 1))
     cfg.log.log_every = min(cfg.log.log_every, max(cfg.total_steps // 4, 1))
@@ -256,6 +258,12 @@ def run_demo(opts: DemoOptions) -> dict:
     if opts.steps is not None and opts.steps <= 0:
         raise ConfigError(f"--steps must be positive, got {opts.steps}")
     out = Path(opts.out)
+    for task in opts.tasks:
+        for seed in opts.seeds:
+            for algo in opts.algos:
+                if (out / task / f"{algo}-s{seed}" / "config.json").exists():
+                    raise ConfigError(f"{out / task / f'{algo}-s{seed}'} already holds a run; "
+                                      "remove it or pass another --out")
     _say(f"smfp demo -> {out} (tasks {', '.join(opts.tasks)}; algos {', '.join(opts.algos)}; "
          f"seeds {', '.join(map(str, opts.seeds))}; progress on stderr)")
     t_start = time.perf_counter()
@@ -266,8 +274,6 @@ def run_demo(opts: DemoOptions) -> dict:
             agents, eps_by_algo = {}, {}
             for algo in opts.algos:
                 run_dir = out / task / f"{algo}-s{seed}"
-                if (run_dir / "config.json").exists():
-                    raise ConfigError(f"{run_dir} already holds a run; remove it or pass another --out")
                 overrides = {**opts.overrides.get(algo, {}), **opts.overrides.get(f"{task}.{algo}", {})}
                 cfg = demo_config(task, algo, seed, opts.steps, run_dir, overrides, progress=opts.progress)
                 label = f"[{task} {algo} seed {seed}]"
@@ -285,7 +291,7 @@ def run_demo(opts: DemoOptions) -> dict:
                 results["tasks"][task].setdefault(algo, {})[seed] = summ
                 results["settings"][f"{task}.{algo}"] = {"steps": cfg.total_steps, **{
                     k: list(v) if isinstance(v, tuple) else v
-                    for k, v in {**COMMON, **DEMO_SETTINGS[task][algo], **overrides}.items()}}
+                    for k, v in {**COMMON, **DEMO_SETTINGS[task].get(algo, {}), **overrides}.items()}}
                 _say(f"{label} done in {train_s:.0f}s: {format_summary(task, summ)}")
                 agents[algo], eps_by_algo[algo] = agent, eps
             if opts.figures:
@@ -293,7 +299,8 @@ def run_demo(opts: DemoOptions) -> dict:
                 fig_dir.mkdir(parents=True, exist_ok=True)
                 p1 = plot_trajectories(task, {a: e for a, e in eps_by_algo.items()},
                                        fig_dir / f"{task}_trajectories_s{seed}.png",
-                                       f"{TASKS[task]}: {opts.episodes} stochastic episodes from the start, seed {seed}")
+                                       f"{TASKS[task]}: {opts.episodes} stochastic episodes from the start, "
+                                       f"seed {seed}")
                 p2 = plot_action_landscape(task, agents, fig_dir / f"{task}_actions_s{seed}.png", opts.samples)
                 results["figures"] += [str(p1), str(p2)]
     results["seconds"] = time.perf_counter() - t_start

@@ -334,6 +334,11 @@ def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = (
     cpu_med = {x["name"]: x["cpu_steps_per_s"] for x in results}
     ratios, cpu_ratios = {}, {}
     pairs = [(a, SB3_NAME) for a in specs if compare_sb3] + [(a, "sac") for a in specs if "sac" in specs and a != "sac"]
+    for a in specs:  # also against SAC with the same options, e.g. smfp:precision=bf16 / sac:precision=bf16
+        algo, _, options = a.partition(":")
+        twin = f"sac:{options}"
+        if algo != "sac" and options and twin in specs:
+            pairs.append((a, twin))
     for a, b in pairs:
         ratios[f"{a} / {b}"] = _ratio(med[a], med[b])
         cpu_ratios[f"{a} / {b}"] = _ratio(cpu_med[a], cpu_med[b])
@@ -350,15 +355,17 @@ def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = (
 
 def format_table(report: dict) -> str:
     s = report["settings"]
+    w = max([9] + [len(x["name"]) for x in report["results"]])
     lines = [f"{report['env']}: {s['steps']} timed steps (1 env step + {s['updates_per_step']} update each) after "
              f"{s['warmup']} random steps; {s['repeats']} round-robin runs per candidate; {s['threads']} torch thread(s)",
-             f"{'candidate':<28} {'steps/s median':>15} {'per CPU-s':>10}   runs (steps/s)"]
+             f"{'candidate':<{w}} {'steps/s median':>15} {'per CPU-s':>10}   runs (steps/s)"]
     for x in report["results"]:
         runs = " ".join(f"{r['steps_per_s']:.1f}" for r in x["runs"])
-        lines.append(f"{x['name']:<28} {x['steps_per_s']:>15.1f} {x['cpu_steps_per_s']:>10.1f}   {runs}")
+        lines.append(f"{x['name']:<{w}} {x['steps_per_s']:>15.1f} {x['cpu_steps_per_s']:>10.1f}   {runs}")
+    wr = max([10] + [len(k) for k in report["ratios"]])
     for key, value in report["ratios"].items():
         cpu = report["cpu_ratios"].get(key)
-        lines.append(f"ratio {key:<36} {value:6.2f}x  (per CPU-second {cpu:.2f}x)")
+        lines.append(f"ratio {key:<{wr}} {value:6.2f}x  (per CPU-second {cpu:.2f}x)")
     m = report["machine"]
     lines.append(f"machine: {m.get('cpu')}, {m.get('cpu_count')} CPUs, torch {m.get('torch')}, "
                  f"load average {m.get('load_avg_1min_start', float('nan')):.2f} -> {m.get('load_avg_1min_end', float('nan')):.2f}")

@@ -15,7 +15,7 @@ Pure NumPy, deterministic given the reset seed, each with a fast ``render()`` to
     Observation ``(x, y, vx, vy)``; action = commanded velocity in ``[-1, 1]^2`` (times 0.5);
     velocity follows the command with a lag, ``v' = 0.3 v + 0.7 * 0.5 a``, ``p' = p + v'``.
     Start ``(1, 0) + N(0, 0.05^2)``, at rest. Reward ``(x' - x) - 0.1 ||a||^2`` (progress),
-    +10 and termination when ``x' >= 9.5`` (success), -10 and termination when the step's
+    +10 and termination when ``x' >= 9.5`` (success), -5 and termination when the step's
     segment touches the obstacle or leaves the corridor (collision). Time limit 60 steps.
     ``info`` reports ``route`` ("up"/"down" by the sign of y when the robot first passes
     ``x = 5``, "none" before), ``collision`` and ``success``.
@@ -108,7 +108,8 @@ class MultiGoalEnv(gym.Env):
         terminated = goal >= 0
         if terminated:
             reward += self.goal_reward
-        return self.pos.astype(np.float32), self.reward_scale * reward, terminated, False, {"goal": goal, "position": self.pos.copy()}
+        info = {"goal": goal, "position": self.pos.copy()}
+        return self.pos.astype(np.float32), self.reward_scale * reward, terminated, False, info
 
     def render(self):
         if self._background is None:
@@ -132,7 +133,7 @@ class HallwayEnv(gym.Env):
     def __init__(self, render_mode: str | None = None, length: float = 10.0, half_width: float = 3.0,
                  obstacle_radius: float = 1.0, max_speed: float = 0.5, lag: float = 0.3,
                  progress_reward: float = 1.0, action_cost: float = 0.1, success_reward: float = 10.0,
-                 collision_penalty: float = 10.0, start_x: float = 1.0, init_std: float = 0.05,
+                 collision_penalty: float = 5.0, start_x: float = 1.0, init_std: float = 0.05,
                  reward_scale: float = 1.0):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode {render_mode!r} is not supported; use 'rgb_array'")

@@ -154,8 +154,10 @@ def _merge_without_valley(centers: np.ndarray, labels: np.ndarray, kernel, valle
             ri, rj = root(i), root(j)
             if ri == rj:
                 continue
-            seg = centers[i] + ts * (centers[j] - centers[i])
-            if kernel(seg).sum(1).min() >= valley * min(peak[i], peak[j]):
+            # Compare the merged groups through their densest members (the roots), so that a faint
+            # mode lying between two real ones cannot chain them together.
+            seg = centers[ri] + ts * (centers[rj] - centers[ri])
+            if kernel(seg).sum(1).min() >= valley * min(peak[ri], peak[rj]):
                 parent[max(ri, rj)] = min(ri, rj)
     roots = np.array([root(i) for i in range(k)])
     return roots[labels]

@@ -159,11 +159,11 @@ class Learner:
         logp = smp.log_prob.detach()
         if self.alpha_opt is not None:
             # loss -(log_alpha * (E[log pi] + target)): its gradient, set directly (no autograd graph)
-            self.log_alpha.grad = -(logp.mean() + self.target_entropy)
+            self.log_alpha.grad = -(logp.mean() + self.target_entropy).to(self.log_alpha.dtype)
             self.alpha_opt.step()
         if self.lambda_opt is not None:
             # loss -(log_lambda * (KL - target_kl)): its gradient, set directly
-            self.log_lambda.grad = -(kl.detach() - u.target_kl)
+            self.log_lambda.grad = -(kl.detach() - u.target_kl).to(self.log_lambda.dtype)
             self.lambda_opt.step()
 
         with torch.no_grad():
