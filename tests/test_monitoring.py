@@ -1,0 +1,261 @@
+"""Training-health alarms, the non-finite guard and recovery, and ``smfp report`` (docs/reliability.md).
+
+Every alarm is provoked on purpose in a real (tiny) training run: rewards on a wildly wrong scale
+(exploding gradients), an output noise forced tiny (entropy collapse), a task whose best action
+is at the bounds (saturation), a mirror-descent weight far too small (KL to the anchor too large),
+a task whose two good actions become one sharp one (mode collapse) and a burst of rewards whose
+squared TD error overflows float32 (non-finite losses). A healthy short run raises none.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import load_weights_only, read_jsonl, run_cli, tiny_config
+from smfp.config import AlarmConfig
+from smfp.monitor.alarms import AlarmMonitor
+from smfp.train.checkpoint import list_checkpoints, load_checkpoint
+from smfp.train.loop import train
+
+HEALTH_ENVS = '''
+    """One-step tasks from a fixed state that provoke training-health alarms."""
+    import gymnasium as gym
+    import numpy as np
+    from gymnasium import spaces
+
+
+    class OneState(gym.Env):
+        def __init__(self, kind="quadratic", switch_at=0, bad_from=0, bad_to=0, scale=1.0):
+            self.observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+            self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+            self.kind, self.switch_at, self.scale = kind, switch_at, scale
+            self.bad_from, self.bad_to = bad_from, bad_to
+            self.steps = 0  # environment steps taken by this instance (the training env's clock)
+
+        def reset(self, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros(1, np.float32), {}
+
+        def step(self, action):
+            self.steps += 1
+            a = np.asarray(action, dtype=np.float64)
+            if self.kind == "push":  # the best action is at the bounds
+                reward = 5.0 * float(a.sum())
+            elif self.kind == "switch" and self.steps <= self.switch_at:  # two peaks in a[0], at +-0.6
+                bump = lambda c: np.exp(-0.5 * ((a[0] - c) / 0.2) ** 2)
+                reward = 2.0 * max(bump(0.6), bump(-0.6)) - a[1] ** 2
+            elif self.kind == "switch":  # then one sharp peak: the soft-optimal policy is one narrow Gaussian
+                reward = -50.0 * ((a[0] - 0.6) ** 2 + a[1] ** 2)
+            else:  # "quadratic": best action 0
+                reward = -float(np.sum(a ** 2))
+            if self.bad_from < self.steps <= self.bad_to:
+                reward = 3e19  # finite, but its squared TD error overflows float32: the losses are not finite
+            return np.zeros(1, np.float32), self.scale * float(reward), True, False, {}
+
+
+    for name, kwargs in {"Push": {"kind": "push"}, "Switch": {"kind": "switch", "switch_at": 2500},
+                         "Blowup": {"bad_from": 500, "bad_to": 530}, "Huge": {"scale": 1e6}}.items():
+        if f"SmfpHealth{name}-v0" not in gym.registry:
+            gym.register(f"SmfpHealth{name}-v0", entry_point=__name__ + ":OneState", max_episode_steps=1,
+                         kwargs=kwargs)
+'''
+
+
+@pytest.fixture(scope="module")
+def health_envs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("health_envs")
+    (folder / "smfp_test_health.py").write_text(textwrap.dedent(HEALTH_ENVS))
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))
+
+
+def _one_state(run_dir, name: str, total_steps: int, **kw):
+    cfg = tiny_config(run_dir, env=f"smfp_test_health:SmfpHealth{name}-v0", total_steps=total_steps,
+                      eval_every=0, log_every=100, **kw)
+    cfg.update.gamma = 0.0
+    return cfg
+
+
+def _alarms(run_dir) -> list[dict]:
+    path = run_dir / "alerts.jsonl"
+    return read_jsonl(path) if path.exists() else []
+
+
+def _train(cfg):
+    cfg.log.tensorboard = False
+    result = train(cfg)
+    assert result.step == cfg.total_steps  # an alarm warns; it never stops the run
+    return _alarms(Path(cfg.run_dir))
+
+
+# --- the monitor itself, on hand-made metrics rows --------------------------------------------------------
+
+def test_each_alarm_fires_once_while_its_condition_holds_and_rearms(tmp_path):
+    lines: list[str] = []
+    mon = AlarmMonitor(AlarmConfig(entropy_collapse_window=2), tmp_path, target_entropy=-2.0, target_kl=0.05,
+                       uses_md=True, emit=lines.append)
+    healthy = {"train/entropy": 1.0, "train/entropy_m1": 0.5, "train/grad_norm_actor": 1.0,
+               "train/grad_norm_critic": 5.0, "train/saturation": 0.01, "train/kl_anchor": 0.04,
+               "train/skipped_updates": 0.0, "health/modes": 3.0}
+    sick = {"train/entropy": -9.0, "train/entropy_m1": -9.01, "train/grad_norm_critic": float("inf"),
+            "train/saturation": 0.9, "train/kl_anchor": 0.6, "train/skipped_updates": 4.0, "health/modes": 1.0}
+    assert mon.observe(1, healthy) == []
+    first = mon.observe(2, {**healthy, **sick})
+    assert {a.alarm for a in first} == {"mode_collapse", "exploding_gradients", "saturation", "kl_too_large",
+                                        "nonfinite_updates"}  # entropy collapse needs 2 rows in a row
+    second = mon.observe(3, {**healthy, **sick, "train/skipped_updates": 4.0})
+    assert [a.alarm for a in second] == ["entropy_collapse"]  # the others are still active: not repeated
+    assert mon.observe(4, healthy) == []  # everything clears ...
+    again = mon.observe(5, {**healthy, "train/saturation": 0.7})
+    assert [a.alarm for a in again] == ["saturation"]  # ... and re-arms
+    assert len(lines) == 7 and all(line.startswith("smfp: ALERT ") for line in lines)
+    written = read_jsonl(tmp_path / "alerts.jsonl")
+    assert [(r["step"], r["alarm"]) for r in written] == [(a.step, a.alarm) for a in first + second + again]
+    assert json.dumps(written)  # inf is written as a string, so the file stays valid JSON
+    assert "saturation x2 (first at step 2)" in mon.summary()
+    # a resume from the checkpoint of step 2 keeps the alerts up to step 2 only
+    resumed = AlarmMonitor(AlarmConfig(), tmp_path, -2.0, 0.05, True, emit=lines.append, start_step=2)
+    assert [r["step"] for r in read_jsonl(tmp_path / "alerts.jsonl")] == [2] * 5 and len(resumed.alerts) == 5
+
+
+def test_mode_collapse_needs_a_policy_that_had_several_modes_and_a_vanished_entropy_gap(tmp_path):
+    mon = AlarmMonitor(AlarmConfig(), tmp_path, -2.0, 0.05, uses_md=False, emit=lambda _: None)
+    row = {"train/entropy": 0.0, "train/entropy_m1": 0.0, "health/modes": 1.0}
+    assert mon.observe(1, row) == []  # always unimodal (a Gaussian policy): nothing collapsed
+    assert mon.observe(2, {**row, "health/modes": 2.0}) == []
+    assert mon.observe(3, {**row, "train/entropy": 0.4}) == []  # one mode counted, but the gap says otherwise
+    assert [a.alarm for a in mon.observe(4, row)] == ["mode_collapse"]
+    assert mon.observe(5, {**row, "train/kl_anchor": 99.0}) == []  # no mirror descent: no KL alarm
+
+
+# --- provoked in real training runs ----------------------------------------------------------------------
+
+def test_a_healthy_short_run_raises_no_alarm(tmp_path):
+    cfg = tiny_config(tmp_path / "sac", log_every=100)
+    assert _train(cfg) == []
+    cfg = tiny_config(tmp_path / "smfp", log_every=100)
+    cfg.algo = "smfp"
+    cfg.monitor.probe_every = 300
+    assert _train(cfg) == []
+    rows = read_jsonl(tmp_path / "smfp" / "metrics.jsonl")
+    assert any("health/modes" in r for r in rows)  # the probe ran, so mode collapse was watched
+
+
+def test_rewards_on_a_wild_scale_raise_exploding_gradients(tmp_path, health_envs):
+    alerts = _train(_one_state(tmp_path / "r", "Huge", 800))
+    assert [a["alarm"] for a in alerts] == ["exploding_gradients"], alerts
+    assert alerts[0]["value"] > AlarmConfig().grad_norm_max
+
+
+def test_forced_tiny_output_noise_raises_entropy_collapse(tmp_path):
+    cfg = tiny_config(tmp_path / "r", log_every=100)
+    cfg.policy.log_std_max = -4.0  # std at most e^-4: the entropy cannot reach its target
+    cfg.monitor.entropy_collapse_margin, cfg.monitor.entropy_collapse_window = 1.0, 3
+    alerts = _train(cfg)
+    assert [a["alarm"] for a in alerts] == ["entropy_collapse"], alerts
+    assert alerts[0]["value"] < -1.0 - 1.0 and alerts[0]["step"] >= 200 + 3 * 100
+
+
+def test_best_action_at_the_bounds_raises_saturation(tmp_path, health_envs):
+    cfg = _one_state(tmp_path / "r", "Push", 1500)
+    cfg.update.alpha, cfg.update.autotune_alpha, cfg.update.actor_lr = 0.01, False, 3e-3
+    alerts = _train(cfg)
+    assert "saturation" in [a["alarm"] for a in alerts], alerts
+    assert next(a for a in alerts if a["alarm"] == "saturation")["value"] > AlarmConfig().saturation_max
+
+
+def test_a_tiny_mirror_descent_weight_raises_kl_too_large(tmp_path):
+    cfg = tiny_config(tmp_path / "r", log_every=100)
+    cfg.algo, cfg.update.md_lambda, cfg.update.anchor_period = "mdpo", 1e-3, 200
+    alerts = _train(cfg)
+    assert [a["alarm"] for a in alerts] == ["kl_too_large"], alerts
+    assert alerts[0]["value"] > 10 * cfg.update.target_kl
+    # the same run with a sensible weight does not
+    cfg = tiny_config(tmp_path / "ok", log_every=100)
+    cfg.algo, cfg.update.md_lambda, cfg.update.anchor_period = "mdpo", 10.0, 200
+    assert _train(cfg) == []
+
+
+@pytest.mark.slow
+def test_two_good_actions_becoming_one_sharp_one_raises_mode_collapse(tmp_path, health_envs):
+    cfg = _one_state(tmp_path / "r", "Switch", 4000, learning_starts=300)
+    cfg.algo = "smfp"
+    cfg.update.alpha, cfg.update.autotune_alpha = 0.3, False
+    cfg.update.md_lambda, cfg.update.anchor_period = 1.0, 100
+    cfg.policy.hidden, cfg.update.batch_size = (64, 64), 64
+    cfg.update.actor_lr = cfg.update.critic_lr = 1e-3
+    cfg.monitor.probe_every, cfg.monitor.probe_states = 200, 1
+    alerts = _train(cfg)
+    rows = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    modes = {r["step"]: r["health/modes"] for r in rows if "health/modes" in r}
+    assert max(m for s, m in modes.items() if s <= 2500) >= 2, modes  # it was multimodal on the two-peak task
+    collapses = [a for a in alerts if a["alarm"] == "mode_collapse"]
+    assert collapses and all(a["step"] > 2500 for a in collapses), (alerts, modes)  # only after the switch
+
+
+def test_injected_non_finite_losses_are_skipped_then_the_last_good_checkpoint_is_restored(tmp_path, health_envs,
+                                                                                          capfd):
+    run = tmp_path / "r"
+    cfg = _one_state(run, "Blowup", 1500, checkpoint_every=300)
+    cfg.buffer.buffer_size = 100  # the poisoned transitions (steps 501-530) leave the buffer by step 631
+    cfg.log.tensorboard = False
+    result = train(cfg)
+    assert result.step == 1500 and not result.stopped_early and math.isfinite(result.final_eval["return_mean"])
+    said = capfd.readouterr()
+    assert "non-finite updates in a row at step" in said.out + said.err
+    assert "restored the checkpoint of step 300" in said.out + said.err  # the last one before the poison
+    rows = read_jsonl(run / "metrics.jsonl")
+    recoveries = [r["step"] for r in rows if r.get("train/recoveries")]
+    assert recoveries and all(500 < s <= 700 for s in recoveries), recoveries
+    assert max(r.get("train/skipped_updates", 0) for r in rows) >= cfg.monitor.max_nonfinite
+    assert [a["alarm"] for a in _alarms(run)] == ["nonfinite_updates"]
+    # every checkpoint on disk loads (weights only) and holds finite weights; the lr was lowered
+    found = list_checkpoints(run)
+    assert found and found[-1][0] == 1500
+    for step, path in found:
+        ckpt = load_checkpoint(path)
+        tensors = [t for t in _tensors(ckpt["learner"]) if t.is_floating_point()]
+        assert tensors and all(torch.isfinite(t).all() for t in tensors), step
+    final = load_weights_only(found[-1][1])
+    lrs = [g["lr"] for g in final["learner"]["actor_opt"]["param_groups"]]
+    assert all(lr < cfg.update.actor_lr * cfg.monitor.recovery_lr_factor * 1.0001 for lr in lrs), lrs
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def test_report_overlays_runs_and_marks_their_alarms(tmp_path, health_envs):
+    runs = []
+    for name, env in (("huge", "Huge"), ("calm", "Push")):
+        cfg = _one_state(tmp_path / name, env, 700)
+        _train(cfg)
+        runs.append(tmp_path / name)
+    out = tmp_path / "report"
+    proc = run_cli("report", *runs, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "report.md").read_text()
+    assert "| huge | sac |" in text and "| calm | sac |" in text
+    assert "huge, step" in text and "**exploding_gradients**" in text
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert {"returns.png", "entropy_kl.png", "gradients.png", "q_values.png", "saturation.png"} <= set(pngs)
+    for p in out.glob("*.png"):
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert np.all([f"![{p[:-4]}]({p})" in text for p in pngs])
