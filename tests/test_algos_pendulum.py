@@ -18,7 +18,7 @@ from smfp.agent import run_episodes
 from smfp.config import (BufferConfig, CheckpointConfig, CriticConfig, EnvConfig, EvalConfig, LogConfig,
                          PolicyConfig, TrainConfig, UpdateConfig)
 from smfp.envs import make_env
-from smfp.train.loop import train
+from smfp.training.loop import train
 
 EPISODES = 5
 SEED = 0

@@ -11,7 +11,7 @@ import torch
 from conftest import ENV_MODULE, load_weights_only, tiny_config
 from smfp.buffer import ReplayBuffer
 from smfp.envs import make_env
-from smfp.train.loop import train
+from smfp.training.loop import train
 
 
 def _transition(i: int, obs_dim: int = 3, act_dim: int = 2):

@@ -10,7 +10,6 @@ disk cannot be made safely on a shared machine).
 from __future__ import annotations
 
 import errno
-import importlib
 import io
 import os
 import pathlib
@@ -20,17 +19,16 @@ import pytest
 import torch
 
 from conftest import load_weights_only
+import smfp.training.atomic as atomic_mod
+import smfp.training.checkpoint as ckpt_mod
 from smfp.cli.main import main
 from smfp.monitor.logger import MetricsLogger, read_metrics
-from smfp.train.checkpoint import list_checkpoints, load_checkpoint
+from smfp.training.checkpoint import list_checkpoints, load_checkpoint
 
 TRAIN = ["train", "--algo", "sac", "--env", "Pendulum-v1", "--seed", "1", "--total-steps", "600",
          "--checkpoint-every", "200", "--learning-starts", "100", "--log-every", "100", "--eval-every", "0",
          "--eval-episodes", "1", "--max-episode-steps", "100", "--hidden", "16", "16", "--critic-hidden", "16", "16",
          "--batch-size", "32", "--no-progress", "--no-tensorboard"]
-# (``import smfp.train.atomic as m`` would find the function ``smfp.train``, re-exported by smfp)
-atomic_mod = importlib.import_module("smfp.train.atomic")
-ckpt_mod = importlib.import_module("smfp.train.checkpoint")
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -15,7 +15,7 @@ import pytest
 from conftest import tiny_config
 from smfp.cli.main import main
 from smfp.envs import EnvError, make_env
-from smfp.train.loop import TrainingDiverged, train
+from smfp.training.loop import TrainingDiverged, train
 
 MODULE = "smfp_fault_envs"
 SOURCE = '''

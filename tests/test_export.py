@@ -18,7 +18,7 @@ from smfp.cli.main import main
 from smfp.critic import QEnsemble
 from smfp.export import ExportError, export_policy, load_runner, read_meta
 from smfp.policies import build_policy
-from smfp.train.loop import train
+from smfp.training.loop import train
 
 OBS, ACT = 5, 2
 LOW, HIGH = np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32)  # asymmetric: rescaling shows

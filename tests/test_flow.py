@@ -14,7 +14,7 @@ from smfp.cli.main import main
 from smfp.config import ConfigError, TrainConfig
 from smfp.envs import make_env
 from smfp.policies import FlowPolicy, build_policy
-from smfp.train.loop import train
+from smfp.training.loop import train
 from smfp.update import Learner
 
 

@@ -20,8 +20,8 @@ import pytest
 
 from conftest import REPO, load_weights_only, smfp_command, tiny_config
 from smfp.monitor.logger import read_metrics
-from smfp.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from smfp.train.loop import train
+from smfp.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from smfp.training.loop import train
 
 # Random actions (no updates) for the first 300 steps keep the test cheap; then one update per step. The
 # kills below advance the run by at most ~700 steps in all, so the last one always lands before the end.

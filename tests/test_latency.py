@@ -8,7 +8,7 @@ import pytest
 
 from conftest import assert_one_line_error, run_cli, tiny_config
 from smfp.cli.main import main
-from smfp.train.loop import train
+from smfp.training.loop import train
 
 RECORD_KEYS = {"policy", "steps", "mode", "backend", "batch", "median_us", "p90_us"}
 TINY = ["--seconds", "0.01", "--min-rounds", "2"]

@@ -180,7 +180,7 @@ def bandit_env_module(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bandit_run(tmp_path_factory, bandit_env_module):
-    from smfp.train.loop import train
+    from smfp.training.loop import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "smfp-bandit"
     cfg = tiny_config(run_dir, env="smfp_test_bandit:SmfpTestBandit-v0", total_steps=1500, learning_starts=200,

@@ -22,8 +22,8 @@ import torch
 from conftest import load_weights_only, read_jsonl, run_cli, tiny_config
 from smfp.config import AlarmConfig
 from smfp.monitor.alarms import AlarmMonitor
-from smfp.train.checkpoint import list_checkpoints, load_checkpoint
-from smfp.train.loop import train
+from smfp.training.checkpoint import list_checkpoints, load_checkpoint
+from smfp.training.loop import train
 
 HEALTH_ENVS = '''
     """One-step tasks from a fixed state that provoke training-health alarms."""

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import torch
 
-from smfp.train import loop  # (``smfp.train`` the attribute is the train function)
+from smfp.training import loop
 from conftest import TINY_FLAGS, assert_same_state, load_weights_only, read_jsonl, run_cli, tiny_config
 from smfp.buffer import ReplayBuffer
-from smfp.train.checkpoint import checkpoint_path, list_checkpoints
-from smfp.train.loop import train
+from smfp.training.checkpoint import checkpoint_path, list_checkpoints
+from smfp.training.loop import train
 from smfp.update import Learner
 
 

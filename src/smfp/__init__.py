@@ -12,7 +12,7 @@ Python API (the CLI is a thin layer over it)::
 
 from smfp.agent import Agent, evaluate, load_agent
 from smfp.config import TrainConfig
-from smfp.train.loop import TrainResult, train
+from smfp.training.loop import TrainResult, train
 
 __all__ = ["Agent", "TrainConfig", "TrainResult", "evaluate", "load_agent", "train"]
 __version__ = "0.1.0"

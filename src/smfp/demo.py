@@ -245,7 +245,7 @@ def _progress_callback(label: str, total: int) -> Callable[[int, dict], None]:
 def run_demo(opts: DemoOptions) -> dict:
     from smfp.agent import load_agent
     from smfp.monitor.modes import assess_state
-    from smfp.train.loop import train
+    from smfp.training.loop import train
 
     for t in opts.tasks:
         if t not in TASKS:

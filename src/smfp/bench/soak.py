@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     from smfp.buffer import ReplayBuffer
     from smfp.config import TrainConfig
     from smfp.envs import env_dims, make_env
-    from smfp.train.loop import train
+    from smfp.training.loop import train
 
     env = make_env(args.env)
     obs_dim, act_dim = env_dims(env)

@@ -140,7 +140,7 @@ def _rates(steps: int, wall: float, cpu: float, updates: int) -> dict:
 def time_smfp_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     """Run ``warmup`` untimed random steps then ``steps`` timed training steps of ``cfg``.
 
-    The per-step work mirrors ``smfp.train.loop.train`` (without logging, evaluation and
+    The per-step work mirrors ``smfp.training.loop.train`` (without logging, evaluation and
     checkpoints, which happen at fixed intervals there).
     """
     from smfp.buffer import ReplayBuffer

@@ -21,14 +21,14 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG,
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from smfp.envs import EnvError
-    from smfp.train.checkpoint import CheckpointError
-    from smfp.train.loop import TrainingDiverged
+    from smfp.training.checkpoint import CheckpointError
+    from smfp.training.loop import TrainingDiverged
 
     return (ConfigError, EnvError, CheckpointError, TrainingDiverged)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from smfp.train.loop import train
+    from smfp.training.loop import train
 
     cfg = build_dataclass(TrainConfig, vars(args))
     result = train(cfg)

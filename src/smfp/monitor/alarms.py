@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from smfp.monitor.logger import read_metrics
-from smfp.train.atomic import atomic_write_text
+from smfp.training.atomic import atomic_write_text
 
 
 @dataclass

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Optional
 
 from smfp.config import ALGOS, ConfigError, TrainConfig
-from smfp.train.atomic import atomic_write_text
-from smfp.train.checkpoint import list_checkpoints
-from smfp.train.loop import RESUMABLE_CHANGES, RESUMABLE_PREFIXES, _flatten
+from smfp.training.atomic import atomic_write_text
+from smfp.training.checkpoint import list_checkpoints
+from smfp.training.loop import RESUMABLE_CHANGES, RESUMABLE_PREFIXES, _flatten
 
 SWEEP_FILE = "sweep.json"
 ATTEMPTS_FILE = "sweep_attempts.jsonl"  # one line per task start: host, pid, start step

@@ -1,6 +1,6 @@
 """Run a sweep grid on Ray: one task per run, resumable, with progress and ``sweep.json``.
 
-Each task calls the normal entry point ``smfp.train.loop.train`` with ``resume=True`` in its own
+Each task calls the normal entry point ``smfp.training.loop.train`` with ``resume=True`` in its own
 run dir, with ``threads`` = the CPUs Ray granted it. Resumability comes from the checkpoints:
 
 - a run whose latest checkpoint is at ``total_steps`` is finished and is not submitted again;
@@ -59,9 +59,9 @@ def _redirect_output(path: Path):
 def train_task(config: dict, sweep_id: str) -> dict:
     """Body of one Ray task (also callable directly): train one run with resume semantics."""
     from smfp.config import TrainConfig
-    from smfp.train.atomic import atomic_write_text
-    from smfp.train.checkpoint import list_checkpoints
-    from smfp.train.loop import train
+    from smfp.training.atomic import atomic_write_text
+    from smfp.training.checkpoint import list_checkpoints
+    from smfp.training.loop import train
 
     cfg = TrainConfig.from_dict(config)
     run_dir = Path(cfg.run_dir)

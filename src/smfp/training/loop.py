@@ -24,13 +24,13 @@ from smfp.envs import env_dims, make_env
 from smfp.monitor.alarms import AlarmMonitor
 from smfp.monitor.health import HealthProbe
 from smfp.monitor.logger import MetricsLogger
-from smfp.train.atomic import atomic_write_text
+from smfp.training.atomic import atomic_write_text
 from smfp.update import Learner
-from smfp.train.checkpoint import CheckpointError, latest_checkpoint, safe_load, save_checkpoint
+from smfp.training.checkpoint import CheckpointError, latest_checkpoint, safe_load, save_checkpoint
 
 # Fields that may differ when a run is resumed (they do not change the method).
 RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "log.progress", "eval.eval_every",
-                     "eval.eval_episodes", "checkpoint.checkpoint_every", "checkpoint.keep_checkpoints"}
+                     "update.precision", "eval.eval_episodes", "checkpoint.checkpoint_every", "checkpoint.keep_checkpoints"}
 RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change the method
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from smfp.train.atomic import atomic_torch_save
+from smfp.training.atomic import atomic_torch_save
 
 FORMAT = "smfp-checkpoint"
 VERSION = 1
