@@ -135,6 +135,9 @@ def test_mode_collapse_needs_a_policy_that_had_several_modes_and_a_vanished_entr
     assert mon.observe(3, {**row, "train/entropy": 0.4}) == []  # one mode counted, but the gap says otherwise
     assert [a.alarm for a in mon.observe(4, row)] == ["mode_collapse"]
     assert mon.observe(5, {**row, "train/kl_anchor": 99.0}) == []  # no mirror descent: no KL alarm
+    warm = AlarmMonitor(AlarmConfig(), tmp_path, -2.0, 0.05, uses_md=True, emit=lambda _: None, kl_from_step=10)
+    assert warm.observe(9, {"train/kl_anchor": 99.0}) == []  # first anchor period: not watched
+    assert [a.alarm for a in warm.observe(10, {"train/kl_anchor": 99.0})] == ["kl_too_large"]
 
 
 # --- provoked in real training runs ----------------------------------------------------------------------
@@ -179,6 +182,7 @@ def test_a_tiny_mirror_descent_weight_raises_kl_too_large(tmp_path):
     alerts = _train(cfg)
     assert [a["alarm"] for a in alerts] == ["kl_too_large"], alerts
     assert alerts[0]["value"] > 10 * cfg.update.target_kl
+    assert alerts[0]["step"] >= 200 + 200  # not during the first anchor period (the step from initialisation)
     # the same run with a sensible weight does not
     cfg = tiny_config(tmp_path / "ok", log_every=100)
     cfg.algo, cfg.update.md_lambda, cfg.update.anchor_period = "mdpo", 10.0, 200

@@ -11,7 +11,7 @@ again, so a persisting problem is reported once, not every row. Thresholds are f
 | ``entropy_collapse`` | ``train/entropy`` below target entropy minus ``--entropy-collapse-margin`` for ``--entropy-collapse-window`` consecutive rows |
 | ``exploding_gradients`` | an actor or critic gradient norm (before clipping) above ``--grad-norm-max`` |
 | ``saturation`` | ``train/saturation`` (fraction of ``|pre-tanh| > 3``) above ``--saturation-max`` |
-| ``kl_too_large`` | ``train/kl_anchor`` above ``--kl-factor`` x ``--target-kl`` (mirror-descent step too large) |
+| ``kl_too_large`` | ``train/kl_anchor`` above ``--kl-factor`` x ``--target-kl`` (mirror-descent step too large); not watched during the first anchor period after learning starts, whose step is from the random initialisation |
 | ``nonfinite_updates`` | updates skipped because a loss or gradient was not finite (``train/skipped_updates`` grew) |
 """
 
@@ -46,11 +46,12 @@ def _num(row: dict, key: str) -> Optional[float]:
 
 class AlarmMonitor:
     def __init__(self, cfg, run_dir: Path, target_entropy: float, target_kl: float, uses_md: bool,
-                 emit: Callable[[str], None] = print, start_step: int = 0):
+                 emit: Callable[[str], None] = print, start_step: int = 0, kl_from_step: int = 0):
         self.cfg = cfg
         self.target_entropy = target_entropy
         self.target_kl = target_kl
         self.uses_md = uses_md
+        self.kl_from_step = kl_from_step
         self.emit = emit
         self.path = Path(run_dir) / "alerts.jsonl"
         previous = read_metrics(self.path)
@@ -65,7 +66,7 @@ class AlarmMonitor:
         self.max_modes = 0.0
         self.skipped = 0.0
 
-    def _conditions(self, row: dict) -> dict[str, tuple[bool, float, str]]:
+    def _conditions(self, step: int, row: dict) -> dict[str, tuple[bool, float, str]]:
         c = self.cfg
         out: dict[str, tuple[bool, float, str]] = {}
         entropy, entropy_m1 = _num(row, "train/entropy"), _num(row, "train/entropy_m1")
@@ -93,7 +94,7 @@ class AlarmMonitor:
             out["saturation"] = (sat > c.saturation_max, sat, f"{100 * sat:.1f}% of pre-tanh actions beyond |x| > 3 "
                                  f"(limit {100 * c.saturation_max:.0f}%): actions pinned at the bounds")
         kl = _num(row, "train/kl_anchor")
-        if kl is not None and self.uses_md:
+        if kl is not None and self.uses_md and step >= self.kl_from_step:
             limit = c.kl_factor * self.target_kl
             out["kl_too_large"] = (not math.isfinite(kl) or kl > limit, kl,
                                    f"KL to the anchor {kl:.3g} exceeds {limit:.3g} ({c.kl_factor:g} x target): "
@@ -108,7 +109,7 @@ class AlarmMonitor:
 
     def observe(self, step: int, row: dict) -> list[Alert]:
         fired = []
-        for name, (on, value, message) in self._conditions(row).items():
+        for name, (on, value, message) in self._conditions(step, row).items():
             if on and name not in self.active:
                 self.active.add(name)
                 alert = Alert(int(step), name, message, float(value))

@@ -200,8 +200,12 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
                    + ("; --resume found no checkpoint, starting from step 0" if cfg.resume and ckpt is None else "")
                    + ")")
 
-    alarms = AlarmMonitor(cfg.monitor, run_dir, learner.target_entropy, cfg.update.target_kl, learner.use_md,
-                          emit=logger.message, start_step=start_step) if cfg.monitor.alarms else None
+    # the first anchor period's KL measures the step away from the random initialisation, not a trust region
+    u = cfg.update
+    first_period = round(1.0 / u.anchor_tau) if u.anchor_tau > 0 else u.anchor_period
+    alarms = AlarmMonitor(cfg.monitor, run_dir, learner.target_entropy, u.target_kl, learner.use_md,
+                          emit=logger.message, start_step=start_step,
+                          kl_from_step=u.learning_starts + first_period) if cfg.monitor.alarms else None
     probe = HealthProbe(cfg.monitor, learner.policy) if cfg.monitor.alarms and cfg.monitor.probe_every else None
 
     agent = Agent(learner.policy, learner.critic, cfg.env.env, np.asarray(meta["action_low"]),
