@@ -165,20 +165,26 @@ def _generator(policy: Policy, steps: int) -> tuple[nn.Sequential, list[list[flo
     raise ExportError(f"no generator for policy {policy.kind!r}")
 
 
-class MixtureSampleActor(nn.Module):
-    """smfp / flow: ``x = transport(s, z) + sigma(s) xi``, then the bounds."""
+class _Transport(nn.Module):
+    """The generator of a mixture policy, ``steps`` jumps from noise to the pre-squash mean."""
 
     def __init__(self, policy: Policy, low, high, steps: int):
         super().__init__()
         seq, times, dts = _generator(policy, steps)
-        d, o = int(policy.act_dim), int(policy.obs_dim)
-        self.field = _StepField(seq, o + d, times)
+        self.obs_dim, self.act_dim = int(policy.obs_dim), int(policy.act_dim)
+        self.field = _StepField(seq, self.obs_dim + self.act_dim, times)
         self.dts: list[float] = dts
         self.steps = len(dts)
-        self.act_dim = d
+        self.rescale = _Rescale(low, high)
+
+
+class MixtureSampleActor(_Transport):
+    """smfp / flow: ``x = transport(s, z) + sigma(s) xi``, then the bounds."""
+
+    def __init__(self, policy: Policy, low, high, steps: int):
+        super().__init__(policy, low, high, steps)
         self.sigma_net = _frozen(policy.sigma_net)
         self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
-        self.rescale = _Rescale(low, high)
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         x, xi = noise[:, : self.act_dim], noise[:, self.act_dim :]
@@ -188,19 +194,12 @@ class MixtureSampleActor(nn.Module):
         return self.rescale(torch.tanh(_fma(x, std, xi)))
 
 
-class MixtureBestOfNActor(nn.Module):
+class MixtureBestOfNActor(_Transport):
     """smfp / flow: N noise-free candidates ``tanh(transport(s, z_n))``, the one with the highest min-Q."""
 
     def __init__(self, policy: Policy, critic: nn.Module, low, high, steps: int):
-        super().__init__()
-        seq, times, dts = _generator(policy, steps)
-        d, o = int(policy.act_dim), int(policy.obs_dim)
-        self.field = _StepField(seq, o + d, times)
-        self.dts: list[float] = dts
-        self.steps = len(dts)
-        self.obs_dim, self.act_dim = o, d
+        super().__init__(policy, low, high, steps)
         self.min_q = _MinQ(critic)
-        self.rescale = _Rescale(low, high)
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         b, n = noise.shape[0], noise.shape[1]
