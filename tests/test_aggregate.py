@@ -71,10 +71,10 @@ def test_normalise_maps_random_to_zero_and_reference_to_one():
 # ---------------------------------------------------------------- reports on synthetic run dirs
 
 def make_run(root: Path, algo: str, env: str, seed: int, evals: list[float], every: int = 100,
-             total: int | None = None) -> Path:
-    d = root / f"{algo}-{env}-s{seed}"
+             total: int | None = None, label: str | None = None) -> Path:
+    d = root / f"{label or algo}-{env}-s{seed}"
     d.mkdir(parents=True)
-    cfg = TrainConfig(algo=algo, seed=seed, total_steps=total or every * len(evals), run_dir=str(d))
+    cfg = TrainConfig(algo=algo, seed=seed, total_steps=total or every * len(evals), run_dir=str(d), label=label)
     cfg.env.env = env
     (d / "config.json").write_text(json.dumps(cfg.to_dict()))
     rows = []
@@ -135,6 +135,15 @@ def test_aggregate_with_a_reference_table_matches_hand_computed_numbers(two_task
     md = to_markdown(res, "x.png")
     assert "| Pendulum-v1 | -350.0 [-500.0, -200.0] (n=2, 400) | -300.0 [-400.0, -200.0] (n=2, 400) |" in md
     assert "| smfp | 0.875 [" in md and "**Incomplete**" in md and "smfp on MountainCarContinuous-v0" in md
+
+
+def test_runs_with_a_label_are_their_own_row(two_task_dir):
+    root, ref = two_task_dir
+    make_run(root, "smfp", "Pendulum-v1", 0, [-900, -300, -100, -100], label="smfp-lam0")  # -166.7
+    res = aggregate(root, reference=ref, reps=2000)
+    assert res["algos"] == ["sac", "smfp", "smfp-lam0"]
+    assert res["per_task"]["Pendulum-v1"]["smfp"]["final"] == [-400.0, -200.0]  # unchanged by the ablation
+    assert res["per_task"]["Pendulum-v1"]["smfp-lam0"]["final"] == pytest.approx([-500.0 / 3])
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # gymnasium's float32 Box notice

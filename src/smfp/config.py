@@ -141,6 +141,8 @@ class TrainConfig:
     run_dir: Optional[str] = doc("where the run is written (none: runs/ALGO-ENV-sSEED)", default=None)
     resume: bool = doc("continue the run in --run-dir from its latest checkpoint", default=False)
     threads: int = doc("torch CPU threads (1 is fastest for these network sizes)", default=1)
+    label: Optional[str] = doc("name of this variant in `smfp aggregate` tables and curves, e.g. smfp-lam0 for an "
+                               "ablation (none: the algo)", default=None)
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)

@@ -58,7 +58,7 @@ def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
             continue
         try:
             cfg = json.loads((d / "config.json").read_text())
-            algo, task, seed = cfg["algo"], cfg["env"]["env"], int(cfg["seed"])
+            algo, task, seed = cfg.get("label") or cfg["algo"], cfg["env"]["env"], int(cfg["seed"])
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
             warn(f"smfp aggregate: skipping {d.name}: unreadable config.json")
             continue

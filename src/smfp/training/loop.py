@@ -29,7 +29,7 @@ from smfp.update import Learner
 from smfp.training.checkpoint import CheckpointError, latest_checkpoint, safe_load, save_checkpoint
 
 # Fields that may differ when a run is resumed (they do not change the method).
-RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "log.progress", "eval.eval_every",
+RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "label", "log.progress", "eval.eval_every",
                      "update.precision", "eval.eval_episodes", "checkpoint.checkpoint_every", "checkpoint.keep_checkpoints"}
 RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change the method
 
