@@ -11,7 +11,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from torch.distributions.transforms import TanhTransform
 
 from smfp.buffer import Batch, ReplayBuffer
-from smfp.config import TrainConfig
+from smfp.config import ConfigError, TrainConfig
 from smfp.critic import QEnsemble
 from smfp.policies import GaussianPolicy
 from smfp.policies.distributions import tanh_log_det
@@ -166,8 +166,8 @@ def test_actor_loss_with_known_q_and_mirror_descent_kl():
 
 # --- the learner's update ------------------------------------------------------------------------
 
-def tiny_learner(**update) -> tuple[Learner, ReplayBuffer]:
-    cfg = TrainConfig(algo="sac", run_dir="unused")
+def tiny_learner(algo: str = "sac", **update) -> tuple[Learner, ReplayBuffer]:
+    cfg = TrainConfig(algo=algo, run_dir="unused")
     cfg.policy.hidden = (16, 16)
     cfg.critic.critic_hidden = (16, 16)
     cfg.update.batch_size = 32
@@ -195,6 +195,22 @@ def test_temperature_moves_toward_the_entropy_target(target_entropy, direction):
         assert -10.0 < metrics["train/entropy"].item() < 10.0
     after = learner.alpha.item()
     assert (after - before) * direction > 0, (before, after)
+
+
+def test_lambda_per_alpha_follows_alpha_and_sets_the_actor_step():
+    """--lambda-per-alpha: lambda = c * alpha at every update, so the closed-form step
+    pi_k^(lambda/(alpha+lambda)) exp(Q/(alpha+lambda)) mixes anchor and exp(Q/alpha) in fixed proportions."""
+    learner, buf = tiny_learner("mdpo", md_lambda=3.0, lambda_per_alpha=True, alpha=0.5, target_entropy=10.0)
+    assert learner.md_lambda.item() == pytest.approx(1.5)
+    for _ in range(3):
+        metrics = learner.update(buf.sample(32), with_metrics=True)
+        assert metrics["train/lambda"].item() == pytest.approx(3.0 * metrics["train/alpha"].item())
+    assert learner.alpha.item() > 0.5 and learner.md_lambda.item() == pytest.approx(3.0 * learner.alpha.item())
+    # the weight the anchor gets in the closed form does not move with alpha
+    a, lam = learner.alpha.item(), learner.md_lambda.item()
+    assert lam / (a + lam) == pytest.approx(0.75)
+    with pytest.raises(ConfigError, match="choose one"):
+        tiny_learner("mdpo", md_lambda=1.0, lambda_per_alpha=True, autotune_lambda=True)
 
 
 def test_fixed_temperature_stays_put():

@@ -114,6 +114,8 @@ class Learner:
     def md_lambda(self) -> torch.Tensor:
         if not self.use_md:
             return torch.zeros(())
+        if self.cfg.update.lambda_per_alpha:  # lambda = c * alpha: a step size independent of the reward scale
+            return self.cfg.update.md_lambda * self.alpha
         return self.log_lambda.detach().exp()
 
     def update(self, batch: Batch, with_metrics: bool = False) -> dict[str, torch.Tensor]:
@@ -124,7 +126,7 @@ class Learner:
 
     def _update(self, batch: Batch, with_metrics: bool = False) -> dict[str, torch.Tensor]:
         u, p = self.cfg.update, self.cfg.policy
-        alpha = self.alpha
+        alpha, md_lambda = self.alpha, self.md_lambda
 
         # Critic: regress the ensemble onto the soft target.
         target = soft_target(self.policy, self.target_critic, batch, alpha, u.gamma, self.target_components)
@@ -138,7 +140,7 @@ class Learner:
 
         # Actor: one entropic mirror-descent step, M actions for each of the first actor_states states.
         obs_a = batch.obs[: self.actor_states]
-        loss_pi, smp, kl = actor_loss(self.policy, self.frozen_min_q, self.anchor, obs_a, alpha, self.md_lambda,
+        loss_pi, smp, kl = actor_loss(self.policy, self.frozen_min_q, self.anchor, obs_a, alpha, md_lambda,
                                       self.components)
         loss_mf = None
         if self.policy.kind == "smfp" and p.meanflow_coef > 0 and self.updates % p.meanflow_every == 0:
@@ -178,7 +180,7 @@ class Learner:
             logp_m1 = gaussian_log_prob(x, smp.mean.detach(), smp.log_std.detach()) - tanh_log_det(x).sum(-1)
             metrics = {
                 "losses/critic": loss_q.detach(), "losses/actor": loss_pi.detach(),
-                "train/alpha": alpha, "train/lambda": self.md_lambda,
+                "train/alpha": alpha, "train/lambda": md_lambda,
                 "train/entropy": -logp.mean(), "train/entropy_m1": -logp_m1.mean(),
                 "train/kl_anchor": kl.detach(), "train/kl_anchor_at_refresh": self.last_refresh_kl,
                 "train/sigma_mean": smp.log_std.detach().exp().mean(),
