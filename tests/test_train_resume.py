@@ -142,3 +142,26 @@ def test_same_seed_same_config_gives_identical_training_metrics(tmp_path):
     train(config("c", 12, 600))
     c = _loss_lines(tmp_path / "c")
     assert c[0]["step"] == 600 and c[0]["losses/critic"] != a[0]["losses/critic"]
+
+
+def test_a_run_saved_before_lambda_per_alpha_existed_resumes_only_with_its_fixed_lambda(tmp_path):
+    """Runs saved before ``update.lambda_per_alpha`` existed used a fixed lambda: a resume with the new
+    default (lambda per alpha) would change the method, so it is refused, naming the field."""
+    import pytest
+
+    from smfp.config import ConfigError
+
+    cfg = tiny_config(tmp_path / "r", total_steps=400, learning_starts=200, checkpoint_every=200, eval_every=0)
+    cfg.algo = "mdpo"
+    cfg.update.lambda_per_alpha = False
+    cfg.log.tensorboard = False
+    train(cfg)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    del saved["update"]["lambda_per_alpha"]  # what an older version wrote
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    again = dataclasses.replace(cfg, total_steps=600, resume=True, update=dataclasses.replace(cfg.update))
+    again.update.lambda_per_alpha = None  # the new default: on for mdpo
+    with pytest.raises(ConfigError, match="update.lambda_per_alpha"):
+        train(again)
+    again.update.lambda_per_alpha = False
+    assert train(again).step == 600

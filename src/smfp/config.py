@@ -69,10 +69,12 @@ class UpdateConfig:
     autotune_alpha: bool = doc("tune alpha toward --target-entropy", default=True)
     alpha_lr: float = doc("temperature learning rate", default=3e-4)
     target_entropy: Optional[float] = doc("entropy target (none: -action_dim)", default=None)
-    md_lambda: Optional[float] = doc("mirror-descent KL weight lambda (none: 0 for sac, 1 otherwise)", default=None)
-    lambda_per_alpha: bool = doc("read --md-lambda as a multiple c of alpha (lambda = c * alpha): each step then "
-                                 "moves pi to pi_k^(c/(1+c)) * exp(Q/alpha)^(1/(1+c)), whatever the reward scale",
-                                 default=False)
+    md_lambda: Optional[float] = doc("mirror-descent KL weight lambda, or its multiple of alpha with --lambda-per-alpha "
+                                     "(none: 0 for sac, 1 otherwise)", default=None)
+    lambda_per_alpha: Optional[bool] = doc(
+        "read --md-lambda as a multiple c of alpha (lambda = c * alpha): each step then moves pi to "
+        "pi_k^(c/(1+c)) * exp(Q/alpha)^(1/(1+c)), whatever the reward scale (none: on for mdpo/smfp/flow unless "
+        "--autotune-lambda; --no-lambda-per-alpha: lambda is --md-lambda itself; see docs/results.md)", default=None)
     autotune_lambda: bool = doc("tune lambda by dual ascent toward --target-kl", default=False)
     target_kl: float = doc("target KL to the anchor (with --autotune-lambda)", default=0.05)
     lambda_lr: float = doc("lambda dual-ascent learning rate", default=3e-4)
@@ -168,6 +170,8 @@ class TrainConfig:
             raise ConfigError(f"unknown --algo {cfg.algo!r}; choose one of {', '.join(ALGOS)}")
         if u.md_lambda is None:
             u.md_lambda = 0.0 if cfg.algo == "sac" else 1.0
+        if u.lambda_per_alpha is None:
+            u.lambda_per_alpha = cfg.algo != "sac" and not u.autotune_lambda
         if u.lambda_per_alpha and u.autotune_lambda:
             raise ConfigError("--lambda-per-alpha and --autotune-lambda both set lambda; choose one")
         if cfg.algo == "sac" and (u.md_lambda != 0.0 or u.autotune_lambda):

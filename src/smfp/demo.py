@@ -36,10 +36,11 @@ DEMO_SETTINGS: dict[str, dict] = {
     # N(0, 2^2)); evaluation is on smfp/MultiGoal-v0 from the start state. See docs/demo.md.
     "multigoal": {"train_env": "smfp/MultiGoalExplore-v0", "steps": {"sac": 8000, "smfp": 8000},
                   "sac": dict(_MG), "smfp": {**_MG, "policy.actor_states": 32, "update.anchor_period": 200,
-                                             "update.md_lambda": 0.1}},
+                                             "update.md_lambda": 0.1, "update.lambda_per_alpha": False}},
     "hallway": {"steps": {"sac": 6000, "smfp": 6000},
                 "sac": dict(_HW), "smfp": {**_HW, "policy.actor_states": 32, "update.anchor_period": 200,
-                                           "update.md_lambda": 0.1, "update.autotune_lambda": True}},
+                                           "update.md_lambda": 0.1, "update.autotune_lambda": True,
+                                           "update.lambda_per_alpha": False}},
 }
 
 # States at which the action distribution is drawn over the Q landscape (one panel each).

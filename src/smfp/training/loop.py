@@ -32,6 +32,8 @@ from smfp.training.checkpoint import CheckpointError, latest_checkpoint, safe_lo
 RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "label", "log.progress", "eval.eval_every",
                      "update.precision", "eval.eval_episodes", "checkpoint.checkpoint_every", "checkpoint.keep_checkpoints"}
 RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change the method
+# Fields added after runs were first saved, with the value that reproduces what those runs did.
+ADDED_FIELDS = {"update.lambda_per_alpha": False}
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,6 +83,7 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
             old = None
         if old is None:
             raise ConfigError(f"{saved} does not hold a config (a JSON object); cannot resume this run")
+        old = {**ADDED_FIELDS, **old}
         new = _flatten(cfg.to_dict())
         diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
                       and not k.startswith(RESUMABLE_PREFIXES) and old.get(k) != new.get(k))
