@@ -178,11 +178,17 @@ def test_best_action_at_the_bounds_raises_saturation(tmp_path, health_envs):
 
 def test_a_tiny_mirror_descent_weight_raises_kl_too_large(tmp_path):
     cfg = tiny_config(tmp_path / "r", log_every=100)
-    cfg.algo, cfg.update.md_lambda, cfg.update.anchor_period = "mdpo", 1e-3, 200
+    cfg.algo, cfg.update.md_lambda, cfg.update.anchor_period = "mdpo", 1e-3, 200  # lambda = 0.001 alpha
     alerts = _train(cfg)
     assert [a["alarm"] for a in alerts] == ["kl_too_large"], alerts
-    assert alerts[0]["value"] > 10 * cfg.update.target_kl
+    assert alerts[0]["value"] > 10 * 1.0  # lambda per alpha (mdpo's default): 1 nat per action dimension x 10
     assert alerts[0]["step"] >= 200 + 200  # not during the first anchor period (the step from initialisation)
+    # a fixed lambda is judged against --target-kl
+    cfg = tiny_config(tmp_path / "fixed", log_every=100)
+    cfg.algo, cfg.update.md_lambda, cfg.update.anchor_period = "mdpo", 1e-3, 200
+    cfg.update.lambda_per_alpha, cfg.update.target_kl = False, 0.1
+    fixed = _train(cfg)
+    assert [a["alarm"] for a in fixed] == ["kl_too_large"] and fixed[0]["value"] > 10 * 0.1
     # the same run with a sensible weight does not
     cfg = tiny_config(tmp_path / "ok", log_every=100)
     cfg.algo, cfg.update.md_lambda, cfg.update.anchor_period = "mdpo", 10.0, 200

@@ -130,7 +130,9 @@ class AlarmConfig:
     entropy_collapse_window: int = doc("entropy collapse: consecutive log intervals", default=5)
     grad_norm_max: float = doc("exploding gradients: norm (before clipping) above this", default=1e4)
     saturation_max: float = doc("saturation: fraction of |pre-tanh| > 3 above this", default=0.5)
-    kl_factor: float = doc("KL too large: KL to the anchor above this multiple of --target-kl", default=10.0)
+    kl_factor: float = doc("KL too large: KL to the anchor above this multiple of the reference KL: --target-kl, or "
+                           "1 nat per action dimension with --lambda-per-alpha (which sets no KL target)",
+                           default=10.0)
     max_nonfinite: int = doc("consecutive non-finite updates before restoring the last good checkpoint",
                              default=20)
     recovery_lr_factor: float = doc("learning-rate factor applied after such a restore", default=0.5)

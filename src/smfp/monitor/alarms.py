@@ -11,7 +11,7 @@ again, so a persisting problem is reported once, not every row. Thresholds are f
 | ``entropy_collapse`` | ``train/entropy`` below target entropy minus ``--entropy-collapse-margin`` for ``--entropy-collapse-window`` consecutive rows |
 | ``exploding_gradients`` | an actor or critic gradient norm (before clipping) above ``--grad-norm-max`` |
 | ``saturation`` | ``train/saturation`` (fraction of ``|pre-tanh| > 3``) above ``--saturation-max`` |
-| ``kl_too_large`` | ``train/kl_anchor`` above ``--kl-factor`` x ``--target-kl`` (mirror-descent step too large); not watched during the first anchor period after learning starts, whose step is from the random initialisation |
+| ``kl_too_large`` | ``train/kl_anchor`` above ``--kl-factor`` x the reference KL (``--target-kl``, or 1 nat per action dimension with ``--lambda-per-alpha``): mirror-descent step too large; not watched during the first anchor period after learning starts, whose step is from the random initialisation |
 | ``nonfinite_updates`` | updates skipped because a loss or gradient was not finite (``train/skipped_updates`` grew) |
 """
 
@@ -97,7 +97,7 @@ class AlarmMonitor:
         if kl is not None and self.uses_md and step >= self.kl_from_step:
             limit = c.kl_factor * self.target_kl
             out["kl_too_large"] = (not math.isfinite(kl) or kl > limit, kl,
-                                   f"KL to the anchor {kl:.3g} exceeds {limit:.3g} ({c.kl_factor:g} x target): "
+                                   f"KL to the anchor {kl:.3g} exceeds {limit:.3g} ({c.kl_factor:g} x reference): "
                                    "mirror-descent step too large (raise --md-lambda or shorten --anchor-period)")
         skipped = _num(row, "train/skipped_updates")
         if skipped is not None:

@@ -206,7 +206,9 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
     # the first anchor period's KL measures the step away from the random initialisation, not a trust region
     u = cfg.update
     first_period = round(1.0 / u.anchor_tau) if u.anchor_tau > 0 else u.anchor_period
-    alarms = AlarmMonitor(cfg.monitor, run_dir, learner.target_entropy, u.target_kl, learner.use_md,
+    # lambda = c * alpha sets no KL target; healthy HalfCheetah runs moved 2-9 nats (6 dims) per anchor period
+    kl_reference = float(act_dim) if u.lambda_per_alpha else u.target_kl
+    alarms = AlarmMonitor(cfg.monitor, run_dir, learner.target_entropy, kl_reference, learner.use_md,
                           emit=logger.message, start_step=start_step,
                           kl_from_step=u.learning_starts + first_period) if cfg.monitor.alarms else None
     probe = HealthProbe(cfg.monitor, learner.policy) if cfg.monitor.alarms and cfg.monitor.probe_every else None
