@@ -144,6 +144,9 @@ def test_runs_with_a_label_are_their_own_row(two_task_dir):
     assert res["algos"] == ["sac", "smfp", "smfp-lam0"]
     assert res["per_task"]["Pendulum-v1"]["smfp"]["final"] == [-400.0, -200.0]  # unchanged by the ablation
     assert res["per_task"]["Pendulum-v1"]["smfp-lam0"]["final"] == pytest.approx([-500.0 / 3])
+    # 'auto' is reported as the mode it resolves to for the policy class
+    assert res["per_task"]["Pendulum-v1"]["sac"]["eval_mode"] == "mean"
+    assert res["per_task"]["Pendulum-v1"]["smfp-lam0"]["eval_mode"] == "best-of-n"
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # gymnasium's float32 Box notice

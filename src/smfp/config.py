@@ -20,6 +20,14 @@ def doc(text: str, **kw):
     return field(metadata={"doc": text}, **kw)
 
 
+def eval_mode_of(config: dict) -> str:
+    """The act mode a saved run evaluated with ('auto' resolved as the policy class resolves it)."""
+    mode = str(config.get("eval", {}).get("eval_mode", "?"))
+    if mode == "auto":
+        return "mean" if ALGO_POLICY.get(config.get("algo")) == "gaussian" else "best-of-n"
+    return mode
+
+
 class ConfigError(ValueError):
     """A user-facing configuration mistake (reported as one line, no traceback)."""
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smfp.config import eval_mode_of
 from smfp.monitor.logger import read_metrics
 
 PANELS = {
@@ -55,7 +56,7 @@ def summarise(run: dict) -> dict:
         "run": run["name"], "algo": cfg.get("algo", "?"), "env": cfg.get("env", {}).get("env", "?"),
         "seed": cfg.get("seed", "?"), "steps": int(max((r["step"] for r in run["rows"]), default=0)),
         "final_eval": float(np.mean(evals[-3:])) if len(evals) else math.nan,
-        "eval_mode": cfg.get("eval", {}).get("eval_mode", "?"),
+        "eval_mode": eval_mode_of(cfg),
         "sps_median": float(np.median(sps)) if len(sps) else math.nan,
         "entropy": last[0].get("train/entropy", math.nan), "entropy_m1": last[0].get("train/entropy_m1", math.nan),
         "alerts": len(run["alerts"]),

@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from smfp.config import eval_mode_of
 from smfp.monitor.logger import read_metrics
 from smfp.sweep.grid import SweepError
 from smfp.sweep.stats import bootstrap_ci, iqm, mean, normalise, stratified_bootstrap_ci
@@ -71,7 +72,7 @@ def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
         steps, returns = (np.asarray(v, dtype=float) for v in zip(*evals))
         runs.append(Run(d.name, algo, task, seed, steps, returns, int(max(r["step"] for r in rows)),
                         int(cfg.get("total_steps", 0)), cfg["env"].get("max_episode_steps"),
-                        str(cfg.get("eval", {}).get("eval_mode", "?"))))
+                        eval_mode_of(cfg)))
     if not runs:
         raise SweepError(f"no evaluated runs in {root} (a run is a folder with config.json and metrics.jsonl)")
     return runs
