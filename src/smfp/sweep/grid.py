@@ -17,7 +17,7 @@ from typing import Optional
 from smfp.config import ALGOS, ConfigError, TrainConfig
 from smfp.training.atomic import atomic_write_text
 from smfp.training.checkpoint import list_checkpoints
-from smfp.training.loop import RESUMABLE_CHANGES, RESUMABLE_PREFIXES, _flatten
+from smfp.training.loop import _flatten, changed_fields
 
 SWEEP_FILE = "sweep.json"
 ATTEMPTS_FILE = "sweep_attempts.jsonl"  # one line per task start: host, pid, start step
@@ -125,9 +125,7 @@ def config_difference(run_dir: Path, cfg: TrainConfig) -> list[str]:
         old = _flatten(json.loads(saved.read_text()))
     except (json.JSONDecodeError, OSError):
         return ["config.json (unreadable)"]
-    new = _flatten(cfg.to_dict())
-    return sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
-                  and not k.startswith(RESUMABLE_PREFIXES) and old.get(k) != new.get(k))
+    return changed_fields(old, cfg)
 
 
 def run_state(spec: RunSpec) -> RunState:

@@ -83,15 +83,21 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
             old = None
         if old is None:
             raise ConfigError(f"{saved} does not hold a config (a JSON object); cannot resume this run")
-        old = {**ADDED_FIELDS, **old}
-        new = _flatten(cfg.to_dict())
-        diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
-                      and not k.startswith(RESUMABLE_PREFIXES) and old.get(k) != new.get(k))
+        diff = changed_fields(old, cfg)
         if diff:
             shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
             raise ConfigError(f"run dir {run_dir} holds a different run (differs in: {shown}); "
                               "use the same options to resume or choose another --run-dir")
     return run_dir
+
+
+def changed_fields(saved: dict, cfg: TrainConfig) -> list[str]:
+    """Flattened fields in which a saved run's config (``_flatten``ed) differs from ``cfg``, other than
+    those a resume may change; a field the saved run predates counts with its ``ADDED_FIELDS`` value."""
+    old = {**ADDED_FIELDS, **saved}
+    new = _flatten(cfg.to_dict())
+    return sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
+                  and not k.startswith(RESUMABLE_PREFIXES) and old.get(k) != new.get(k))
 
 
 def _dense(sizes: list[int]) -> int:
