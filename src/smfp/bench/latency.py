@@ -31,7 +31,7 @@ import torch
 from smfp.config import ConfigError, CriticConfig, PolicyConfig
 from smfp.critic import QEnsemble
 from smfp.export.actor import build_actor, noise_shape
-from smfp.export.runtime import export_onnx, export_torchscript, load_runner
+from smfp.export.runtime import export_onnx, export_torchscript
 from smfp.policies import build_policy
 
 BACKENDS = ("eager", "onnx", "torchscript")
@@ -331,7 +331,7 @@ def format_table(report: dict) -> str:
              f"{report['sigma_hidden']}, best-of-n N = {report['best_of_n']} with critic {report['critic_hidden']}"
              f" x{report['num_q']}" + (f"; trained {report['trained_policy']} from {report['run']}"
                                        if report["trained_policy"] else "; untrained networks"),
-             f"call floor (no arithmetic): " + ", ".join(f"{k} {v} us" for k, v in report["call_floor_us"].items())]
+             "call floor (no arithmetic): " + ", ".join(f"{k} {v} us" for k, v in report["call_floor_us"].items())]
     ratio = {(r["policy"], r["steps"], r["mode"], r["backend"], r["batch"]): r["ratio"]
              for r in report["ratios_to_smfp1"]}
     rows = _lookup(report["results"])

@@ -44,6 +44,19 @@ def _num(row: dict, key: str) -> Optional[float]:
     return None
 
 
+def kl_watch(update, act_dim: int) -> tuple[float, int]:
+    """(reference KL, first watched step) of the ``kl_too_large`` alarm for an ``UpdateConfig``.
+
+    With ``lambda = c * alpha`` no KL target is set; the reference is then 1 nat per action
+    dimension (healthy HalfCheetah runs peaked at 17 nats for 6 dimensions, then 1-3). The first
+    anchor period after learning starts is not watched: its KL is the step away from the random
+    initialisation, not a trust region.
+    """
+    reference = float(act_dim) if update.lambda_per_alpha else update.target_kl
+    first_period = round(1.0 / update.anchor_tau) if update.anchor_tau > 0 else update.anchor_period
+    return reference, update.learning_starts + first_period
+
+
 class AlarmMonitor:
     def __init__(self, cfg, run_dir: Path, target_entropy: float, target_kl: float, uses_md: bool,
                  emit: Callable[[str], None] = print, start_step: int = 0, kl_from_step: int = 0):

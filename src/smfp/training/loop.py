@@ -21,16 +21,17 @@ from smfp.agent import Agent, evaluate
 from smfp.buffer import ReplayBuffer
 from smfp.config import ConfigError, TrainConfig
 from smfp.envs import env_dims, make_env
-from smfp.monitor.alarms import AlarmMonitor
+from smfp.monitor.alarms import AlarmMonitor, kl_watch
 from smfp.monitor.health import HealthProbe
 from smfp.monitor.logger import MetricsLogger
 from smfp.training.atomic import atomic_write_text
-from smfp.update import Learner
 from smfp.training.checkpoint import CheckpointError, latest_checkpoint, safe_load, save_checkpoint
+from smfp.update import Learner
 
 # Fields that may differ when a run is resumed (they do not change the method).
-RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "label", "log.progress", "eval.eval_every",
-                     "update.precision", "eval.eval_episodes", "checkpoint.checkpoint_every", "checkpoint.keep_checkpoints"}
+RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "label", "log.progress", "update.precision",
+                     "eval.eval_every", "eval.eval_episodes", "checkpoint.checkpoint_every",
+                     "checkpoint.keep_checkpoints"}
 RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change the method
 # Fields added after runs were first saved, with the value that reproduces what those runs did.
 ADDED_FIELDS = {"update.lambda_per_alpha": False}
@@ -209,14 +210,10 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
                    + ("; --resume found no checkpoint, starting from step 0" if cfg.resume and ckpt is None else "")
                    + ")")
 
-    # the first anchor period's KL measures the step away from the random initialisation, not a trust region
-    u = cfg.update
-    first_period = round(1.0 / u.anchor_tau) if u.anchor_tau > 0 else u.anchor_period
-    # lambda = c * alpha sets no KL target; healthy HalfCheetah runs moved 2-9 nats (6 dims) per anchor period
-    kl_reference = float(act_dim) if u.lambda_per_alpha else u.target_kl
+    kl_reference, kl_from_step = kl_watch(cfg.update, act_dim)
     alarms = AlarmMonitor(cfg.monitor, run_dir, learner.target_entropy, kl_reference, learner.use_md,
                           emit=logger.message, start_step=start_step,
-                          kl_from_step=u.learning_starts + first_period) if cfg.monitor.alarms else None
+                          kl_from_step=kl_from_step) if cfg.monitor.alarms else None
     probe = HealthProbe(cfg.monitor, learner.policy) if cfg.monitor.alarms and cfg.monitor.probe_every else None
 
     agent = Agent(learner.policy, learner.critic, cfg.env.env, np.asarray(meta["action_low"]),
