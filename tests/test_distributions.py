@@ -66,7 +66,7 @@ def test_actor_loss_kl_is_the_shared_noise_gaussian_kl():
     zero_q = lambda o, a: torch.zeros(a.shape[0], dtype=a.dtype)  # noqa: E731
 
     # SMFP: anchor = perturbed copy; recompute the KL with torch.distributions at the sample's own noises
-    pol = SMFPPolicy(3, 2, hidden=(32, 32), sigma_hidden=(16,)).double()
+    pol = SMFPPolicy(3, 2, hidden=(32, 32)).double()
     anchor = copy.deepcopy(pol)
     with torch.no_grad():
         for p in anchor.parameters():

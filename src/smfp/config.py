@@ -42,7 +42,8 @@ class EnvConfig:
 @dataclass
 class PolicyConfig:
     hidden: tuple[int, ...] = doc("actor hidden layer widths", default=(256, 256))
-    sigma_hidden: tuple[int, ...] = doc("SMFP output-noise network widths (sigma(s))", default=(64, 64))
+    noise_scale: float = doc("std of the generator noise z of smfp/flow (the initial map is about z, so this is "
+                             "also the initial spread of the component means)", default=1.0)
     log_std_min: float = doc("lower bound of the output log-std", default=-5.0)
     log_std_max: float = doc("upper bound of the output log-std", default=2.0)
     components: int = doc("M, mixture components of the semi-implicit log-density surrogate (1 = conditional)",
@@ -229,8 +230,9 @@ class TrainConfig:
                             "--recovery-lr-factor": self.monitor.recovery_lr_factor}.items():
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
-        for name, widths in {"--hidden": self.policy.hidden, "--critic-hidden": self.critic.critic_hidden,
-                             "--sigma-hidden": self.policy.sigma_hidden}.items():
+        if not self.policy.noise_scale > 0:
+            raise ConfigError(f"--noise-scale must be positive, got {self.policy.noise_scale}")
+        for name, widths in {"--hidden": self.policy.hidden, "--critic-hidden": self.critic.critic_hidden}.items():
             if not widths or any(w <= 0 for w in widths):
                 raise ConfigError(f"{name} needs one or more positive widths, got {widths}")
         if self.policy.log_std_min >= self.policy.log_std_max:

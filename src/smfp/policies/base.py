@@ -32,7 +32,7 @@ class PolicySample:
     pre_squash: torch.Tensor  # (B, M, d)
     noise: torch.Tensor  # (B, M, d_z) the component noises z
     mean: torch.Tensor  # (B, M, d) component means
-    log_std: torch.Tensor  # (B, 1, d) output log-std
+    log_std: torch.Tensor  # (B, 1, d) (Gaussian) or (B, M, d) (transport policies) output log-std
 
 
 class MLP(nn.Sequential):
@@ -69,7 +69,7 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, act=nn.ReLU) -> nn.S
 
 
 class Policy(nn.Module):
-    """Base class: subclasses implement ``components`` and ``log_std``."""
+    """Base class: subclasses implement ``components`` (and ``init_kwargs``)."""
 
     kind: str = "base"
     is_mixture: bool = True  # False: a single Gaussian, the surrogate is exact with M = 1
@@ -82,14 +82,18 @@ class Policy(nn.Module):
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max
 
-    # --- to implement -------------------------------------------------------------------
+    # --- to implement: ``components``, or ``component_means`` and ``log_std`` -------------
+    def components(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Component means (B, M, d) and log-stds (B, 1 or M, d) for obs (B, o) and noise (B, M, d_z)."""
+        return self.component_means(obs, noise), self.log_std(obs).unsqueeze(1)
+
     def component_means(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Means ``mean(s, z)`` for obs (B, o) and noise (B, M, d_z) -> (B, M, d)."""
-        raise NotImplementedError
+        """Means ``mean(s, z)`` (B, M, d) only (subclasses may skip work the log-std needs)."""
+        return self.components(obs, noise)[0]
 
     def log_std(self, obs: torch.Tensor) -> torch.Tensor:
-        """Output log-std (B, d), bounded to [log_std_min, log_std_max]."""
-        raise NotImplementedError
+        """A state-only output log-std (B, d), for classes whose sigma does not depend on z."""
+        raise NotImplementedError(f"{type(self).__name__}: sigma depends on z; use components(obs, noise)")
 
     # --- shared -------------------------------------------------------------------------
     def bound_log_std(self, raw: torch.Tensor) -> torch.Tensor:
@@ -97,10 +101,6 @@ class Policy(nn.Module):
 
     def draw_noise(self, batch: int, m: int, like: torch.Tensor, generator=None) -> torch.Tensor:
         return torch.randn(batch, m, self.noise_dim, dtype=like.dtype, device=like.device, generator=generator)
-
-    def components(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Component means (B, M, d) and log-std (B, 1, d) for the given noises."""
-        return self.component_means(obs, noise), self.log_std(obs).unsqueeze(1)
 
     def sample(self, obs: torch.Tensor, num_components: int = 1) -> PolicySample:
         """Draw M actions per state, one per component, with the semi-implicit surrogate.
@@ -128,7 +128,7 @@ class Policy(nn.Module):
         noise = self.draw_noise(obs.shape[0], m, obs)
         mean, log_std = self.components(obs, noise)
         eps = torch.randn_like(mean)
-        x = mean[:, :1] + torch.exp(log_std[:, :1]) * eps[:, :1]  # (B, 1, d)
+        x = mean[:, :1] + torch.exp(log_std[:, :1]) * eps[:, :1]  # (B, 1, d); log_std is (B, 1 or M, d)
         log_density = gaussian_log_prob(x, mean, log_std) if m == 1 else semi_implicit_log_prob(x, mean, log_std)
         log_prob = log_density - tanh_log_det(x).sum(-1)
         return squash(x[:, 0]), log_prob[:, 0]
@@ -169,3 +169,80 @@ class Policy(nn.Module):
     def init_kwargs(self) -> dict:
         """Constructor arguments, so that a checkpoint can rebuild the network."""
         raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, obs_dim: int, act_dim: int, cfg) -> "Policy":
+        """The policy a ``PolicyConfig`` describes (what ``smfp train`` builds)."""
+        raise NotImplementedError
+
+    def auxiliary_loss(self, obs: torch.Tensor, cfg) -> Optional[torch.Tensor]:
+        """An extra loss of this policy class added to the actor loss (None: none); ``cfg``: ``PolicyConfig``."""
+        return None
+
+
+class TransportPolicy(Policy):
+    """A policy whose component means are a learned transport of the noise ``z``.
+
+    ONE network ``f([s, x, times]) -> [velocity (d), raw log-std (d)]`` does everything: ``steps``
+    jumps ``x <- x - dt_k * velocity`` carry ``z`` (t = 1) to the pre-squash mean (t = 0), and the
+    log-std head read at the *first* network inputs ``[s, z, sigma_times]`` gives the output noise
+    ``sigma(s, z)`` of that component. With the default number of steps the log-std comes from the
+    same pass as the first jump, so one action costs ``steps`` network passes and nothing else.
+    Subclasses give the per-step time inputs and step sizes (``step_times``).
+    """
+
+    is_mixture = True
+    default_steps: int = 1
+
+    def __init__(self, obs_dim: int, act_dim: int, time_dim: int, hidden: tuple[int, ...] = (256, 256),
+                 log_std_min: float = -5.0, log_std_max: float = 2.0, noise_scale: float = 1.0):
+        super().__init__(obs_dim, act_dim, log_std_min, log_std_max)
+        if not noise_scale > 0:
+            raise ValueError(f"noise_scale must be positive, got {noise_scale}")
+        self.hidden = tuple(hidden)
+        self.noise_scale = float(noise_scale)
+        self.generator_net = mlp(obs_dim + act_dim + time_dim, self.hidden, 2 * act_dim, act=nn.SiLU)
+
+    # --- to implement -------------------------------------------------------------------
+    def step_times(self, i: int, steps: int) -> tuple[list[float], float]:
+        """Time inputs and step size of jump ``i`` of ``steps``."""
+        raise NotImplementedError
+
+    sigma_times: tuple[float, ...] = ()  # time inputs at which the log-std head is read
+
+    # --- shared -------------------------------------------------------------------------
+    def field(self, obs: torch.Tensor, x: torch.Tensor, times: list[float] | tuple[float, ...]) -> torch.Tensor:
+        """The network's two heads ``(velocity, raw log-std)`` at ``[s, x, times]``: (..., d) each."""
+        t = x.new_tensor(list(times)).expand(*x.shape[:-1], len(times))
+        out = self.generator_net(torch.cat([obs, x, t], dim=-1))
+        return out[..., : self.act_dim], out[..., self.act_dim :]
+
+    def transport(self, obs: torch.Tensor, noise: torch.Tensor, steps: Optional[int] = None,
+                  with_log_std: bool = False):
+        """Map noise (B, M, d) to pre-squash means (B, M, d) in ``steps`` jumps (default: the class's own).
+
+        ``with_log_std``: also the log-std (B, M, d) of each component; free when the first jump's
+        inputs are the log-std's (the default steps), one more pass otherwise.
+        """
+        k = self.default_steps if steps is None else int(steps)
+        b, m, _ = noise.shape
+        s = obs.unsqueeze(1).expand(b, m, obs.shape[-1])
+        z = noise * self.noise_scale if self.noise_scale != 1.0 else noise
+        x, raw = z, None
+        for i in range(k):
+            times, dt = self.step_times(i, k)
+            velocity, head = self.field(s, x, times)
+            if i == 0 and tuple(times) == tuple(self.sigma_times):
+                raw = head
+            x = x - dt * velocity
+        if not with_log_std:
+            return x
+        if raw is None:
+            raw = self.field(s, z, self.sigma_times)[1]
+        return x, self.bound_log_std(raw)
+
+    def components(self, obs, noise):
+        return self.transport(obs, noise, with_log_std=True)
+
+    def component_means(self, obs, noise):
+        return self.transport(obs, noise)

@@ -31,6 +31,10 @@ class GaussianPolicy(Policy):
     def log_std(self, obs):
         return self._heads(obs)[1]
 
+    @classmethod
+    def from_config(cls, obs_dim: int, act_dim: int, cfg) -> "GaussianPolicy":
+        return cls(obs_dim, act_dim, hidden=cfg.hidden, log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max)
+
     def init_kwargs(self) -> dict:
         return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=self.hidden,
                     log_std_min=self.log_std_min, log_std_max=self.log_std_max)

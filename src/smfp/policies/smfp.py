@@ -1,76 +1,56 @@
-"""Stochastic MeanFlow policy (DESIGN.md sections 3, 4 and 6).
+"""Stochastic MeanFlow policy: one network pass per action.
 
-``u(z, r, t | s)`` is the MeanFlow average velocity, conditioned on ``(t, t - r)``; the
-one-step map is ``mu(s, z) = z - u(z, 0, 1 | s)`` (t = 1 is noise, t = 0 the action) and an
-action is ``x = mu(s, z) + sigma(s) * xi``: one network pass per action.
+``u(z, r, t | s)`` is the MeanFlow average velocity, conditioned on ``(t, h = t - r)``; the
+one-step map is ``mu(s, z) = z - u(z, 0, 1 | s)`` (t = 1 is noise, t = 0 the action) and an action
+is ``x = mu(s, z) + sigma(s, z) * xi``, where ``log sigma`` is a second head of the same network
+read in the same pass (``TransportPolicy``).
 """
 
 from __future__ import annotations
 
-
-
 import torch
-from torch import nn
 from torch.func import jvp
 
-from smfp.policies.base import Policy, mlp
+from smfp.policies.base import TransportPolicy
 from smfp.precision import float32_matmuls
 
 
-class SMFPPolicy(Policy):
+class SMFPPolicy(TransportPolicy):
     kind = "smfp"
-    is_mixture = True
+    default_steps = 1
+    sigma_times = (1.0, 1.0)  # (t, h) of the one-step jump
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256),
-                 sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0,
-                 log_std_max: float = 2.0):
-        super().__init__(obs_dim, act_dim, log_std_min, log_std_max)
-        self.hidden = tuple(hidden)
-        self.sigma_hidden = tuple(sigma_hidden)
-        self.u_net = mlp(obs_dim + act_dim + 2, self.hidden, act_dim, act=nn.SiLU)
-        self.sigma_net = mlp(obs_dim, self.sigma_hidden, act_dim)
+                 log_std_min: float = -5.0, log_std_max: float = 2.0, noise_scale: float = 1.0):
+        super().__init__(obs_dim, act_dim, 2, hidden, log_std_min, log_std_max, noise_scale)
+
+    @property
+    def u_net(self):
+        return self.generator_net
+
+    def step_times(self, i: int, steps: int) -> tuple[list[float], float]:
+        t, r = 1.0 - i / steps, 1.0 - (i + 1) / steps
+        return [t, t - r], t - r
 
     def u(self, obs: torch.Tensor, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Average velocity ``u(z, r, t | s)`` with ``h = t - r``; obs (..., o), z (..., d), t/h (..., 1)."""
-        return self.u_net(torch.cat([obs, z, t, h], dim=-1))
+        return self.generator_net(torch.cat([obs, z, t, h], dim=-1))[..., : self.act_dim]
 
-    def component_means(self, obs, noise):
-        return self.transport(obs, noise, steps=1)
-
-    def transport(self, obs: torch.Tensor, noise: torch.Tensor, steps: int = 1) -> torch.Tensor:
-        """Map noise (B, M, d) at t = 1 to pre-squash means at t = 0 in ``steps`` MeanFlow jumps.
-
-        ``steps = 1`` is the one-step map; more steps use the same network between
-        intermediate times, which agree with one step when ``u`` is a true average velocity.
-        """
-        b, m, _ = noise.shape
-        s = obs.unsqueeze(1).expand(b, m, obs.shape[-1])
-        z = noise
-        for i in range(steps):
-            t = 1.0 - i / steps
-            r = 1.0 - (i + 1) / steps
-            tt = z.new_full((b, m, 1), t)
-            hh = z.new_full((b, m, 1), t - r)
-            z = z - (t - r) * self.u(s, z, tt, hh)
-        return z
-
-    def log_std(self, obs):
-        return self.bound_log_std(self.sigma_net(obs))
-
-    @float32_matmuls  # the JVP stays in float32 (DESIGN.md section 6)
+    @float32_matmuls  # the JVP stays in float32
     def meanflow_loss(self, obs: torch.Tensor, r_neq_t: float = 0.5, weight_eps: float = 1e-3,
                       weight_power: float = 1.0) -> torch.Tensor:
-        """MeanFlow identity loss on the policy's own transport (DESIGN.md section 6).
+        """MeanFlow identity loss on the policy's own transport.
 
         Target ``v - (t - r) * d/dt u(z_t, r, t)`` with the total derivative taken by a JVP
         along ``(dz, dr, dt) = (v, 0, 1)``; in the ``(t, h = t - r)`` parameterisation that
-        tangent is ``(v, 1, 1)``.
+        tangent is ``(v, 1, 1)``. It makes the network a true average velocity, so that more
+        jumps agree with one; it does not change the one-step policy's target.
         """
         b = obs.shape[0]
-        z = torch.randn(b, 1, self.act_dim, dtype=obs.dtype)
+        noise = torch.randn(b, 1, self.act_dim, dtype=obs.dtype)
         with torch.no_grad():
-            x_hat = self.transport(obs, z, steps=1)
-        z, x_hat = z.squeeze(1), x_hat.squeeze(1)
+            x_hat = self.transport(obs, noise, steps=1)
+        z, x_hat = (noise * self.noise_scale).squeeze(1), x_hat.squeeze(1)
         times = torch.sigmoid(torch.randn(b, 2, dtype=obs.dtype) * 1.0 - 0.4)
         t = times.max(dim=1, keepdim=True).values
         r = times.min(dim=1, keepdim=True).values
@@ -86,9 +66,15 @@ class SMFPPolicy(Policy):
         weight = (sq.detach() + weight_eps).pow(-weight_power)
         return (weight * sq).mean()
 
+    def auxiliary_loss(self, obs: torch.Tensor, cfg) -> torch.Tensor:
+        """The learner's hook for a policy's own extra loss (``PolicyConfig`` holds its settings)."""
+        return self.meanflow_loss(obs, r_neq_t=cfg.meanflow_r_neq_t, weight_power=cfg.meanflow_weight_power)
+
+    @classmethod
+    def from_config(cls, obs_dim: int, act_dim: int, cfg) -> "SMFPPolicy":
+        return cls(obs_dim, act_dim, hidden=cfg.hidden, log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
+                   noise_scale=cfg.noise_scale)
+
     def init_kwargs(self) -> dict:
-        return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=self.hidden,
-                    sigma_hidden=self.sigma_hidden, log_std_min=self.log_std_min,
-                    log_std_max=self.log_std_max)
-
-
+        return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=self.hidden, log_std_min=self.log_std_min,
+                    log_std_max=self.log_std_max, noise_scale=self.noise_scale)

@@ -19,7 +19,7 @@ from torch import nn
 from smfp.buffer import Batch
 from smfp.config import TrainConfig
 from smfp.critic import QEnsemble
-from smfp.policies import Policy, build_policy
+from smfp.policies import Policy, policy_from_config
 from smfp.policies.distributions import gaussian_log_prob, tanh_log_det
 from smfp.precision import PRECISIONS, matmul_precision
 from smfp.update.losses import actor_loss, critic_loss, soft_target
@@ -71,13 +71,7 @@ class Learner:
         self.cfg = cfg
         p, c, u = cfg.policy, cfg.critic, cfg.update
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        kwargs = dict(obs_dim=obs_dim, act_dim=act_dim, hidden=p.hidden, log_std_min=p.log_std_min,
-                      log_std_max=p.log_std_max)
-        if cfg.policy_kind in ("smfp", "flow"):
-            kwargs["sigma_hidden"] = p.sigma_hidden
-        if cfg.policy_kind == "flow":
-            kwargs["steps"] = p.flow_steps
-        self.policy: Policy = build_policy(cfg.policy_kind, **kwargs)
+        self.policy: Policy = policy_from_config(cfg.policy_kind, obs_dim, act_dim, p)
         self.components = p.components if self.policy.is_mixture else 1
         self.target_components = (p.target_components or p.components) if self.policy.is_mixture else 1
         self.actor_states = p.actor_states or max(1, u.batch_size // self.components)
@@ -125,73 +119,98 @@ class Learner:
             return self._update(batch, with_metrics)
 
     def _update(self, batch: Batch, with_metrics: bool = False) -> dict[str, torch.Tensor]:
-        u, p = self.cfg.update, self.cfg.policy
-        alpha, md_lambda = self.alpha, self.md_lambda
+        """One update, composed of step functions: critic, actor, temperatures, targets and anchor."""
+        alpha = self.alpha
+        critic = self.critic_step(batch, alpha)
+        if critic is None:
+            return self._skip(self.critic_opt, with_metrics)
+        actor = self.actor_step(batch.obs, self.frozen_min_q, aux_obs=batch.obs)
+        if actor is None:
+            return self._skip(self.actor_opt, with_metrics)
+        self.consecutive_nonfinite = 0
+        self.temperature_step(actor["log_prob"], actor["kl"])
+        self.target_step()
+        if not with_metrics:
+            return {}
+        return self._metrics(alpha, critic, actor)
 
-        # Critic: regress the ensemble onto the soft target.
+    def critic_step(self, batch: Batch, alpha: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Regress the ensemble onto the soft target; None (nothing applied) when not finite."""
+        u = self.cfg.update
         target = soft_target(self.policy, self.target_critic, batch, alpha, u.gamma, self.target_components)
         loss_q, q = critic_loss(self.critic, batch, target)
         self.critic_opt.zero_grad(set_to_none=True)
         loss_q.backward()
         critic_gn = grad_norm(self.critic_params, u.grad_clip)
         if not self._finite(loss_q, critic_gn):
-            return self._skip(self.critic_opt, with_metrics)
+            return None
         self.critic_opt.step()
+        return {"loss": loss_q, "q": q, "target": target, "grad_norm": critic_gn}
 
-        # Actor: one entropic mirror-descent step, M actions for each of the first actor_states states.
-        obs_a = batch.obs[: self.actor_states]
-        loss_pi, smp, kl = actor_loss(self.policy, self.frozen_min_q, self.anchor, obs_a, alpha, md_lambda,
+    def actor_step(self, obs: torch.Tensor, q_fn, aux_obs: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor] | None:
+        """One entropic mirror-descent step of the actor against ``q_fn(obs, act) -> (N,)``.
+
+        ``q_fn`` is the frozen critic's min in training and a known Q in the fixed-Q bench
+        (``smfp bench bandit``), so both run this same step. M actions for each of the first
+        ``actor_states`` states; the anchor advances here. None (nothing applied) when not finite.
+        """
+        u, p = self.cfg.update, self.cfg.policy
+        obs_a = obs[: self.actor_states]
+        loss_pi, smp, kl = actor_loss(self.policy, q_fn, self.anchor, obs_a, self.alpha, self.md_lambda,
                                       self.components)
-        loss_mf = None
-        if self.policy.kind == "smfp" and p.meanflow_coef > 0 and self.updates % p.meanflow_every == 0:
-            loss_mf = self.policy.meanflow_loss(batch.obs[: p.meanflow_batch], r_neq_t=p.meanflow_r_neq_t,
-                                                weight_power=p.meanflow_weight_power)
-            loss_pi_total = loss_pi + p.meanflow_coef * loss_mf
-            self.last_meanflow = loss_mf.detach()  # logged even when the logged update skips it (parity)
-        else:
-            loss_pi_total = loss_pi
+        loss_total = loss_pi
+        if p.meanflow_coef > 0 and self.updates % p.meanflow_every == 0:
+            aux = self.policy.auxiliary_loss((obs if aux_obs is None else aux_obs)[: p.meanflow_batch], p)
+            if aux is not None:
+                loss_total = loss_pi + p.meanflow_coef * aux
+                self.last_meanflow = aux.detach()  # logged even when the logged update skips it (parity)
         self.actor_opt.zero_grad(set_to_none=True)
-        loss_pi_total.backward()
+        loss_total.backward()
         actor_gn = grad_norm(self.actor_params, u.grad_clip)
-        if not self._finite(loss_pi_total, actor_gn):
-            return self._skip(self.actor_opt, with_metrics)
+        if not self._finite(loss_total, actor_gn):
+            return None
         self.actor_opt.step()
-        self.consecutive_nonfinite = 0
+        self.updates += 1
+        self._advance_anchor(kl.detach())
+        return {"loss": loss_pi, "sample": smp, "kl": kl.detach(), "log_prob": smp.log_prob.detach(),
+                "grad_norm": actor_gn}
 
-        logp = smp.log_prob.detach()
+    def temperature_step(self, log_prob: torch.Tensor, kl: torch.Tensor) -> None:
+        """Dual ascent of alpha toward the target entropy (and of lambda toward the target KL)."""
         if self.alpha_opt is not None:
             # loss -(log_alpha * (E[log pi] + target)): its gradient, set directly (no autograd graph)
-            self.log_alpha.grad = -(logp.mean() + self.target_entropy).to(self.log_alpha.dtype)
+            self.log_alpha.grad = -(log_prob.mean() + self.target_entropy).to(self.log_alpha.dtype)
             self.alpha_opt.step()
         if self.lambda_opt is not None:
             # loss -(log_lambda * (KL - target_kl)): its gradient, set directly
-            self.log_lambda.grad = -(kl.detach() - u.target_kl).to(self.log_lambda.dtype)
+            self.log_lambda.grad = -(kl - self.cfg.update.target_kl).to(self.log_lambda.dtype)
             self.lambda_opt.step()
 
+    def target_step(self) -> None:
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.target_critic.parameters()), self.critic_params, u.tau)
-        self.updates += 1
-        self._advance_anchor(kl.detach())
+            torch._foreach_lerp_(list(self.target_critic.parameters()), self.critic_params, self.cfg.update.tau)
 
-        if not with_metrics:
-            return {}
-        with torch.no_grad():
-            x = smp.pre_squash.detach()
-            logp_m1 = gaussian_log_prob(x, smp.mean.detach(), smp.log_std.detach()) - tanh_log_det(x).sum(-1)
-            metrics = {
-                "losses/critic": loss_q.detach(), "losses/actor": loss_pi.detach(),
-                "train/alpha": alpha, "train/lambda": md_lambda,
-                "train/entropy": -logp.mean(), "train/entropy_m1": -logp_m1.mean(),
-                "train/kl_anchor": kl.detach(), "train/kl_anchor_at_refresh": self.last_refresh_kl,
-                "train/sigma_mean": smp.log_std.detach().exp().mean(),
-                "train/saturation": (x.abs() > 3.0).float().mean(),
-                "train/q_mean": q.detach().mean(), "train/q_min": q.detach().min(), "train/q_max": q.detach().max(),
-                "train/td_error": (q.detach() - target.unsqueeze(0)).abs().mean(),
-                "train/grad_norm_actor": actor_gn.detach(), "train/grad_norm_critic": critic_gn.detach(),
-                "train/skipped_updates": torch.tensor(float(self.skipped_updates)),
-            }
-            if self.last_meanflow is not None:
-                metrics["losses/meanflow"] = self.last_meanflow
+    @torch.no_grad()
+    def _metrics(self, alpha: torch.Tensor, critic: dict, actor: dict) -> dict[str, torch.Tensor]:
+        smp, q, target = actor["sample"], critic["q"].detach(), critic["target"]
+        x = smp.pre_squash.detach()
+        logp = actor["log_prob"]
+        logp_m1 = gaussian_log_prob(x, smp.mean.detach(), smp.log_std.detach()) - tanh_log_det(x).sum(-1)
+        metrics = {
+            "losses/critic": critic["loss"].detach(), "losses/actor": actor["loss"].detach(),
+            "train/alpha": alpha, "train/lambda": self.md_lambda,
+            "train/entropy": -logp.mean(), "train/entropy_m1": -logp_m1.mean(),
+            "train/kl_anchor": actor["kl"], "train/kl_anchor_at_refresh": self.last_refresh_kl,
+            "train/sigma_mean": smp.log_std.detach().exp().mean(),
+            "train/saturation": (x.abs() > 3.0).float().mean(),
+            "train/q_mean": q.mean(), "train/q_min": q.min(), "train/q_max": q.max(),
+            "train/td_error": (q - target.unsqueeze(0)).abs().mean(),
+            "train/grad_norm_actor": actor["grad_norm"].detach(), "train/grad_norm_critic": critic["grad_norm"].detach(),
+            "train/skipped_updates": torch.tensor(float(self.skipped_updates)),
+        }
+        if self.last_meanflow is not None:
+            metrics["losses/meanflow"] = self.last_meanflow
         return metrics
 
     @staticmethod
