@@ -44,7 +44,7 @@ def test_pendulum_smoke(algo, tmp_path, random_return):
     cfg = TrainConfig(
         algo=algo, total_steps=4000, seed=SEED, run_dir=str(tmp_path / algo), threads=1,
         env=EnvConfig(env="Pendulum-v1"),
-        policy=PolicyConfig(hidden=(64, 64)),
+        policy=PolicyConfig(hidden=(64, 64), sigma_hidden=(32,)),
         critic=CriticConfig(critic_hidden=(64, 64)),
         update=UpdateConfig(learning_starts=500, actor_lr=1e-3, critic_lr=1e-3, batch_size=128, anchor_period=100),
         buffer=BufferConfig(buffer_size=4000, save_buffer=False),

@@ -103,7 +103,10 @@ def test_bad_input_is_one_line_without_traceback(args, word):
 
 # --- the speed work keeps behaviour -----------------------------------------------------------
 def _policy(kind: str, hidden=(32, 32)):
-    return build_policy(kind, obs_dim=5, act_dim=3, hidden=hidden)
+    kwargs = dict(obs_dim=5, act_dim=3, hidden=hidden)
+    if kind != "gaussian":
+        kwargs["sigma_hidden"] = (16, 16)
+    return build_policy(kind, **kwargs)
 
 
 @pytest.mark.parametrize("kind", sorted(POLICY_CLASSES))
@@ -130,6 +133,7 @@ def test_float32_path_is_bit_identical_to_plain_modules():
     assert torch.equal(policy.u_net(x), plain(x))
     with matmul_precision(torch.bfloat16):
         assert not torch.equal(policy.u_net(x), plain(x))  # the context really switches
+        assert torch.equal(policy.sigma_net(x[:, :5]), nn.Sequential(*policy.sigma_net)(x[:, :5]))  # too narrow
     assert torch.equal(policy.u_net(x), plain(x))  # and is left behind
 
 

@@ -66,12 +66,12 @@ def test_actor_loss_kl_is_the_shared_noise_gaussian_kl():
     zero_q = lambda o, a: torch.zeros(a.shape[0], dtype=a.dtype)  # noqa: E731
 
     # SMFP: anchor = perturbed copy; recompute the KL with torch.distributions at the sample's own noises
-    pol = SMFPPolicy(3, 2, hidden=(32, 32)).double()
+    pol = SMFPPolicy(3, 2, hidden=(32, 32), sigma_hidden=(16,)).double()
     anchor = copy.deepcopy(pol)
     with torch.no_grad():
         for p in anchor.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    _, smp, kl = actor_loss(pol, zero_q, anchor, obs, 0.0, 1.0, components=5)
+    _, smp, kl, _ = actor_loss(pol, zero_q, anchor, obs, 0.0, 1.0, components=5)
     with torch.no_grad():
         mean_k, log_std_k = anchor.components(obs, smp.noise)
     ref = torch.distributions.kl_divergence(_normal(smp.mean.detach(), smp.log_std.detach().expand_as(smp.mean)),
@@ -85,7 +85,7 @@ def test_actor_loss_kl_is_the_shared_noise_gaussian_kl():
     with torch.no_grad():
         for p in ga.parameters():
             p.add_(0.2 * torch.randn_like(p))
-    _, _, kl_g = actor_loss(gp, zero_q, ga, obs, 0.0, 1.0, components=1)
+    _, _, kl_g, _ = actor_loss(gp, zero_q, ga, obs, 0.0, 1.0, components=1)
     with torch.no_grad():
         m1, s1 = gp._heads(obs)
         m2, s2 = ga._heads(obs)

@@ -22,7 +22,7 @@ from smfp.training.loop import train
 
 OBS, ACT = 5, 2
 LOW, HIGH = np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32)  # asymmetric: rescaling shows
-POLICY_KW = {"gaussian": {}, "smfp": {}, "flow": {"steps": 5}}
+POLICY_KW = {"gaussian": {}, "smfp": {"sigma_hidden": (16,)}, "flow": {"sigma_hidden": (16,), "steps": 5}}
 
 
 def make_agent(kind: str, n: int = 6, seed: int = 0) -> Agent:
@@ -91,13 +91,13 @@ def test_best_of_n_candidate_count_is_free_at_run_time(tmp_path):
 
 @pytest.mark.parametrize("k", [1, 4, 9])
 def test_exported_flow_makes_k_network_passes(tmp_path, k):
-    """The exported flow-K graph holds K copies of the 3-layer network (its log-std head read at the first step)."""
+    """The exported flow-K graph holds K copies of the 3-layer velocity net plus the 2-layer sigma net."""
     onnx = pytest.importorskip("onnx")
     agent = make_agent("flow")
     path = tmp_path / "f.onnx"
     export_policy(agent.policy, LOW, HIGH, "onnx", path, "sample", steps=k)
     ops = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
-    assert ops["Gemm"] + ops["MatMul"] == 3 * k
+    assert ops["Gemm"] + ops["MatMul"] == 3 * k + 2
     assert read_meta(path, "onnx")["steps"] == k
 
 
@@ -109,8 +109,7 @@ def test_smfp_multi_step_export_matches_transport(tmp_path):
     noise = np.random.default_rng(3).standard_normal((7, 2 * ACT)).astype(np.float32)
     with torch.no_grad():
         o, z, xi = torch.from_numpy(obs), torch.from_numpy(noise[:, :ACT]), torch.from_numpy(noise[:, ACT:])
-        mean, log_std = agent.policy.transport(o, z.unsqueeze(1), steps=4, with_log_std=True)
-        x = mean[:, 0] + log_std[:, 0].exp() * xi
+        x = agent.policy.transport(o, z.unsqueeze(1), steps=4)[:, 0] + agent.policy.log_std(o).exp() * xi
         expected = LOW + (torch.tanh(x).numpy() + 1) * 0.5 * (HIGH - LOW)
     np.testing.assert_allclose(load_runner(path, "torchscript")(obs, noise), expected, atol=2e-5)
 
@@ -126,6 +125,7 @@ def smfp_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("export") / "run"
     cfg = tiny_config(run_dir, total_steps=300, learning_starts=200, eval_every=0, checkpoint_every=0)
     cfg.algo = "smfp"
+    cfg.policy.sigma_hidden = (16, 16)
     cfg.log.tensorboard = False
     train(cfg)
     return run_dir

@@ -27,12 +27,12 @@ def count_calls(module: torch.nn.Module) -> list[int]:
 @pytest.mark.parametrize("k", [1, 3, 20])
 def test_network_calls_per_action_equal_k(k):
     torch.manual_seed(0)
-    policy = FlowPolicy(4, 2, hidden=(16, 16), steps=k)
-    v_calls = count_calls(policy.v_net)
+    policy = FlowPolicy(4, 2, hidden=(16, 16), sigma_hidden=(8,), steps=k)
+    v_calls, sigma_calls = count_calls(policy.v_net), count_calls(policy.sigma_net)
     obs = torch.randn(5, 4)
     with torch.no_grad():
         a = policy.act(obs, "sample")
-    assert a.shape == (5, 2) and v_calls[0] == k  # the log-std head is read in the first step's pass
+    assert a.shape == (5, 2) and v_calls[0] == k and sigma_calls[0] == 1
     # M components of a batch are one batched pass per step, not M x K passes.
     v_calls[0] = 0
     smp = policy.sample(obs, num_components=8)
@@ -48,7 +48,7 @@ def test_constant_velocity_moves_noise_by_exactly_v():
     last = policy.v_net[-1]
     with torch.no_grad():
         last.weight.zero_()
-        last.bias.copy_(torch.tensor([0.5, -2.0, 0.0, 0.0]))  # velocity head, then log-std head
+        last.bias.copy_(torch.tensor([0.5, -2.0]))
     z = torch.randn(4, 6, 2)
     for k in (1, 5, 13):
         x = policy.transport(torch.randn(4, 3), z, steps=k)
@@ -96,7 +96,7 @@ def test_learner_builds_flow_with_configured_steps():
     assert isinstance(learner.policy, FlowPolicy) and learner.policy.steps == 7
     assert learner.policy.init_kwargs()["steps"] == 7
     rebuilt = build_policy("flow", **learner.policy.init_kwargs())
-    assert rebuilt.steps == 7 and rebuilt.hidden == tuple(cfg.policy.hidden)
+    assert rebuilt.steps == 7 and rebuilt.sigma_hidden == tuple(cfg.policy.sigma_hidden)
     assert learner.anchor is not None  # mirror descent on by default, as for smfp
     bad = TrainConfig(algo="flow")
     bad.policy.flow_steps = 0
@@ -120,6 +120,7 @@ def test_flow_trains_on_pendulum(tmp_path):
     cfg.algo = "flow"
     cfg.policy.flow_steps = 4
     cfg.policy.hidden = (64, 64)
+    cfg.policy.sigma_hidden = (32, 32)
     cfg.policy.components = 4
     cfg.critic.critic_hidden = (64, 64)
     cfg.update.batch_size = 64

@@ -216,7 +216,7 @@ def train_mutation(draw, run_dir_name):
 
 # Tiny valid settings: any input that passes validation trains for a fraction of a second.
 BASE_TRAIN = ["train", "--env", "Pendulum-v1", "--total-steps", "24", "--learning-starts", "6", "--batch-size", "8",
-              "--hidden", "8", "--critic-hidden", "8", "--components", "2",
+              "--hidden", "8", "--sigma-hidden", "8", "--critic-hidden", "8", "--components", "2",
               "--meanflow-batch", "8", "--best-of-n", "4", "--probe-samples", "16", "--probe-every", "12",
               "--log-every", "6", "--eval-every", "12", "--eval-episodes", "1", "--max-episode-steps", "8",
               "--checkpoint-every", "12", "--no-progress", "--no-tensorboard", "--threads", "1"]

@@ -47,7 +47,7 @@ def test_mirror_descent_restrains_smfp():
     kls = {}
     for md_lambda in (0.0, 1.0, 10.0):
         torch.manual_seed(0)
-        pol = SMFPPolicy(1, 1, hidden=(64, 64))
+        pol = SMFPPolicy(1, 1, hidden=(64, 64), sigma_hidden=(32,))
         res = optimise(pol, q, 0.5, md_lambda, anchor="copy", steps=300, components=8, states=32, lr=1e-3,
                        anchor_period=0)
         torch.manual_seed(123)

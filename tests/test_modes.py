@@ -99,8 +99,7 @@ def test_verdict_wording():
 
 class SignMap(torch.nn.Module):
     """An average velocity ``u = z - 1.5 tanh(200 z)``: the one-step map is ``mu(s, z) = 1.5 tanh(200 z)``,
-    which sends the four sign quadrants of ``z`` to the four corners ``(+-0.9, +-0.9)`` of the box; the
-    log-std head is the constant raw value -0.233 (log-std -5 + 3.5 (tanh(b) + 1) = -2.3: sigma 0.1)."""
+    which sends the four sign quadrants of ``z`` to the four corners ``(+-0.9, +-0.9)`` of the box."""
 
     def __init__(self, obs_dim: int, act_dim: int):
         super().__init__()
@@ -108,14 +107,18 @@ class SignMap(torch.nn.Module):
 
     def forward(self, inp):
         z = inp[..., self.obs_dim:self.obs_dim + self.act_dim]
-        return torch.cat([z - 1.5 * torch.tanh(200.0 * z), torch.full_like(z, -0.233)], dim=-1)
+        return z - 1.5 * torch.tanh(200.0 * z)
 
 
 def four_corner_policy():
     from smfp.policies import SMFPPolicy
 
-    pol = SMFPPolicy(obs_dim=2, act_dim=2, hidden=(8,))
-    pol.generator_net = SignMap(2, 2)
+    pol = SMFPPolicy(obs_dim=2, act_dim=2, hidden=(8,), sigma_hidden=(4,))
+    pol.u_net = SignMap(2, 2)
+    with torch.no_grad():
+        for p in pol.sigma_net.parameters():
+            p.zero_()
+        pol.sigma_net[-1].bias.fill_(-0.233)  # log-std -5 + 3.5 (tanh(b) + 1) = -2.3: sigma 0.1
     return pol.eval()
 
 

@@ -142,7 +142,7 @@ def test_actor_loss_with_known_q_and_mirror_descent_kl():
         return -((a - 0.5) ** 2).sum(-1) + o.sum(-1)
 
     torch.manual_seed(7)
-    loss, smp, kl = actor_loss(policy, q_fn, None, obs, 0.2, 0.0, 1)
+    loss, smp, kl, _ = actor_loss(policy, q_fn, None, obs, 0.2, 0.0, 1)
     torch.manual_seed(7)
     ref = policy.sample(obs, 1)
     expected = (0.2 * ref.log_prob[:, 0] - q_fn(obs, ref.action[:, 0])).mean()
@@ -156,7 +156,7 @@ def test_actor_loss_with_known_q_and_mirror_descent_kl():
         for p in anchor.parameters():
             p.add_(0.1 * torch.randn_like(p))
     torch.manual_seed(7)
-    loss_md, smp_md, kl_md = actor_loss(policy, q_fn, anchor, obs, 0.2, 2.0, 1)
+    loss_md, smp_md, kl_md, _ = actor_loss(policy, q_fn, anchor, obs, 0.2, 2.0, 1)
     m_a, s_a = hand_heads(anchor, obs)
     kl_ref = kl_divergence(Normal(smp_md.mean[:, 0], smp_md.log_std[:, 0].exp()), Normal(m_a, s_a.exp())).sum(-1)
     torch.testing.assert_close(kl_md, kl_ref.mean(), rtol=1e-5, atol=1e-6)

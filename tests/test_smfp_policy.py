@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 
 def _policy(obs_dim=3, act_dim=2, seed=0, double=True):
     torch.manual_seed(seed)
-    p = SMFPPolicy(obs_dim, act_dim, hidden=(32, 32))
+    p = SMFPPolicy(obs_dim, act_dim, hidden=(32, 32), sigma_hidden=(16,))
     return p.double() if double else p
 
 
@@ -96,12 +96,14 @@ class _Counter:
 def test_one_network_evaluation_per_action_and_k_for_k_steps():
     p = _policy(double=False)
     u_count = _Counter(p.u_net)
+    s_count = _Counter(p.sigma_net)
     b, m = 5, 8
     obs = torch.randn(b, 3)
     with torch.no_grad():
         smp = p.sample(obs, m)
         assert smp.action.shape == (b, m, 2)
-        assert (u_count.calls, u_count.rows) == (1, b * m)  # one batched pass, one row per action, sigma included
+        assert (u_count.calls, u_count.rows) == (1, b * m)  # one batched pass, one row per action
+        assert (s_count.calls, s_count.rows) == (1, b)  # sigma(s): once per state
 
         for mode, n_actions in (("sample", b), ("best-of-n", b * 16)):
             u_count.reset()

@@ -42,8 +42,7 @@ class EnvConfig:
 @dataclass
 class PolicyConfig:
     hidden: tuple[int, ...] = doc("actor hidden layer widths", default=(256, 256))
-    noise_scale: float = doc("std of the generator noise z of smfp/flow (the initial map is about z, so this is "
-                             "also the initial spread of the component means)", default=1.0)
+    sigma_hidden: tuple[int, ...] = doc("SMFP/flow output-noise network widths (sigma(s))", default=(64, 64))
     log_std_min: float = doc("lower bound of the output log-std", default=-5.0)
     log_std_max: float = doc("upper bound of the output log-std", default=2.0)
     components: int = doc("M, mixture components of the semi-implicit log-density surrogate (1 = conditional)",
@@ -87,6 +86,11 @@ class UpdateConfig:
     autotune_lambda: bool = doc("tune lambda by dual ascent toward --target-kl", default=False)
     target_kl: float = doc("target KL to the anchor (with --autotune-lambda)", default=0.05)
     lambda_lr: float = doc("lambda dual-ascent learning rate", default=3e-4)
+    cover_coef: float = doc("weight of the mass-covering term of smfp: the MeanFlow loss on samples of the mirror-descent "
+                            "step's closed-form target (importance-resampled), 0: off; see docs/method.md", default=0.0)
+    cover_per_state: int = doc("target samples per state kept by the mass-covering term", default=4)
+    cover_uniform: int = doc("uniform proposals per state of the mass-covering term (beside one per anchor component)",
+                             default=8)
     anchor_period: int = doc("copy the actor into the anchor every N updates", default=1000)
     anchor_tau: float = doc("if > 0, track the anchor by Polyak averaging at this rate instead of copies",
                             default=0.0)
@@ -200,7 +204,7 @@ class TrainConfig:
             "--threads": self.threads, "--anchor-period": self.update.anchor_period,
             "--updates-per-step": self.update.updates_per_step, "--num-q": self.critic.num_q,
             "--best-of-n": self.eval.best_of_n, "--keep-checkpoints": self.checkpoint.keep_checkpoints,
-            "--meanflow-every": self.policy.meanflow_every, "--meanflow-batch": self.policy.meanflow_batch,
+            "--meanflow-every": self.policy.meanflow_every, "--cover-per-state": self.update.cover_per_state, "--meanflow-batch": self.policy.meanflow_batch,
             "--flow-steps": self.policy.flow_steps,
             "--probe-states": self.monitor.probe_states, "--probe-samples": self.monitor.probe_samples,
             "--entropy-collapse-window": self.monitor.entropy_collapse_window,
@@ -213,7 +217,8 @@ class TrainConfig:
             "--learning-starts": self.update.learning_starts, "--eval-every": self.eval.eval_every,
             "--checkpoint-every": self.checkpoint.checkpoint_every, "--actor-states": self.policy.actor_states,
             "--target-components": self.policy.target_components, "--grad-clip": self.update.grad_clip,
-            "--meanflow-coef": self.policy.meanflow_coef, "--md-lambda": self.update.md_lambda or 0.0,
+            "--meanflow-coef": self.policy.meanflow_coef, "--cover-coef": self.update.cover_coef,
+            "--cover-uniform": self.update.cover_uniform, "--md-lambda": self.update.md_lambda or 0.0,
             "--alpha": self.update.alpha, "--anchor-tau": self.update.anchor_tau,
             "--probe-every": self.monitor.probe_every,
             "--seed": self.seed, "--actor-lr": self.update.actor_lr, "--critic-lr": self.update.critic_lr,
@@ -230,9 +235,8 @@ class TrainConfig:
                             "--recovery-lr-factor": self.monitor.recovery_lr_factor}.items():
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
-        if not self.policy.noise_scale > 0:
-            raise ConfigError(f"--noise-scale must be positive, got {self.policy.noise_scale}")
-        for name, widths in {"--hidden": self.policy.hidden, "--critic-hidden": self.critic.critic_hidden}.items():
+        for name, widths in {"--hidden": self.policy.hidden, "--critic-hidden": self.critic.critic_hidden,
+                             "--sigma-hidden": self.policy.sigma_hidden}.items():
             if not widths or any(w <= 0 for w in widths):
                 raise ConfigError(f"{name} needs one or more positive widths, got {widths}")
         if self.policy.log_std_min >= self.policy.log_std_max:

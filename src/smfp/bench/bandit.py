@@ -198,7 +198,7 @@ def optimise(policy: Policy, q_fn: QFn, alpha: float, md_lambda: float = 0.0,
     result = BanditResult(steps, 0.0, anchor)
     start = time.perf_counter()
     for step in range(1, steps + 1):
-        loss, _, kl = actor_loss(policy, q_fn, anchor, obs, alpha, md_lambda, components)
+        loss, _, kl, _ = actor_loss(policy, q_fn, anchor, obs, alpha, md_lambda, components)
         if meanflow_coef > 0 and hasattr(policy, "meanflow_loss"):
             loss = loss + meanflow_coef * policy.meanflow_loss(obs)
         opt.zero_grad(set_to_none=True)

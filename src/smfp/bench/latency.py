@@ -89,13 +89,14 @@ def _policies(obs_dim: int, act_dim: int, run: Optional[str], pcfg: PolicyConfig
         trained_kind, best_of_n = trained.kind, agent.best_of_n
         obs_dim, act_dim = trained.obs_dim, trained.act_dim
         low, high = agent.action_low, agent.action_high
-        pcfg = PolicyConfig(hidden=tuple(trained.hidden))
+        pcfg = PolicyConfig(hidden=tuple(trained.hidden),
+                            sigma_hidden=tuple(getattr(trained, "sigma_hidden", pcfg.sigma_hidden)))
     common = dict(obs_dim=obs_dim, act_dim=act_dim, hidden=pcfg.hidden, log_std_min=pcfg.log_std_min,
                   log_std_max=pcfg.log_std_max)
     policies = {
         "gaussian": build_policy("gaussian", **common),
-        "smfp": build_policy("smfp", **common),
-        "flow": build_policy("flow", steps=20, **common),
+        "smfp": build_policy("smfp", sigma_hidden=pcfg.sigma_hidden, **common),
+        "flow": build_policy("flow", sigma_hidden=pcfg.sigma_hidden, steps=20, **common),
     }
     if trained is not None:
         policies[trained_kind] = trained
@@ -269,7 +270,7 @@ def run_latency_bench(obs_dim: int = 17, act_dim: int = 6, batches: tuple[int, .
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     ratios = _ratios(report_results)
     return {"obs_dim": obs_dim, "act_dim": act_dim, "batches": list(batches), "backends": list(backends),
-            "hidden": list(policies["smfp"].hidden),
+            "hidden": list(policies["smfp"].hidden), "sigma_hidden": list(policies["smfp"].sigma_hidden),
             "critic_hidden": list(critic.hidden), "num_q": critic.num_q, "best_of_n": n_best,
             "trained_policy": trained_kind, "run": run, "machine": machine, "call_floor_us": floors,
             "settings": {"clock": clock, "seconds_per_batch": seconds, "min_rounds": min_rounds,
@@ -326,8 +327,8 @@ def format_table(report: dict) -> str:
              f"machine: {m['cpu']}, {m['usable_cores']} usable cores, torch {m['torch']}, onnxruntime "
              f"{m['onnxruntime']}, {m['threads']} thread(s), load average {m['load_average']} -> "
              f"{m['load_average_end']}",
-             f"actor: obs {report['obs_dim']}, act {report['act_dim']}, hidden {report['hidden']} (one network: "
-             f"velocity + log-std heads), best-of-n N = {report['best_of_n']} with critic {report['critic_hidden']}"
+             f"actor: obs {report['obs_dim']}, act {report['act_dim']}, hidden {report['hidden']}, sigma "
+             f"{report['sigma_hidden']}, best-of-n N = {report['best_of_n']} with critic {report['critic_hidden']}"
              f" x{report['num_q']}" + (f"; trained {report['trained_policy']} from {report['run']}"
                                        if report["trained_policy"] else "; untrained networks"),
              "call floor (no arithmetic): " + ", ".join(f"{k} {v} us" for k, v in report["call_floor_us"].items())]

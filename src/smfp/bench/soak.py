@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     cfg = TrainConfig(algo=args.algo, total_steps=args.steps, seed=0, run_dir=run_dir, threads=1)
     cfg.env.env = args.env
     cfg.policy.hidden = tuple(args.hidden)
+    cfg.policy.sigma_hidden = tuple(args.hidden)
     cfg.critic.critic_hidden = tuple(args.hidden)
     cfg.update.batch_size = args.batch_size
     cfg.update.learning_starts = args.learning_starts

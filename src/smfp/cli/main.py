@@ -72,6 +72,30 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_bandit(args: argparse.Namespace) -> int:
+    from smfp.bench.bandit_suite import format_row, run_suite
+
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--seeds expects comma-separated integers, got {args.seeds!r}")
+    algos = [a for a in args.algos.split(",") if a]
+    if not seeds or any(s < 0 for s in seeds):
+        fail(f"--seeds expects comma-separated non-negative integers, got {args.seeds!r}")
+    if any(a not in ("sac", "mdpo", "smfp", "flow") for a in algos) or not algos:
+        fail(f"--algos expects a comma-separated subset of sac,mdpo,smfp,flow, got {args.algos!r}")
+    if not 1 <= args.steps <= 5000:
+        fail(f"--steps must be in 1..5000 (the suite's budget), got {args.steps}")
+    progress = None if args.json else (lambda row: print(format_row(row), flush=True))
+    report = run_suite(seeds, algos, args.steps, fast_only=args.fast, progress=progress)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"SMFP {'passes' if report['smfp_pass'] else 'does NOT pass'}: TV <= {report['tv_max']} and every "
+              f"share within {report['share_tol']} of the target's, in every case")
+    return 0 if report["smfp_pass"] or "smfp" not in algos else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from smfp.monitor.report import write_report
 
@@ -120,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     add_dataclass_args(b, TrainConfig, skip=("env", "algo", "total_steps", "run_dir", "resume", "seed"))
     b.set_defaults(func=cmd_bench_train)
+
+    b = bench.add_parser("bandit", help="fixed-Q acceptance suite: does the default actor update match exp(Q/alpha)?")
+    b.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    b.add_argument("--algos", default="smfp,sac", help="algorithms whose default policy and update are run")
+    b.add_argument("--steps", type=int, default=5000, help="actor updates per case (at most 5000)")
+    b.add_argument("--fast", action="store_true", help="only the fast cases (the ones the test suite runs)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_bench_bandit)
 
     from smfp.bench.latency import add_latency_parser  # bench latency
 

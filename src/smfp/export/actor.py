@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smfp.policies import Policy, TransportPolicy
+from smfp.policies import Policy
 from smfp.policies.distributions import squash
 
 MODES = ("sample", "best-of-n", "mean")
@@ -150,60 +150,47 @@ class GaussianMeanActor(nn.Module):
         return self.rescale(torch.tanh(self.net(obs)[:, : self.act_dim]))
 
 
-def _generator(policy: TransportPolicy, steps: int) -> tuple[nn.Sequential, list[list[float]], list[float]]:
+def _generator(policy: Policy, steps: int) -> tuple[nn.Sequential, list[list[float]], list[float]]:
     """The generator network, its per-step time inputs and step sizes, mirroring ``transport``."""
-    if not isinstance(policy, TransportPolicy):
-        raise ExportError(f"no generator for policy {policy.kind!r}")
-    times, dts = [], []
-    for i in range(steps):
-        t, dt = policy.step_times(i, steps)
-        times.append(list(t))
-        dts.append(float(dt))
-    return policy.generator_net, times, dts
+    if policy.kind == "smfp":
+        times, dts = [], []
+        for i in range(steps):
+            t, r = 1.0 - i / steps, 1.0 - (i + 1) / steps
+            times.append([t, t - r])
+            dts.append(t - r)
+        return policy.u_net, times, dts
+    if policy.kind == "flow":
+        dt = 1.0 / steps
+        return policy.v_net, [[1.0 - i * dt] for i in range(steps)], [dt] * steps
+    raise ExportError(f"no generator for policy {policy.kind!r}")
 
 
 class _Transport(nn.Module):
-    """The generator of a mixture policy, ``steps`` jumps from noise to the pre-squash mean.
+    """The generator of a mixture policy, ``steps`` jumps from noise to the pre-squash mean."""
 
-    The time inputs at which the log-std head is read are folded in as one more bias (index
-    ``steps``); when they are the first jump's (the policy's default steps), the first jump's pass
-    gives the log-std too and no extra pass runs.
-    """
-
-    def __init__(self, policy: TransportPolicy, low, high, steps: int):
+    def __init__(self, policy: Policy, low, high, steps: int):
         super().__init__()
         seq, times, dts = _generator(policy, steps)
         self.obs_dim, self.act_dim = int(policy.obs_dim), int(policy.act_dim)
-        self.sigma_from_first = list(times[0]) == list(policy.sigma_times)
-        self.field = _StepField(seq, self.obs_dim + self.act_dim, times + [list(policy.sigma_times)])
+        self.field = _StepField(seq, self.obs_dim + self.act_dim, times)
         self.dts: list[float] = dts
         self.steps = len(dts)
-        self.noise_scale = float(policy.noise_scale)
         self.rescale = _Rescale(low, high)
 
 
 class MixtureSampleActor(_Transport):
-    """smfp / flow: ``x = transport(s, z) + sigma(s, z) xi``, then the bounds."""
+    """smfp / flow: ``x = transport(s, z) + sigma(s) xi``, then the bounds."""
 
-    def __init__(self, policy: TransportPolicy, low, high, steps: int):
+    def __init__(self, policy: Policy, low, high, steps: int):
         super().__init__(policy, low, high, steps)
+        self.sigma_net = _frozen(policy.sigma_net)
         self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        d = self.act_dim
-        z, xi = noise[:, :d], noise[:, d:]
-        if self.noise_scale != 1.0:
-            z = z * self.noise_scale
-        x = z
-        raw = z  # replaced below (TorchScript needs a tensor-typed start)
+        x, xi = noise[:, : self.act_dim], noise[:, self.act_dim :]
         for k in range(self.steps):
-            out = self.field(torch.cat([obs, x], dim=-1), k)
-            if k == 0:
-                raw = out[:, d:]
-            x = torch.sub(x, out[:, :d], alpha=self.dts[k])
-        if not self.sigma_from_first:
-            raw = self.field(torch.cat([obs, z], dim=-1), self.steps)[:, d:]
-        std = torch.exp(self.log_std(raw))
+            x = torch.sub(x, self.field(torch.cat([obs, x], dim=-1), k), alpha=self.dts[k])
+        std = torch.exp(self.log_std(self.sigma_net(obs)))
         return self.rescale(torch.tanh(_fma(x, std, xi)))
 
 
@@ -218,10 +205,8 @@ class MixtureBestOfNActor(_Transport):
         b, n = noise.shape[0], noise.shape[1]
         s = obs.unsqueeze(1).expand(b, n, self.obs_dim)
         x = noise
-        if self.noise_scale != 1.0:
-            x = x * self.noise_scale
         for k in range(self.steps):
-            x = torch.sub(x, self.field(torch.cat([s, x], dim=-1), k)[:, :, : self.act_dim], alpha=self.dts[k])
+            x = torch.sub(x, self.field(torch.cat([s, x], dim=-1), k), alpha=self.dts[k])
         cand = torch.tanh(x)
         q = self.min_q(s.reshape(b * n, self.obs_dim), cand.reshape(b * n, self.act_dim)).reshape(b, n)
         best = q.argmax(dim=1)
@@ -244,7 +229,7 @@ def resolve_mode(policy: Policy, mode: str) -> str:
 
 
 def default_steps(policy: Policy) -> int:
-    return int(policy.default_steps) if isinstance(policy, TransportPolicy) else 1
+    return int(getattr(policy, "steps", 1)) if policy.kind == "flow" else 1
 
 
 def build_actor(policy: Policy, low, high, mode: str = "sample", steps: Optional[int] = None,
@@ -294,8 +279,8 @@ def reference_actions(policy: Policy, low, high, mode: str, obs: torch.Tensor, n
         a = squash(mean + torch.exp(log_std) * noise.unsqueeze(1))[:, 0]
     elif mode == "sample":
         z, xi = noise[:, :d].unsqueeze(1), noise[:, d:].unsqueeze(1)
-        mean, log_std = policy.transport(obs, z, steps, with_log_std=True)
-        a = squash(mean + torch.exp(log_std) * xi)[:, 0]
+        mean = policy.transport(obs, z, steps)
+        a = squash(mean + torch.exp(policy.log_std(obs)).unsqueeze(1) * xi)[:, 0]
     else:
         n = noise.shape[1]
         cand = squash(policy.transport(obs, noise, steps))

@@ -93,7 +93,7 @@ class Policy(nn.Module):
 
     def log_std(self, obs: torch.Tensor) -> torch.Tensor:
         """A state-only output log-std (B, d), for classes whose sigma does not depend on z."""
-        raise NotImplementedError(f"{type(self).__name__}: sigma depends on z; use components(obs, noise)")
+        raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------
     def bound_log_std(self, raw: torch.Tensor) -> torch.Tensor:
@@ -175,74 +175,61 @@ class Policy(nn.Module):
         """The policy a ``PolicyConfig`` describes (what ``smfp train`` builds)."""
         raise NotImplementedError
 
-    def auxiliary_loss(self, obs: torch.Tensor, cfg) -> Optional[torch.Tensor]:
-        """An extra loss of this policy class added to the actor loss (None: none); ``cfg``: ``PolicyConfig``."""
+    def auxiliary_loss(self, obs: torch.Tensor, cfg, data: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """An extra loss of this policy class added to the actor loss (None: none); ``cfg``: ``PolicyConfig``.
+        ``data`` (pre-squash actions, one per row of ``obs``): fit the policy to those samples instead."""
         return None
 
 
 class TransportPolicy(Policy):
     """A policy whose component means are a learned transport of the noise ``z``.
 
-    ONE network ``f([s, x, times]) -> [velocity (d), raw log-std (d)]`` does everything: ``steps``
-    jumps ``x <- x - dt_k * velocity`` carry ``z`` (t = 1) to the pre-squash mean (t = 0), and the
-    log-std head read at the *first* network inputs ``[s, z, sigma_times]`` gives the output noise
-    ``sigma(s, z)`` of that component. With the default number of steps the log-std comes from the
-    same pass as the first jump, so one action costs ``steps`` network passes and nothing else.
-    Subclasses give the per-step time inputs and step sizes (``step_times``).
+    A generator network ``f([s, x, times])`` is applied in ``steps`` jumps ``x <- x - dt_k f`` that
+    carry ``z`` (t = 1) to the pre-squash mean (t = 0); a small state-only network gives the output
+    noise ``log sigma(s)``. Subclasses give the per-step time inputs and step sizes (``step_times``).
+
+    Why sigma is a separate state-only network (measured, docs/method.md): a log-std head on the
+    generator (sigma(s, z)) let the fixed-Q fits mix very sharp and very wide components (1-D double
+    well TV 0.14-0.15 vs <= 0.10, 4 seeds), and a head on the generator's first-layer state part
+    stalled a 2-D four-corner fit with one coordinate unsplit (sigma 0.62).
     """
 
     is_mixture = True
     default_steps: int = 1
+    generator_name: str = "generator"  # the generator's attribute (and state-dict) name
+
+    @property
+    def generator_net(self) -> nn.Module:
+        return getattr(self, self.generator_name)
 
     def __init__(self, obs_dim: int, act_dim: int, time_dim: int, hidden: tuple[int, ...] = (256, 256),
-                 log_std_min: float = -5.0, log_std_max: float = 2.0, noise_scale: float = 1.0):
+                 sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0):
         super().__init__(obs_dim, act_dim, log_std_min, log_std_max)
-        if not noise_scale > 0:
-            raise ValueError(f"noise_scale must be positive, got {noise_scale}")
         self.hidden = tuple(hidden)
-        self.noise_scale = float(noise_scale)
-        self.generator_net = mlp(obs_dim + act_dim + time_dim, self.hidden, 2 * act_dim, act=nn.SiLU)
+        self.sigma_hidden = tuple(sigma_hidden)
+        setattr(self, self.generator_name, mlp(obs_dim + act_dim + time_dim, self.hidden, act_dim, act=nn.SiLU))
+        self.sigma_net = mlp(obs_dim, self.sigma_hidden, act_dim)
 
     # --- to implement -------------------------------------------------------------------
     def step_times(self, i: int, steps: int) -> tuple[list[float], float]:
         """Time inputs and step size of jump ``i`` of ``steps``."""
         raise NotImplementedError
 
-    sigma_times: tuple[float, ...] = ()  # time inputs at which the log-std head is read
-
     # --- shared -------------------------------------------------------------------------
-    def field(self, obs: torch.Tensor, x: torch.Tensor, times: list[float] | tuple[float, ...]) -> torch.Tensor:
-        """The network's two heads ``(velocity, raw log-std)`` at ``[s, x, times]``: (..., d) each."""
-        t = x.new_tensor(list(times)).expand(*x.shape[:-1], len(times))
-        out = self.generator_net(torch.cat([obs, x, t], dim=-1))
-        return out[..., : self.act_dim], out[..., self.act_dim :]
+    def log_std(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.bound_log_std(self.sigma_net(obs))
 
-    def transport(self, obs: torch.Tensor, noise: torch.Tensor, steps: Optional[int] = None,
-                  with_log_std: bool = False):
-        """Map noise (B, M, d) to pre-squash means (B, M, d) in ``steps`` jumps (default: the class's own).
-
-        ``with_log_std``: also the log-std (B, M, d) of each component; free when the first jump's
-        inputs are the log-std's (the default steps), one more pass otherwise.
-        """
+    def transport(self, obs: torch.Tensor, noise: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+        """Map noise (B, M, d) to pre-squash means (B, M, d) in ``steps`` jumps (default: the class's own)."""
         k = self.default_steps if steps is None else int(steps)
         b, m, _ = noise.shape
         s = obs.unsqueeze(1).expand(b, m, obs.shape[-1])
-        z = noise * self.noise_scale if self.noise_scale != 1.0 else noise
-        x, raw = z, None
+        x = noise
         for i in range(k):
             times, dt = self.step_times(i, k)
-            velocity, head = self.field(s, x, times)
-            if i == 0 and tuple(times) == tuple(self.sigma_times):
-                raw = head
-            x = x - dt * velocity
-        if not with_log_std:
-            return x
-        if raw is None:
-            raw = self.field(s, z, self.sigma_times)[1]
-        return x, self.bound_log_std(raw)
-
-    def components(self, obs, noise):
-        return self.transport(obs, noise, with_log_std=True)
+            t = x.new_tensor(times).expand(b, m, len(times))
+            x = x - dt * self.generator_net(torch.cat([s, x, t], dim=-1))
+        return x
 
     def component_means(self, obs, noise):
         return self.transport(obs, noise)

@@ -2,8 +2,8 @@
 
 ``u(z, r, t | s)`` is the MeanFlow average velocity, conditioned on ``(t, h = t - r)``; the
 one-step map is ``mu(s, z) = z - u(z, 0, 1 | s)`` (t = 1 is noise, t = 0 the action) and an action
-is ``x = mu(s, z) + sigma(s, z) * xi``, where ``log sigma`` is a second head of the same network
-read in the same pass (``TransportPolicy``).
+is ``x = mu(s, z) + sigma(s) * xi`` with ``log sigma(s)`` from a small
+state-only network (``TransportPolicy`` says why it is separate).
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ from smfp.precision import float32_matmuls
 class SMFPPolicy(TransportPolicy):
     kind = "smfp"
     default_steps = 1
-    sigma_times = (1.0, 1.0)  # (t, h) of the one-step jump
+    generator_name = "u_net"
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256),
-                 log_std_min: float = -5.0, log_std_max: float = 2.0, noise_scale: float = 1.0):
-        super().__init__(obs_dim, act_dim, 2, hidden, log_std_min, log_std_max, noise_scale)
-
-    @property
-    def u_net(self):
-        return self.generator_net
+                 sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0):
+        super().__init__(obs_dim, act_dim, 2, hidden, sigma_hidden, log_std_min, log_std_max)
 
     def step_times(self, i: int, steps: int) -> tuple[list[float], float]:
         t, r = 1.0 - i / steps, 1.0 - (i + 1) / steps
@@ -34,23 +30,29 @@ class SMFPPolicy(TransportPolicy):
 
     def u(self, obs: torch.Tensor, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Average velocity ``u(z, r, t | s)`` with ``h = t - r``; obs (..., o), z (..., d), t/h (..., 1)."""
-        return self.generator_net(torch.cat([obs, z, t, h], dim=-1))[..., : self.act_dim]
+        return self.generator_net(torch.cat([obs, z, t, h], dim=-1))
 
     @float32_matmuls  # the JVP stays in float32
     def meanflow_loss(self, obs: torch.Tensor, r_neq_t: float = 0.5, weight_eps: float = 1e-3,
-                      weight_power: float = 1.0) -> torch.Tensor:
+                      weight_power: float = 1.0, data: torch.Tensor | None = None) -> torch.Tensor:
         """MeanFlow identity loss on the policy's own transport.
 
         Target ``v - (t - r) * d/dt u(z_t, r, t)`` with the total derivative taken by a JVP
         along ``(dz, dr, dt) = (v, 0, 1)``; in the ``(t, h = t - r)`` parameterisation that
-        tangent is ``(v, 1, 1)``. It makes the network a true average velocity, so that more
-        jumps agree with one; it does not change the one-step policy's target.
+        tangent is ``(v, 1, 1)``. On the policy's own transport (``data`` None) it makes the network a
+        true average velocity, so that more jumps agree with one, without moving the one-step policy.
+        With ``data`` (pre-squash actions (B, d), one per state of ``obs``) it is generative
+        training: an independent ``z`` is paired with each data point, so the map learns to carry the
+        noise onto the data's distribution, modes and their masses included.
         """
         b = obs.shape[0]
         noise = torch.randn(b, 1, self.act_dim, dtype=obs.dtype)
-        with torch.no_grad():
-            x_hat = self.transport(obs, noise, steps=1)
-        z, x_hat = (noise * self.noise_scale).squeeze(1), x_hat.squeeze(1)
+        if data is None:
+            with torch.no_grad():
+                x_hat = self.transport(obs, noise, steps=1).squeeze(1)
+        else:
+            x_hat = data.detach().to(obs.dtype)
+        z = noise.squeeze(1)
         times = torch.sigmoid(torch.randn(b, 2, dtype=obs.dtype) * 1.0 - 0.4)
         t = times.max(dim=1, keepdim=True).values
         r = times.min(dim=1, keepdim=True).values
@@ -66,15 +68,18 @@ class SMFPPolicy(TransportPolicy):
         weight = (sq.detach() + weight_eps).pow(-weight_power)
         return (weight * sq).mean()
 
-    def auxiliary_loss(self, obs: torch.Tensor, cfg) -> torch.Tensor:
-        """The learner's hook for a policy's own extra loss (``PolicyConfig`` holds its settings)."""
-        return self.meanflow_loss(obs, r_neq_t=cfg.meanflow_r_neq_t, weight_power=cfg.meanflow_weight_power)
+    def auxiliary_loss(self, obs: torch.Tensor, cfg, data: torch.Tensor | None = None) -> torch.Tensor:
+        """The learner's hook for a policy's own extra loss (``PolicyConfig`` holds its settings): the
+        MeanFlow loss on its own transport, or with ``data`` its generative fit to those samples."""
+        return self.meanflow_loss(obs, r_neq_t=cfg.meanflow_r_neq_t, weight_power=cfg.meanflow_weight_power,
+                                  data=data)
 
     @classmethod
     def from_config(cls, obs_dim: int, act_dim: int, cfg) -> "SMFPPolicy":
-        return cls(obs_dim, act_dim, hidden=cfg.hidden, log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
-                   noise_scale=cfg.noise_scale)
+        return cls(obs_dim, act_dim, hidden=cfg.hidden, sigma_hidden=cfg.sigma_hidden, log_std_min=cfg.log_std_min,
+                   log_std_max=cfg.log_std_max)
 
     def init_kwargs(self) -> dict:
-        return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=self.hidden, log_std_min=self.log_std_min,
-                    log_std_max=self.log_std_max, noise_scale=self.noise_scale)
+        return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=self.hidden, sigma_hidden=self.sigma_hidden,
+                    log_std_min=self.log_std_min,
+                    log_std_max=self.log_std_max)

@@ -111,8 +111,8 @@ def _check_memory(cfg: TrainConfig, capacity: int, obs_dim: int, act_dim: int) -
     meant to turn absurd sizes into one clear line instead of an allocation traceback or the OOM killer."""
     p, c, u = cfg.policy, cfg.critic, cfg.update
     buffer = capacity * (2 * obs_dim + act_dim + 2) * 4  # float32 obs, next_obs, action, reward, terminated
-    widths = [*p.hidden, *c.critic_hidden]
-    params = (_dense([obs_dim + act_dim + 2, *p.hidden, 2 * act_dim])
+    widths = [*p.hidden, *p.sigma_hidden, *c.critic_hidden]
+    params = (_dense([obs_dim + 2 * act_dim + 2, *p.hidden, 2 * act_dim]) + _dense([obs_dim, *p.sigma_hidden, act_dim])
               + c.num_q * _dense([obs_dim + act_dim, *c.critic_hidden, 1]))
     nets = params * 4 * 8  # weights, target / anchor copies, gradients, two Adam moments
     rows = max(u.batch_size * max(p.components, p.target_components, 1), p.meanflow_batch, cfg.eval.best_of_n,

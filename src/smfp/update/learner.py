@@ -22,7 +22,7 @@ from smfp.critic import QEnsemble
 from smfp.policies import Policy, policy_from_config
 from smfp.policies.distributions import gaussian_log_prob, tanh_log_det
 from smfp.precision import PRECISIONS, matmul_precision
-from smfp.update.losses import actor_loss, critic_loss, soft_target
+from smfp.update.losses import actor_loss, critic_loss, md_target_samples, soft_target
 
 
 def make_adam(params, lr: float) -> torch.optim.Adam:
@@ -120,7 +120,7 @@ class Learner:
 
     def _update(self, batch: Batch, with_metrics: bool = False) -> dict[str, torch.Tensor]:
         """One update, composed of step functions: critic, actor, temperatures, targets and anchor."""
-        alpha = self.alpha
+        alpha, md_lambda = self.alpha, self.md_lambda  # the values this update's steps use (logged)
         critic = self.critic_step(batch, alpha)
         if critic is None:
             return self._skip(self.critic_opt, with_metrics)
@@ -132,7 +132,7 @@ class Learner:
         self.target_step()
         if not with_metrics:
             return {}
-        return self._metrics(alpha, critic, actor)
+        return self._metrics(alpha, md_lambda, critic, actor)
 
     def critic_step(self, batch: Batch, alpha: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """Regress the ensemble onto the soft target; None (nothing applied) when not finite."""
@@ -157,14 +157,20 @@ class Learner:
         """
         u, p = self.cfg.update, self.cfg.policy
         obs_a = obs[: self.actor_states]
-        loss_pi, smp, kl = actor_loss(self.policy, q_fn, self.anchor, obs_a, self.alpha, self.md_lambda,
-                                      self.components)
+        alpha, md_lambda = self.alpha, self.md_lambda
+        loss_pi, smp, kl, anchor_components = actor_loss(self.policy, q_fn, self.anchor, obs_a, alpha, md_lambda,
+                                                         self.components)
         loss_total = loss_pi
-        if p.meanflow_coef > 0 and self.updates % p.meanflow_every == 0:
-            aux = self.policy.auxiliary_loss((obs if aux_obs is None else aux_obs)[: p.meanflow_batch], p)
-            if aux is not None:
-                loss_total = loss_pi + p.meanflow_coef * aux
-                self.last_meanflow = aux.detach()  # logged even when the logged update skips it (parity)
+        cover = None
+        if u.cover_coef > 0 and self.policy.is_mixture:
+            if anchor_components is None:  # no mirror descent: the policy itself (detached) is the proposal
+                anchor_components = (smp.mean.detach(), smp.log_std.detach().expand_as(smp.mean))
+            samples, rows, ess = md_target_samples(*anchor_components, q_fn, obs_a, alpha, md_lambda, u.cover_uniform,
+                                                   u.cover_per_state)
+            loss_cover = self.policy.auxiliary_loss(obs_a[rows], p, data=samples)
+            if loss_cover is not None:
+                loss_total = loss_total + u.cover_coef * loss_cover
+                cover = {"loss": loss_cover.detach(), "ess": ess}
         self.actor_opt.zero_grad(set_to_none=True)
         loss_total.backward()
         actor_gn = grad_norm(self.actor_params, u.grad_clip)
@@ -174,7 +180,7 @@ class Learner:
         self.updates += 1
         self._advance_anchor(kl.detach())
         return {"loss": loss_pi, "sample": smp, "kl": kl.detach(), "log_prob": smp.log_prob.detach(),
-                "grad_norm": actor_gn}
+                "grad_norm": actor_gn, "cover": cover}
 
     def temperature_step(self, log_prob: torch.Tensor, kl: torch.Tensor) -> None:
         """Dual ascent of alpha toward the target entropy (and of lambda toward the target KL)."""
@@ -192,14 +198,14 @@ class Learner:
             torch._foreach_lerp_(list(self.target_critic.parameters()), self.critic_params, self.cfg.update.tau)
 
     @torch.no_grad()
-    def _metrics(self, alpha: torch.Tensor, critic: dict, actor: dict) -> dict[str, torch.Tensor]:
+    def _metrics(self, alpha: torch.Tensor, md_lambda: torch.Tensor, critic: dict, actor: dict) -> dict[str, torch.Tensor]:
         smp, q, target = actor["sample"], critic["q"].detach(), critic["target"]
         x = smp.pre_squash.detach()
         logp = actor["log_prob"]
         logp_m1 = gaussian_log_prob(x, smp.mean.detach(), smp.log_std.detach()) - tanh_log_det(x).sum(-1)
         metrics = {
             "losses/critic": critic["loss"].detach(), "losses/actor": actor["loss"].detach(),
-            "train/alpha": alpha, "train/lambda": self.md_lambda,
+            "train/alpha": alpha, "train/lambda": md_lambda,
             "train/entropy": -logp.mean(), "train/entropy_m1": -logp_m1.mean(),
             "train/kl_anchor": actor["kl"], "train/kl_anchor_at_refresh": self.last_refresh_kl,
             "train/sigma_mean": smp.log_std.detach().exp().mean(),
@@ -211,6 +217,9 @@ class Learner:
         }
         if self.last_meanflow is not None:
             metrics["losses/meanflow"] = self.last_meanflow
+        if actor["cover"] is not None:
+            metrics["losses/cover"] = actor["cover"]["loss"]
+            metrics["train/cover_ess"] = actor["cover"]["ess"]
         return metrics
 
     @staticmethod

@@ -5,6 +5,7 @@ Section numbers refer to DESIGN.md.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -12,7 +13,7 @@ import torch
 from smfp.buffer import Batch
 from smfp.critic import QEnsemble
 from smfp.policies import Policy
-from smfp.policies.distributions import gaussian_kl
+from smfp.policies.distributions import LOG_2, gaussian_kl, gaussian_log_prob, tanh_log_det
 
 
 @torch.no_grad()
@@ -41,7 +42,7 @@ def actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], torc
     ``E[alpha log pi_hat(a|s) - min_j Q_j(s, a)] + lambda E_z[KL(N(mu(s,z), s^2) || N(mu_k(s,z), s_k^2))]``,
     with the anchor evaluated at the same noises ``z``. ``q_fn(obs, act) -> (N,)`` is the value the
     actor climbs (the critic ensemble's min with frozen weights, or a known Q in tests).
-    Returns (loss, sample, kl).
+    Returns (loss, sample, kl, anchor components at the sample's noises or None).
     """
     smp = policy.sample(obs, components)
     b, m, d = smp.action.shape
@@ -49,9 +50,54 @@ def actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], torc
     q = q_fn(obs_rep, smp.action.reshape(b * m, d)).reshape(b, m)
     loss = (alpha * smp.log_prob - q).mean()
     kl = torch.zeros((), dtype=obs.dtype)
+    anchor_components = None
     if anchor is not None:
         with torch.no_grad():
-            anchor_mean, anchor_log_std = anchor.components(obs, smp.noise)
-        kl = gaussian_kl(smp.mean, smp.log_std, anchor_mean, anchor_log_std).mean()
+            anchor_components = anchor.components(obs, smp.noise)
+        kl = gaussian_kl(smp.mean, smp.log_std, *anchor_components).mean()
         loss = loss + md_lambda * kl
-    return loss, smp, kl
+    return loss, smp, kl, anchor_components
+
+
+def _mixture_log_density(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """``log (1/M sum_m N(x_i; mean_m, std_m^2))`` for points x (B, K, d) and components (B, M, d) -> (B, K)."""
+    table = gaussian_log_prob(x.unsqueeze(2), mean.unsqueeze(1), log_std.unsqueeze(1))  # (B, K, M)
+    return torch.logsumexp(table, dim=2) - math.log(mean.shape[1])
+
+
+@torch.no_grad()
+def md_target_samples(anchor_mean: torch.Tensor, anchor_log_std: torch.Tensor, q_fn, obs: torch.Tensor,
+                      alpha: torch.Tensor | float, md_lambda: torch.Tensor | float, uniform: int, per_state: int):
+    """Samples of the mirror-descent step's closed-form target, by self-normalised importance resampling.
+
+    Target ``p*(a) ~ pi_k(a)^(lambda/(alpha+lambda)) exp(Q(a)/(alpha+lambda))`` (``lambda = 0``:
+    SAC's ``exp(Q/alpha)``). Proposals per state: one sample of each anchor component (the M
+    components at the actor step's noises) plus ``uniform`` points of the box, a defensive,
+    policy-independent share that finds modes the anchor has lost; ``q`` is their mixture density
+    (the anchor's from the same M-component table as the surrogate). Each state keeps ``per_state``
+    proposals drawn with weights ``p*/q``. Returns pre-squash samples (B * per_state, d), the state
+    index of each, and the effective sample size as a fraction of the proposals.
+    """
+    b, m, d = anchor_mean.shape
+    x_anchor = anchor_mean + torch.exp(anchor_log_std) * torch.randn_like(anchor_mean)
+    parts = [x_anchor]
+    if uniform > 0:
+        a_unif = torch.rand(b, uniform, d, dtype=anchor_mean.dtype) * 2.0 - 1.0
+        parts.append(torch.atanh(a_unif.clamp(-1.0 + 1e-6, 1.0 - 1e-6)))
+    x = torch.cat(parts, dim=1)  # (B, K, d)
+    k = x.shape[1]
+    log_anchor = _mixture_log_density(x, anchor_mean, anchor_log_std) - tanh_log_det(x).sum(-1)  # density of tanh(x)
+    if uniform > 0:
+        log_q = torch.logaddexp(log_anchor + math.log(m / k),
+                                torch.full_like(log_anchor, math.log(uniform / k) - d * LOG_2))
+    else:
+        log_q = log_anchor
+    temp = alpha + md_lambda
+    q = q_fn(obs.unsqueeze(1).expand(b, k, obs.shape[-1]).reshape(b * k, -1), torch.tanh(x).reshape(b * k, d))
+    log_w = (md_lambda / temp) * log_anchor + q.reshape(b, k) / temp - log_q
+    w = torch.softmax(log_w.float(), dim=1)
+    ess = (1.0 / w.pow(2).sum(1)).mean() / k
+    pick = torch.multinomial(w, per_state, replacement=True)  # (B, per_state)
+    samples = torch.gather(x, 1, pick.unsqueeze(-1).expand(b, per_state, d)).reshape(b * per_state, d)
+    rows = torch.arange(b).repeat_interleave(per_state)
+    return samples, rows, ess

@@ -1,0 +1,151 @@
+"""``smfp bench bandit``: the fixed-Q acceptance suite of the actor update.
+
+No critic and no environment: one state, a known ``Q(a)`` on ``[-1, 1]^d`` and a fixed
+temperature, so the update's optimum is known (``exp(Q / alpha)``, and with mirror descent the
+same target approached by anchor steps). The policy and the update are *exactly* what
+``smfp train`` builds: a ``Learner`` from the library's ``TrainConfig`` defaults for the algorithm,
+whose ``actor_step`` runs against the known Q instead of the critic (the temperature is held
+fixed at the case's alpha). For every (target, policy, seed) the suite reports the
+total-variation distance of 50 000 sampled actions to the target on a grid, the share of actions
+near each peak and the target's own shares.
+
+Pass (SMFP): TV <= 0.15 and every share within 0.07 of the target's share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from smfp.bench.bandit import (KnownQ, _max_of_bumps, bandit_obs, boltzmann_bins, histogram, peak_shares,
+                               sample_actions, total_variation)
+from smfp.config import TrainConfig
+from smfp.update import Learner
+
+TV_MAX = 0.15
+SHARE_TOL = 0.07
+SHARE_RADIUS = 0.25
+SAMPLES = 50_000
+BINS = {1: 40, 2: 20}  # bins per side: 2-D keeps the sampling noise of the histogram small (~0.03 TV)
+
+
+def _bumps(name: str, centers: Sequence[Sequence[float]], width: float, heights: Sequence[float]) -> KnownQ:
+    centers = tuple(tuple(float(v) for v in c) for c in centers)
+    fns = [_max_of_bumps((c,), width, h) for c, h in zip(centers, heights)]
+
+    def fn(a: torch.Tensor) -> torch.Tensor:
+        return torch.stack([f(a) for f in fns], dim=0).max(dim=0).values
+    return KnownQ(name, len(centers[0]), fn, centers)
+
+
+def target_shares(q: KnownQ, alpha: float, radius: float = SHARE_RADIUS, grid: int = 400) -> list[float]:
+    """Mass of ``exp(Q/alpha)`` within ``radius`` of each peak (midpoint rule)."""
+    g = -1.0 + (torch.arange(grid, dtype=torch.float64) + 0.5) * 2.0 / grid
+    pts = torch.cartesian_prod(*([g] * q.dim)).reshape(-1, q.dim)
+    logits = q.fn(pts) / alpha
+    w = torch.exp(logits - logits.max())
+    w = w / w.sum()
+    return [float(w[(pts - torch.as_tensor(p, dtype=pts.dtype)).norm(dim=-1) <= radius].sum()) for p in q.peaks]
+
+
+def unequal_pair(alpha: float, ratio: float = 2.0, peak: float = 0.5, width: float = 0.15,
+                 height: float = 2.0) -> KnownQ:
+    """Two bumps at ``-peak`` / ``+peak`` whose target masses are ``ratio : 1`` at this alpha (bisection)."""
+    lo, hi = 0.0, height
+    for _ in range(50):
+        cut = 0.5 * (lo + hi)
+        q = _bumps("tmp", ((-peak,), (peak,)), width, (height, height - cut))
+        s = target_shares(q, alpha)
+        lo, hi = (cut, hi) if s[0] / max(s[1], 1e-12) < ratio else (lo, cut)
+    return _bumps(f"unequal {ratio:g}:1", ((-peak,), (peak,)), width, (height, height - 0.5 * (lo + hi)))
+
+
+@dataclass(frozen=True)
+class Case:
+    target: str
+    alpha: float
+    make: Callable[[float], KnownQ]
+    fast: bool = False  # also a unit test
+
+
+def _cases() -> list[Case]:
+    two = lambda a: _bumps("two equal bumps", ((-0.6,), (0.6,)), 0.2, (2.0, 2.0))  # noqa: E731
+    five = lambda a: _bumps("five peaks (2-D)", ((-0.6, -0.6), (-0.6, 0.6), (0.6, -0.6), (0.6, 0.6), (0.0, 0.0)),  # noqa: E731
+                            0.15, (2.0,) * 5)
+    one = lambda a: _bumps("unimodal", ((0.3,),), 0.3, (2.0,))  # noqa: E731
+    cases = []
+    for alpha, sharp in ((0.2, True), (0.6, False)):
+        cases += [Case("two equal bumps", alpha, two, fast=sharp), Case("unequal 2:1", alpha, unequal_pair),
+                  Case("five peaks (2-D)", alpha, five), Case("unimodal", alpha, one, fast=sharp)]
+    return cases
+
+
+CASES = _cases()
+
+
+def bandit_learner(algo: str, dim: int, alpha: float, seed: int,
+                   overrides: Optional[Callable[[TrainConfig], None]] = None) -> Learner:
+    """The learner ``smfp train --algo ALGO`` builds, for a one-state task with ``dim`` actions, at a fixed alpha."""
+    cfg = TrainConfig(algo=algo, run_dir="unused")
+    cfg.update = dataclasses.replace(cfg.update, alpha=alpha, autotune_alpha=False)
+    if overrides is not None:
+        overrides(cfg)
+    torch.manual_seed(seed)
+    return Learner(cfg.resolved(), obs_dim=1, act_dim=dim)
+
+
+def run_case(case: Case, algo: str, seed: int, steps: int = 5000,
+             overrides: Optional[Callable[[TrainConfig], None]] = None) -> dict:
+    q = case.make(case.alpha)
+    learner = bandit_learner(algo, q.dim, case.alpha, seed, overrides)
+    obs = bandit_obs(learner.cfg.update.batch_size, 1)
+    start = time.perf_counter()
+    for _ in range(steps):
+        if learner.actor_step(obs, q) is None:
+            raise RuntimeError(f"non-finite actor update on {case.target} (seed {seed})")
+    seconds = time.perf_counter() - start
+    torch.manual_seed(10_000 + seed)
+    actions = sample_actions(learner.policy, SAMPLES, "sample")
+    bins = BINS[q.dim]
+    tv = total_variation(histogram(actions, bins), boltzmann_bins(q, case.alpha, bins))
+    shares = peak_shares(actions, q.peaks, SHARE_RADIUS)
+    want = target_shares(q, case.alpha)
+    ok = tv <= TV_MAX and all(abs(s - w) <= SHARE_TOL for s, w in zip(shares, want))
+    return {"target": case.target, "policy": learner.policy.kind, "algo": algo, "alpha": case.alpha, "seed": seed,
+            "tv": round(tv, 4), "shares": [round(s, 4) for s in shares],
+            "target_shares": [round(w, 4) for w in want], "pass": ok, "steps": steps,
+            "seconds": round(seconds, 2)}
+
+
+def run_suite(seeds: Sequence[int] = (0, 1, 2), algos: Sequence[str] = ("smfp", "sac"), steps: int = 5000,
+              fast_only: bool = False, progress: Optional[Callable[[dict], None]] = None,
+              overrides: Optional[Callable[[TrainConfig], None]] = None) -> dict:
+    results = []
+    for case in CASES:
+        if fast_only and not case.fast:
+            continue
+        for algo in algos:
+            for seed in seeds:
+                row = run_case(case, algo, seed, steps, overrides)
+                results.append(row)
+                if progress is not None:
+                    progress(row)
+    smfp_rows = [r for r in results if r["policy"] == "smfp"]
+    return {"results": results, "steps": steps, "tv_max": TV_MAX, "share_tol": SHARE_TOL,
+            "share_radius": SHARE_RADIUS, "samples": SAMPLES, "eval_mode": "sample",
+            "smfp_pass": bool(smfp_rows) and all(r["pass"] for r in smfp_rows)}
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['target']:18s} alpha {r['alpha']:<4g} {r['policy']:8s} seed {r['seed']}: TV {r['tv']:.3f}  shares "
+            f"{' '.join(f'{s:.2f}' for s in r['shares'])}  (target {' '.join(f'{s:.2f}' for s in r['target_shares'])})"
+            f"  {'pass' if r['pass'] else 'FAIL'}  [{r['seconds']:.0f}s]")
+
+
+__all__ = ["CASES", "Case", "TV_MAX", "SHARE_TOL", "bandit_learner", "format_row", "run_case", "run_suite",
+           "target_shares", "unequal_pair"]
