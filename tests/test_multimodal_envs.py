@@ -186,3 +186,16 @@ def test_render_rgb_array_shows_the_agent_moving(env_id):
 def test_render_mode_other_than_rgb_array_is_refused():
     with pytest.raises(ValueError, match="rgb_array"):
         MultiGoalEnv(render_mode="human")
+
+
+def test_import_smfp_registers_the_builtin_tasks():
+    """Gymnasium convention: importing the package is enough for ``gym.make("smfp/...")``."""
+    import subprocess
+    import sys
+
+    code = ("import gymnasium as gym, smfp\n"
+            "for i in ('smfp/MultiGoal-v0', 'smfp/MultiGoalExplore-v0', 'smfp/Hallway-v0'):\n"
+            "    gym.make(i).reset(seed=0)\n"
+            "print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

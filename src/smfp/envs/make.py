@@ -71,8 +71,6 @@ def _import_prefix(env_id: str) -> None:
 def make_env(env_id: str, seed: int | None = None, max_episode_steps: int | None = None,
              render_mode: str | None = None) -> gym.Env:
     """A checked, [-1, 1]-action, statistics-recording env, reset-seeded with ``seed``."""
-    import smfp.envs.multimodal  # noqa: F401  (registers the smfp/ tasks)
-
     _import_prefix(env_id)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gymnasium's dtype/precision notices are not the user's concern
