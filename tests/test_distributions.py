@@ -1,4 +1,4 @@
-"""Density maths (DESIGN.md sections 3-5): tanh log-det, Gaussian KL, the semi-implicit surrogate."""
+"""Density maths (docs/method.md): tanh log-det, Gaussian KL, the semi-implicit surrogate."""
 
 from __future__ import annotations
 

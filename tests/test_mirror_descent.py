@@ -1,4 +1,4 @@
-"""Entropic mirror descent (DESIGN.md section 5) on one-state bandits: exact target, and restraint of SMFP."""
+"""Entropic mirror descent (docs/method.md) on one-state bandits: exact target, and restraint of SMFP."""
 
 from __future__ import annotations
 

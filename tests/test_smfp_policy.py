@@ -1,4 +1,4 @@
-"""SMFP policy (DESIGN.md sections 3, 6, 8): MeanFlow JVP, gradients, network calls per action."""
+"""SMFP policy (docs/method.md): MeanFlow JVP, gradients, network calls per action."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_meanflow_jvp_matches_central_difference():
 
 
 def _meanflow_loss_with_finite_difference(p, obs, weight_power, r_neq_t=0.5, eps=1e-5, weight_eps=1e-3):
-    """An independent re-implementation of DESIGN.md section 6 with a central difference for d/dt u;
+    """An independent re-implementation of the MeanFlow identity (docs/method.md) with a central difference for d/dt u;
     consumes the global RNG in the same order as ``SMFPPolicy.meanflow_loss``."""
     b = obs.shape[0]
     z = torch.randn(b, 1, p.act_dim, dtype=obs.dtype)

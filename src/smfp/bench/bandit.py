@@ -14,7 +14,7 @@ log-det), so ``exp(Q/alpha)`` is a density w.r.t. Lebesgue measure on ``[-1, 1]^
 Settings used by the tests (``tests/test_bandit.py``, ``tests/test_mirror_descent.py``): SMFP MLP 128-128
 SiLU, the double-well Q (``double_well_q``, depth 10) at alpha = 0.5, 256 samples per step as 4 groups of
 M = 64, Adam 1e-3 decayed linearly to 1e-4 over 2000 steps (fewer steps and a higher lr than the prototype
-of DESIGN.md section 11: 6000 steps at 3e-4, 32 groups of M = 8). With the prototype's Gaussian-bump Q
+of the project's starting design: 6000 steps at 3e-4, 32 groups of M = 8). With the prototype's Gaussian-bump Q
 (``bimodal_q``) and M = 8 the library's SMFP often stalls with a wide output noise sigma and a contracted
 map, a histogram close to uniform (measured: TV 0.45-0.46, 25-28% of actions per peak, seeds 0-1).
 """

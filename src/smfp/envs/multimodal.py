@@ -2,7 +2,7 @@
 
 Pure NumPy, deterministic given the reset seed, each with a fast ``render()`` to an RGB array.
 
-``smfp/MultiGoal-v0`` (Haarnoja et al. 2017; DESIGN.md section 10)
+``smfp/MultiGoal-v0`` (Haarnoja et al. 2017, "Reinforcement Learning with Deep Energy-Based Policies")
     2-D point, position observation, action = displacement in ``[-1, 1]^2``,
     ``s' = clip(s + a, -7, 7)``; start ``N(0, 0.1^2 I)``; goals at ``(+-5, 0)`` and ``(0, +-5)``.
     Reward ``-30 ||a||^2 - min_g ||s' - g||^2``, plus 10 and termination on coming within

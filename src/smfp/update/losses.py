@@ -1,6 +1,6 @@
 """Loss functions of one update, written as functions of tensors and modules (no state).
 
-Section numbers refer to DESIGN.md.
+The method they implement is stated in docs/method.md.
 """
 
 from __future__ import annotations
