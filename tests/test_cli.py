@@ -39,6 +39,7 @@ def test_train_prints_one_json_summary(cli_run):
     summary = json.loads(lines[0])
     assert summary["step"] == 600 and summary["run_dir"] == str(run) and summary["stopped_early"] is False
     assert summary["episodes"] == 2 and summary["mode"] == "mean" and math.isfinite(summary["return_mean"])
+    assert math.isfinite(summary["return_mean_sample"])
     assert "Traceback" not in proc.stderr
 
 
@@ -60,6 +61,8 @@ def test_run_dir_holds_config_metrics_and_checkpoints(cli_run):
     assert [r["step"] for r in eval_rows] == [300, 600]
     for r in eval_rows:
         assert math.isfinite(r["eval/return_mean"]) and r["eval/return_std"] >= 0
+        # like-for-like: the stochastic (sample) mode is evaluated beside the default (mean) mode
+        assert math.isfinite(r["eval/return_mean_sample"]) and r["eval/return_std_sample"] >= 0
 
     ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
     assert [p.name for p in ckpts] == ["step_0000000300.pt", "step_0000000600.pt"]

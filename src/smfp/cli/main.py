@@ -34,7 +34,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg)
     summary = {"run_dir": str(result.run_dir), "step": result.step, "stopped_early": result.stopped_early}
     if result.final_eval:
-        summary.update({k: result.final_eval[k] for k in ("return_mean", "return_std", "episodes", "mode")})
+        summary.update({k: result.final_eval[k] for k in ("return_mean", "return_std", "episodes", "mode",
+                                                          "return_mean_sample") if k in result.final_eval})
     print(json.dumps(summary))
     return 0
 
