@@ -76,6 +76,10 @@ class UpdateConfig:
     alpha: float = doc("initial (or fixed) entropy temperature", default=1.0)
     autotune_alpha: bool = doc("tune alpha toward --target-entropy", default=True)
     alpha_lr: float = doc("temperature learning rate", default=3e-4)
+    entropy_gap_every: int = doc("measure the entropy surrogate's bias (256 vs M components, 16 states) every N updates "
+                                 "(mixture policies; 0: off); logged as train/entropy_gap", default=1000)
+    entropy_correction: bool = doc("tune alpha on the M-component entropy plus its measured bias (mixture policies)",
+                                   default=False)
     target_entropy: Optional[float] = doc("entropy target (none: -action_dim)", default=None)
     md_lambda: Optional[float] = doc("mirror-descent KL weight lambda, or its multiple of alpha with --lambda-per-alpha "
                                      "(none: 0 for sac, 1 otherwise)", default=None)
@@ -217,7 +221,7 @@ class TrainConfig:
             "--learning-starts": self.update.learning_starts, "--eval-every": self.eval.eval_every,
             "--checkpoint-every": self.checkpoint.checkpoint_every, "--actor-states": self.policy.actor_states,
             "--target-components": self.policy.target_components, "--grad-clip": self.update.grad_clip,
-            "--meanflow-coef": self.policy.meanflow_coef, "--cover-coef": self.update.cover_coef,
+            "--meanflow-coef": self.policy.meanflow_coef, "--entropy-gap-every": self.update.entropy_gap_every, "--cover-coef": self.update.cover_coef,
             "--cover-uniform": self.update.cover_uniform, "--md-lambda": self.update.md_lambda or 0.0,
             "--alpha": self.update.alpha, "--anchor-tau": self.update.anchor_tau,
             "--probe-every": self.monitor.probe_every,

@@ -93,6 +93,9 @@ class Learner:
         self.skipped_updates = 0
         self.consecutive_nonfinite = 0
         self.last_refresh_kl = torch.zeros(())
+        # Large-M entropy minus the M-component surrogate's (nats, running mean): the surrogate's bias.
+        self.entropy_gap = torch.zeros(())
+        self.entropy_large_m = torch.zeros(())
         self.matmul_dtype = PRECISIONS[u.precision]
         tune_allocator()
 
@@ -128,6 +131,9 @@ class Learner:
         if actor is None:
             return self._skip(self.actor_opt, with_metrics)
         self.consecutive_nonfinite = 0
+        u = self.cfg.update
+        if self.policy.is_mixture and u.entropy_gap_every > 0 and self.updates % u.entropy_gap_every == 1:
+            self.measure_entropy_gap(batch.obs)
         self.temperature_step(actor["log_prob"], actor["kl"])
         self.target_step()
         if not with_metrics:
@@ -171,6 +177,11 @@ class Learner:
             if loss_cover is not None:
                 loss_total = loss_total + u.cover_coef * loss_cover
                 cover = {"loss": loss_cover.detach(), "ess": ess}
+        if p.meanflow_coef > 0 and self.updates % p.meanflow_every == 0:
+            aux = self.policy.auxiliary_loss((obs if aux_obs is None else aux_obs)[: p.meanflow_batch], p)
+            if aux is not None:
+                loss_total = loss_total + p.meanflow_coef * aux
+                self.last_meanflow = aux.detach()  # logged even when the logged update skips it (parity)
         self.actor_opt.zero_grad(set_to_none=True)
         loss_total.backward()
         actor_gn = grad_norm(self.actor_params, u.grad_clip)
@@ -182,11 +193,27 @@ class Learner:
         return {"loss": loss_pi, "sample": smp, "kl": kl.detach(), "log_prob": smp.log_prob.detach(),
                 "grad_norm": actor_gn, "cover": cover}
 
+    @torch.no_grad()
+    def measure_entropy_gap(self, obs: torch.Tensor, states: int = 16, large_m: int = 256) -> None:
+        """Entropy at ``states`` states with ``large_m`` components vs with M: the surrogate's bias (a lower
+        bound, tight as M grows), kept as a running mean; ``--entropy-correction`` tunes alpha on M's
+        entropy plus this gap."""
+        o = obs[:states]
+        large = -self.policy.sample(o, large_m).log_prob.mean()
+        small = -self.policy.sample(o, self.components).log_prob.mean()
+        gap = (large - small).clamp(min=0.0)
+        self.entropy_large_m = large
+        first = self.updates <= self.cfg.update.entropy_gap_every
+        self.entropy_gap = gap if first else 0.8 * self.entropy_gap + 0.2 * gap
+
     def temperature_step(self, log_prob: torch.Tensor, kl: torch.Tensor) -> None:
         """Dual ascent of alpha toward the target entropy (and of lambda toward the target KL)."""
         if self.alpha_opt is not None:
-            # loss -(log_alpha * (E[log pi] + target)): its gradient, set directly (no autograd graph)
-            self.log_alpha.grad = -(log_prob.mean() + self.target_entropy).to(self.log_alpha.dtype)
+            entropy = -log_prob.mean()
+            if self.cfg.update.entropy_correction and self.policy.is_mixture:
+                entropy = entropy + self.entropy_gap
+            # loss -(log_alpha * (target - H)): its gradient, set directly (no autograd graph)
+            self.log_alpha.grad = -(self.target_entropy - entropy).to(self.log_alpha.dtype)
             self.alpha_opt.step()
         if self.lambda_opt is not None:
             # loss -(log_lambda * (KL - target_kl)): its gradient, set directly
@@ -217,6 +244,9 @@ class Learner:
         }
         if self.last_meanflow is not None:
             metrics["losses/meanflow"] = self.last_meanflow
+        if self.policy.is_mixture and self.cfg.update.entropy_gap_every > 0:
+            metrics["train/entropy_large_m"] = self.entropy_large_m
+            metrics["train/entropy_gap"] = self.entropy_gap
         if actor["cover"] is not None:
             metrics["losses/cover"] = actor["cover"]["loss"]
             metrics["train/cover_ess"] = actor["cover"]["ess"]
@@ -265,7 +295,8 @@ class Learner:
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "log_alpha": self.log_alpha.detach().clone(), "log_lambda": self.log_lambda.detach().clone(),
             "updates": self.updates, "last_refresh_kl": self.last_refresh_kl.clone(),
-            "skipped_updates": self.skipped_updates,
+            "skipped_updates": self.skipped_updates, "entropy_gap": self.entropy_gap.clone(),
+            "entropy_large_m": self.entropy_large_m.clone(),
         }
         if self.anchor is not None:
             state["anchor"] = self.anchor.state_dict()
@@ -288,6 +319,8 @@ class Learner:
         self.skipped_updates = int(state.get("skipped_updates", 0))
         self.consecutive_nonfinite = 0
         self.last_refresh_kl = state["last_refresh_kl"].clone()
+        self.entropy_gap = state.get("entropy_gap", torch.zeros(())).clone()  # older checkpoints: none measured
+        self.entropy_large_m = state.get("entropy_large_m", torch.zeros(())).clone()
         if self.anchor is not None:
             self.anchor.load_state_dict(state["anchor"])
         if self.alpha_opt is not None:
