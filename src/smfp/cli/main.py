@@ -1,4 +1,5 @@
-"""``smfp`` command line: train, eval, bench, demo, inspect.
+"""``smfp`` command line: train, eval, report, bench (train, bandit, latency), sweep, aggregate, export,
+demo, inspect. Every subcommand's parser lives in this package or beside the code it drives.
 
 User mistakes (bad options, unknown envs, missing or unsafe checkpoints) are reported as one
 line on stderr with a non-zero exit; anything else is a bug and keeps its traceback.
@@ -162,12 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_subcommands(sub)
 
-    from smfp.export.cli import add_export_parser  # export
+    from smfp.cli.export import add_export_parser  # export
 
     add_export_parser(sub)
 
     from smfp.demo import add_demo_parser  # demo (the main job)
-    from smfp.monitor.modes import add_inspect_parser  # inspect (assess multimodality)
+    from smfp.cli.inspect import add_inspect_parser  # inspect (assess multimodality)
 
     add_demo_parser(sub)
     add_inspect_parser(sub)

@@ -6,13 +6,12 @@ import argparse
 import json
 
 from smfp.cli.args import fail
+from smfp.export import export_run
 from smfp.export.actor import ExportError
 from smfp.export.runtime import FORMATS
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from smfp.export import export_run
-
     if args.steps is not None and args.steps <= 0:
         fail(f"--steps must be positive, got {args.steps}")
     try:

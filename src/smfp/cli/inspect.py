@@ -1,0 +1,75 @@
+"""``smfp inspect RUN_DIR``: assess multimodality (the command line of ``smfp.monitor.modes``)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from smfp.cli.args import fail
+from smfp.monitor.modes import DEFAULT_MIN_MASS, format_report, inspect_run
+
+
+def add_inspect_parser(sub) -> None:
+    p = sub.add_parser("inspect", help="assess multimodality: modes of a policy's actions at probed states")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--state", action="append", nargs="+", default=None, metavar="X",
+                   help="an observation to probe, as numbers or one comma-separated list (repeat the option "
+                        "for several states; write --state=-1,0 when the first number is negative). "
+                        "Default: start states and states along a few fresh episodes of the policy")
+    p.add_argument("--samples", type=int, default=1000, help="actions sampled per state")
+    p.add_argument("--states", type=int, default=8, help="states probed when no --state is given")
+    p.add_argument("--episodes", type=int, default=2, help="fresh episodes the probed states come from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-mass", type=float, default=DEFAULT_MIN_MASS,
+                   help="smallest share of the samples that counts as a mode")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/inspect.png)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_inspect)
+
+
+def _parse_states(raw: list[list[str]] | None) -> list[list[float]] | None:
+    if not raw:
+        return None
+    states = []
+    for tokens in raw:
+        values = []
+        for tok in tokens:
+            for part in tok.split(","):
+                if not part.strip():
+                    continue
+                try:
+                    v = float(part)
+                except ValueError:
+                    raise ValueError(f"--state expects numbers, got {part!r}") from None
+                if not math.isfinite(v):
+                    raise ValueError(f"--state values must be finite, got {part!r}")
+                values.append(v)
+        if not values:
+            raise ValueError("--state needs at least one number")
+        states.append(values)
+    return states
+
+
+def cmd_inspect(args) -> int:
+    for name, value, low in (("--samples", args.samples, 2), ("--states", args.states, 1),
+                             ("--episodes", args.episodes, 1)):
+        if value < low:
+            fail(f"{name} must be at least {low}, got {value}")
+    if args.seed < 0:
+        fail(f"--seed must be >= 0, got {args.seed}")
+    if not 0.0 <= args.min_mass < 1.0:
+        fail(f"--min-mass must be in [0, 1), got {args.min_mass}")
+    try:
+        states = _parse_states(args.state)
+        report = inspect_run(args.target, states, args.samples, args.states, args.episodes, args.seed,
+                             args.out, args.min_mass)
+    except ValueError as exc:
+        if type(exc) is not ValueError:  # CheckpointError, EnvError...: the CLI reports those itself
+            raise
+        fail(str(exc))
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        fail(f"cannot write {exc.filename}: {exc.strerror}")
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
