@@ -15,7 +15,6 @@ Pass (SMFP): TV <= 0.15 and every share within 0.07 of the target's share.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
