@@ -3,6 +3,11 @@ retried and resumes from its checkpoint, and a rerun skips finished runs and res
 
 One Ray instance is started for the whole module (start-up is the slow part); every ``smfp sweep``
 runs as a real CLI subprocess joining it with ``--address``.
+
+Two deadlines per sweep subprocess: on a loaded machine Ray can take minutes to start the worker
+processes of a new job (each imports torch), which is not a hang, so a generous ``RAY_STARTUP_S``
+runs until a worker has started training (its first heartbeat); from then on ``RUN_S`` bounds the
+tiny runs themselves, so a sweep that hangs once its workers are up still fails within minutes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,77 @@ TRAIN_FLAGS = ["--total-steps", str(TOTAL), "--hidden", "32", "32", "--critic-hi
                "--batch-size", "32", "--learning-starts", "500", "--eval-every", "500", "--eval-episodes", "1",
                "--checkpoint-every", "300", "--log-every", "100", "--no-tensorboard", "--no-progress"]
 ENV = "Pendulum-v1"
+RAY_STARTUP_S = 600.0  # until a (new) worker process is training
+RUN_S = 150.0  # from then on, until the sweep exits
+
+
+class Deadline:
+    """``RAY_STARTUP_S`` until ``workers_up`` (once per start-up phase), then ``RUN_S``."""
+
+    def __init__(self):
+        self.phase = "Ray start-up"
+        self.until = time.monotonic() + RAY_STARTUP_S
+
+    def workers_up(self) -> None:
+        if self.phase != "run":
+            self.phase, self.until = "run", time.monotonic() + RUN_S
+
+    def restart(self) -> None:
+        """A new worker has to start (a retried task): start-up time again."""
+        self.phase, self.until = "Ray start-up (retry)", time.monotonic() + RAY_STARTUP_S
+
+    def left(self) -> float:
+        return self.until - time.monotonic()
+
+    def check(self, proc: subprocess.Popen) -> None:
+        if self.left() <= 0:
+            proc.kill()
+            limit = RUN_S if self.phase == "run" else RAY_STARTUP_S
+            raise AssertionError(f"smfp sweep timed out in its {self.phase} phase ({limit:.0f} s)")
+
+
+def _beats(out: Path, since: float) -> dict[str, dict]:
+    """Heartbeats written since ``since`` (wall clock), by run name."""
+    found = {}
+    for path in out.glob("*/sweep_progress.json"):
+        try:
+            beat = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(beat, dict) and beat.get("time", 0) >= since:
+            found[path.parent.name] = beat
+    return found
+
+
+def _start_sweep(argv: list[str]) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    return subprocess.Popen([*smfp_command(), *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait(proc: subprocess.Popen, seconds: float) -> tuple[str, str] | None:
+    """(stdout, stderr) once ``proc`` has exited, None after ``seconds`` (its pipes keep being drained)."""
+    try:
+        return proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def run_sweep_cli(argv: list[str], out: Path) -> subprocess.CompletedProcess:
+    """``smfp sweep`` in a subprocess under the two deadlines."""
+    since = time.time()
+    proc = _start_sweep(argv)
+    deadline = Deadline()
+    try:
+        while (done := _wait(proc, 0.2)) is None:
+            if _beats(out, since):
+                deadline.workers_up()
+            deadline.check(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, *done)
 
 
 def sweep_argv(out: Path, seeds: str, address: str) -> list[str]:
@@ -80,30 +156,34 @@ def ray_address():
 def killed_sweep(ray_address, tmp_path_factory):
     """A 2-run sweep; the worker training seed 1 is SIGKILLed after its first checkpoints."""
     out = tmp_path_factory.mktemp("sweep")
-    victim = out / f"sac-{ENV}-s1"
-    env = dict(os.environ)
-    env.pop("PYTHONWARNINGS", None)
-    proc = subprocess.Popen([*smfp_command(), *sweep_argv(out, "0,1", ray_address)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = f"sac-{ENV}-s1"
+    since = time.time()
+    proc = _start_sweep(sweep_argv(out, "0,1", ray_address))
+    deadline = Deadline()
     killed = None
-    deadline = time.time() + 150
     try:
-        while killed is None and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-            try:
-                beat = json.loads((victim / "sweep_progress.json").read_text())
-            except (OSError, json.JSONDecodeError):
+        while (done := _wait(proc, 0.05)) is None:
+            beats = _beats(out, since)
+            beat = beats.get(victim)
+            if beats and killed is None or beat is not None and killed is not None and beat["pid"] != killed["pid"]:
+                deadline.workers_up()  # a worker is training (after the kill: the retry)
+            deadline.check(proc)
+            if beat is None or killed is not None:
                 continue
-            ckpts = [s for s, _ in list_checkpoints(victim)]
+            ckpts = [s for s, _ in list_checkpoints(out / victim)]
             if beat["step"] >= TOTAL:
                 break
             if ckpts and ckpts[-1] >= 300 and 600 <= beat["step"] < TOTAL - 200:
                 os.kill(beat["pid"], signal.SIGKILL)
                 killed = {"pid": beat["pid"], "step": beat["step"], "checkpoint": ckpts[-1]}
-        stdout, stderr = proc.communicate(timeout=max(10.0, deadline - time.time()))
+                deadline.restart()  # Ray starts a new worker for the retry
+        while done is None:
+            deadline.check(proc)
+            done = _wait(proc, 0.2)
     finally:
         if proc.poll() is None:
             proc.kill()
+    stdout, stderr = done
     assert killed is not None, f"the run finished before it could be killed; stderr:\n{stderr}"
     return {"out": out, "rc": proc.returncode, "stdout": stdout, "stderr": stderr, "killed": killed}
 
@@ -162,7 +242,7 @@ def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(killed_sweep, 
     assert result.stopped_early and result.step == 700
     before = {s: snapshot(out / f"sac-{ENV}-s{s}") for s in (0, 1)}
 
-    proc = run_cli(*argv, timeout=150)
+    proc = run_sweep_cli(argv, out)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (summary["runs"], summary["skipped"], summary["done"], summary["failed"]) == (3, 2, 1, 0)

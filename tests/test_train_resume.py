@@ -24,9 +24,9 @@ def test_restored_learner_state_equals_saved_state(tmp_path, monkeypatch):
     saved: dict[int, dict] = {}
     real_save = loop.save_checkpoint
 
-    def recording_save(run_dir, step, config, meta, learner_state, rng, buffer_state, keep):
+    def recording_save(run_dir, step, config, meta, learner_state, rng, buffer_state, keep, extra=None):
         saved[step] = copy.deepcopy({"learner": learner_state, "rng": rng, "buffer": buffer_state})
-        return real_save(run_dir, step, config, meta, learner_state, rng, buffer_state, keep)
+        return real_save(run_dir, step, config, meta, learner_state, rng, buffer_state, keep, extra)
 
     monkeypatch.setattr(loop, "save_checkpoint", recording_save)
     run = tmp_path / "run"

@@ -1,13 +1,15 @@
-"""Training-health alarms (DESIGN.md section 1, checklist item 3: stability monitoring).
+"""Training-health alarms (stability monitoring; the README lists what each alarm means).
 
 Each alarm watches metrics rows as they are logged. It fires when its condition becomes true
 (printed once, appended to ``alerts.jsonl``) and re-arms only after the condition has been false
 again, so a persisting problem is reported once, not every row. Thresholds are fields of
-``AlarmConfig`` (``smfp train --help`` lists them with their defaults).
+``AlarmConfig`` (``smfp train --help`` lists them with their defaults). A resumed run replays its
+kept training rows silently first, so the alarms carry on as if the run had not stopped (no
+alert repeated for a condition that already held, no count restarted at 0).
 
 | alarm | condition on a metrics row |
 |---|---|
-| ``mode_collapse`` | the policy showed >= 2 modes at the probe states before, now 1, and the entropy gap ``train/entropy - train/entropy_m1`` is below ``--mode-gap-min`` |
+| ``mode_collapse`` | the policy showed >= 2 modes at the probe states before, now 1, and the entropy gap ``train/entropy - train/entropy_m1`` is below ``--mode-gap-min``; it re-arms only once the gap exceeds twice that or the modes are back to >= 2 |
 | ``entropy_collapse`` | ``train/entropy`` below target entropy minus ``--entropy-collapse-margin`` for ``--entropy-collapse-window`` consecutive rows |
 | ``exploding_gradients`` | an actor or critic gradient norm (before clipping) above ``--grad-norm-max`` |
 | ``saturation`` | ``train/saturation`` (fraction of ``|pre-tanh| > 3``) above ``--saturation-max`` |
@@ -54,7 +56,16 @@ def kl_watch(update, act_dim: int) -> tuple[float, int]:
     """
     reference = float(act_dim) if update.lambda_per_alpha else update.target_kl
     first_period = round(1.0 / update.anchor_tau) if update.anchor_tau > 0 else update.anchor_period
-    return reference, update.learning_starts + first_period
+    # + 1: the row of step learning_starts + period holds the KL of the period's last update, whose
+    # anchor is still the initialisation (the refresh follows that update)
+    return reference, update.learning_starts + first_period + 1
+
+
+# What keeps the mode-collapse alarm active: a gap up to this multiple of --mode-gap-min (hysteresis,
+# so a gap oscillating around the threshold is one collapse, not one alert per crossing).
+MODE_GAP_REARM = 2.0
+# The rows the training loop passes to ``observe`` (evaluation and recovery rows are not observed).
+OBSERVED_KEY = "train/sps"
 
 
 class AlarmMonitor:
@@ -78,6 +89,10 @@ class AlarmMonitor:
         self.low_entropy_rows = 0
         self.max_modes = 0.0
         self.skipped = 0.0
+        if start_step > 0:  # metrics.jsonl has been cut back to the checkpoint's step by the logger
+            for row in read_metrics(Path(run_dir) / "metrics.jsonl"):
+                if row["step"] <= start_step and OBSERVED_KEY in row:
+                    self._update(row["step"], row)
 
     def _conditions(self, step: int, row: dict) -> dict[str, tuple[bool, float, str]]:
         c = self.cfg
@@ -87,7 +102,10 @@ class AlarmMonitor:
         if modes is not None and math.isfinite(modes):
             self.max_modes = max(self.max_modes, modes)
             gap = (entropy - entropy_m1) if entropy is not None and entropy_m1 is not None else 0.0
-            collapsed = self.max_modes >= 2 and modes <= 1 and gap < c.mode_gap_min
+            if "mode_collapse" in self.active:  # hysteresis: collapsed until the gap is clearly back (NaN: still)
+                collapsed = modes <= 1 and not gap > MODE_GAP_REARM * c.mode_gap_min
+            else:
+                collapsed = self.max_modes >= 2 and modes <= 1 and gap < c.mode_gap_min
             out["mode_collapse"] = (collapsed, modes, f"mode count at the probe states fell to {modes:g} (had "
                                     f"{self.max_modes:g}) and the entropy gap is {gap:.3g} nats")
         if entropy is not None:
@@ -120,19 +138,26 @@ class AlarmMonitor:
             self.skipped = skipped
         return out
 
-    def observe(self, step: int, row: dict) -> list[Alert]:
+    def _update(self, step: int, row: dict) -> list[tuple[str, float, str]]:
+        """Advance the alarms' state by one row; the (name, value, message) of those that fire."""
         fired = []
         for name, (on, value, message) in self._conditions(step, row).items():
             if on and name not in self.active:
                 self.active.add(name)
-                alert = Alert(int(step), name, message, float(value))
-                fired.append(alert)
-                self.alerts.append(alert)
-                self.emit(f"smfp: ALERT {name} at step {step}: {message}")
-                with open(self.path, "a") as f:
-                    f.write(json.dumps({**asdict(alert), "value": value if math.isfinite(value) else str(value)}) + "\n")
+                fired.append((name, value, message))
             elif not on:
                 self.active.discard(name)
+        return fired
+
+    def observe(self, step: int, row: dict) -> list[Alert]:
+        fired = []
+        for name, value, message in self._update(step, row):
+            alert = Alert(int(step), name, message, float(value))
+            fired.append(alert)
+            self.alerts.append(alert)
+            self.emit(f"smfp: ALERT {name} at step {step}: {message}")
+            with open(self.path, "a") as f:
+                f.write(json.dumps({**asdict(alert), "value": value if math.isfinite(value) else str(value)}) + "\n")
         return fired
 
     def summary(self) -> str:

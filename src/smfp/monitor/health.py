@@ -1,7 +1,8 @@
 """Probe-state health measures: mode count and 1-step vs k-step disagreement.
 
 Probe states are drawn once from the replay buffer (when probing starts) and kept, so the
-measures are comparable over the run.
+measures are comparable over the run; they go into the checkpoints (``state_dict``), so a
+resumed run keeps probing the same states on the same schedule.
 """
 
 from __future__ import annotations
@@ -21,6 +22,21 @@ class HealthProbe:
         self.states: torch.Tensor | None = None
         self.last_step = -1
         self.generator = torch.Generator().manual_seed(12345)
+
+    def state_dict(self) -> dict:
+        return {"states": None if self.states is None else self.states.clone(), "last_step": self.last_step,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a saved probe; saved states of another count (``--probe-states`` changed) are drawn anew."""
+        states = state["states"]
+        fits = states is None or (isinstance(states, torch.Tensor) and states.dtype == torch.float32
+                                  and states.shape[1:] == (self.policy.obs_dim,) and bool(states.isfinite().all()))
+        if not fits:
+            raise ValueError(f"probe states of shape {tuple(getattr(states, 'shape', ()))} do not fit this run")
+        self.generator.set_state(state["generator"])
+        self.last_step = int(state["last_step"])
+        self.states = states.clone() if states is not None and len(states) == self.cfg.probe_states else None
 
     @torch.no_grad()
     def measure(self, step: int, buffer: ReplayBuffer) -> dict[str, float]:

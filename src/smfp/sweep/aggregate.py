@@ -60,7 +60,11 @@ def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
         try:
             cfg = json.loads((d / "config.json").read_text())
             algo, task, seed = cfg.get("label") or cfg["algo"], cfg["env"]["env"], int(cfg["seed"])
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            total, mode = int(cfg.get("total_steps", 0)), eval_mode_of(cfg)
+            max_steps = cfg["env"].get("max_episode_steps")
+            if not (isinstance(algo, str) and isinstance(task, str)):
+                raise TypeError("algo and env must be strings")
+        except (OSError, KeyError, TypeError, ValueError, AttributeError, RecursionError):  # also: not a JSON object
             warn(f"smfp aggregate: skipping {d.name}: unreadable config.json")
             continue
         rows = read_metrics(d / "metrics.jsonl")
@@ -70,9 +74,8 @@ def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
             warn(f"smfp aggregate: skipping {d.name}: no evaluation yet")
             continue
         steps, returns = (np.asarray(v, dtype=float) for v in zip(*evals))
-        runs.append(Run(d.name, algo, task, seed, steps, returns, int(max(r["step"] for r in rows)),
-                        int(cfg.get("total_steps", 0)), cfg["env"].get("max_episode_steps"),
-                        eval_mode_of(cfg)))
+        runs.append(Run(d.name, algo, task, seed, steps, returns, int(max(r["step"] for r in rows)), total, max_steps,
+                        mode))
     if not runs:
         raise SweepError(f"no evaluated runs in {root} (a run is a folder with config.json and metrics.jsonl)")
     return runs
@@ -97,7 +100,9 @@ def _cached_random(root: Path, task: str, max_episode_steps, episodes: int) -> f
     path = Path(root) / RANDOM_FILE
     try:
         cache = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
+        cache = {}
+    if not isinstance(cache, dict):  # a damaged cache is measured again
         cache = {}
     key = {"episodes": episodes, "max_episode_steps": max_episode_steps, "seed": RANDOM_SEED}
     hit = cache.get(task)

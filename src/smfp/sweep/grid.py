@@ -117,14 +117,19 @@ class RunState:
 
 
 def config_difference(run_dir: Path, cfg: TrainConfig) -> list[str]:
-    """Settings that differ from the run already in ``run_dir`` (the fields resuming may not change)."""
+    """Settings that differ from the run already in ``run_dir`` (the fields resuming may not change); a
+    ``config.json`` that is not a readable JSON object is a ``SweepError``, as it is for ``smfp train --resume``."""
     saved = run_dir / "config.json"
     if not saved.exists():
         return []
     try:
-        old = _flatten(json.loads(saved.read_text()))
-    except (json.JSONDecodeError, OSError):
-        return ["config.json (unreadable)"]
+        old = json.loads(saved.read_text())
+        old = _flatten(old) if isinstance(old, dict) else None
+    except (ValueError, OSError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting, I/O
+        raise SweepError(f"{saved} is unreadable; move that run dir away or choose another --out") from None
+    if old is None:
+        raise SweepError(f"{saved} does not hold a config (a JSON object); move that run dir away or choose "
+                         "another --out")
     return changed_fields(old, cfg)
 
 

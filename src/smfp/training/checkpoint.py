@@ -1,9 +1,10 @@
 """Complete, atomic, safely loaded checkpoints.
 
 A checkpoint holds everything a resumed run needs (weights, targets, anchor, optimiser
-moments, temperatures, counters, RNG states, config) and only tensors and plain Python
-values, so it is loaded with ``torch.load(weights_only=True)``: a file crafted to run code
-when unpickled is refused. Before unpickling, every member of the zip archive is checked
+moments, temperatures, counters, RNG states, config; optional keys for the loop's own state:
+``recoveries``, the health probe's ``probe``) and only tensors and plain Python values, so it
+is loaded with ``torch.load(weights_only=True)``: a file crafted to run code when unpickled is
+refused. Before unpickling, every member of the zip archive is checked
 against its CRC-32 (a flipped bit is caught, not loaded as a different weight); after, the
 fields every reader needs are checked. The replay buffer goes to a sibling file written *before* the
 checkpoint, so a checkpoint on disk always has its buffer.
@@ -106,8 +107,9 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def save_checkpoint(run_dir: Path, step: int, config: dict, meta: dict, learner_state: dict, rng: dict,
-                    buffer_state: dict | None, keep: int) -> Path:
-    ckpt = {"format": FORMAT, "version": VERSION, "step": int(step), "config": json.dumps(config),
+                    buffer_state: dict | None, keep: int, extra: dict | None = None) -> Path:
+    """``extra``: optional keys (readers of older checkpoints, which lack them, use defaults)."""
+    ckpt = {**(extra or {}), "format": FORMAT, "version": VERSION, "step": int(step), "config": json.dumps(config),
             "meta": json.dumps(meta), "learner": learner_state, "rng": rng,
             "buffer_file": buffer_path(run_dir, step).name if buffer_state is not None else None}
     path = checkpoint_path(run_dir, step)

@@ -7,6 +7,7 @@ after the current step with a final checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -35,6 +36,8 @@ RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "label", "lo
 RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change the method
 # Fields added after runs were first saved, with the value that reproduces what those runs did.
 ADDED_FIELDS = {"update.lambda_per_alpha": False}
+# Repeated non-finite recoveries never take the learning rates below this fraction of the configured ones.
+MIN_RECOVERY_LR_FRACTION = 1e-3
 
 
 class TrainingDiverged(RuntimeError):
@@ -155,12 +158,34 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def recovery_lr_factor(cfg: TrainConfig, recoveries: int) -> float:
+    """The learning rates after ``recoveries`` non-finite recoveries, as a fraction of the configured ones."""
+    return max(cfg.monitor.recovery_lr_factor ** recoveries, MIN_RECOVERY_LR_FRACTION)
+
+
+def _set_learning_rates(learner: Learner, cfg: TrainConfig, factor: float) -> None:
+    u = cfg.update
+    for opt, lr in ((learner.actor_opt, u.actor_lr), (learner.critic_opt, u.critic_lr),
+                    (learner.alpha_opt, u.alpha_lr), (learner.lambda_opt, u.lambda_lr)):
+        if opt is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr * factor
+
+
 def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
     """Train according to ``cfg``; ``callback(step, row)`` receives every metrics row."""
+    with contextlib.ExitStack() as closing:  # the logger and both envs are closed however training ends
+        return _train(cfg, callback, closing)
+
+
+def _train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]],
+           closing: contextlib.ExitStack) -> TrainResult:
     cfg = cfg.resolved()
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env.env, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
+    closing.callback(env.close)
     eval_env = make_env(cfg.env.env, seed=cfg.seed + 10_000, max_episode_steps=cfg.env.max_episode_steps)
+    closing.callback(eval_env.close)
     run_dir = prepare_run_dir(cfg)
     obs_dim, act_dim = env_dims(env)
     base_space = env.unwrapped.action_space
@@ -177,8 +202,10 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
     meta["policy_kwargs"] = learner.policy.init_kwargs()
     meta["critic_kwargs"] = learner.critic.init_kwargs()
     buffer = ReplayBuffer(obs_dim, act_dim, capacity, seed=cfg.seed)
+    probe = HealthProbe(cfg.monitor, learner.policy) if cfg.monitor.alarms and cfg.monitor.probe_every else None
 
     start_step = 0
+    recoveries = 0
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
         if cfg.total_steps < int(ckpt["step"]):
@@ -196,6 +223,9 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
                 buffer.load_state_dict(buf_state)
             torch.set_rng_state(ckpt["rng"]["torch"])
             rng.bit_generator.state = ckpt["rng"]["numpy"]
+            recoveries = max(0, int(ckpt.get("recoveries", 0)))  # older checkpoints: none counted
+            if probe is not None and ckpt.get("probe") is not None:
+                probe.load_state_dict(ckpt["probe"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise CheckpointError(f"{ckpt['path']} does not fit this run ({type(exc).__name__}: {first}); "
@@ -204,6 +234,7 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
     atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     logger = MetricsLogger(run_dir, cfg.total_steps, start_step, cfg.log.tensorboard, cfg.log.progress, callback)
+    closing.callback(logger.close)
     logger.message(f"smfp: {cfg.algo} on {cfg.env.env} seed {cfg.seed} -> {run_dir} "
                    f"(replay buffer {buffer.capacity} transitions, {buffer.nbytes / 2**20:.1f} MiB allocated"
                    + (f"; resumed at step {start_step}" if start_step else "")
@@ -214,14 +245,19 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
     alarms = AlarmMonitor(cfg.monitor, run_dir, learner.target_entropy, kl_reference, learner.use_md,
                           emit=logger.message, start_step=start_step,
                           kl_from_step=kl_from_step) if cfg.monitor.alarms else None
-    probe = HealthProbe(cfg.monitor, learner.policy) if cfg.monitor.alarms and cfg.monitor.probe_every else None
 
     agent = Agent(learner.policy, learner.critic, cfg.env.env, np.asarray(meta["action_low"]),
                   np.asarray(meta["action_high"]), cfg.eval.best_of_n)
 
     def run_eval(step: int) -> dict:
+        """The configured mode, and ``sample`` beside it (like for like across algorithms: one stochastic pass)."""
         result = evaluate(agent, cfg.eval.eval_episodes, cfg.eval.eval_mode, seed=cfg.seed + 10_000, env=eval_env)
-        logger.log(step, {"eval/return_mean": result["return_mean"], "eval/return_std": result["return_std"]})
+        row = {"eval/return_mean": result["return_mean"], "eval/return_std": result["return_std"]}
+        if result["mode"] != "sample":
+            sampled = evaluate(agent, cfg.eval.eval_episodes, "sample", seed=cfg.seed + 10_000, env=eval_env)
+            result["return_mean_sample"], result["return_std_sample"] = sampled["return_mean"], sampled["return_std"]
+            row.update({"eval/return_mean_sample": sampled["return_mean"], "eval/return_std_sample": sampled["return_std"]})
+        logger.log(step, row)
         logger.progress(step, eval_return=result["return_mean"])
         return result
 
@@ -230,13 +266,15 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
             logger.message(f"smfp: NOT writing the checkpoint at step {step}: the learner holds non-finite values")
             return
         rng_state = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}
+        extra = {"recoveries": recoveries, **({"probe": probe.state_dict()} if probe is not None else {})}
         save_checkpoint(run_dir, step, cfg.to_dict(), meta, learner.state_dict(), rng_state,
-                        buffer.state_dict() if cfg.buffer.save_buffer else None, cfg.checkpoint.keep_checkpoints)
-
-    recoveries: list[int] = []
+                        buffer.state_dict() if cfg.buffer.save_buffer else None, cfg.checkpoint.keep_checkpoints,
+                        extra)
 
     def recover(step: int) -> None:
-        """After too many non-finite updates in a row: reload the last good checkpoint, lower the lr."""
+        """After too many non-finite updates in a row: reload the last good checkpoint and set the lr to
+        the configured one x factor^recoveries (the checkpoint's own lr may already be lowered)."""
+        nonlocal recoveries
         good = latest_checkpoint(run_dir)
         if good is None:
             raise TrainingDiverged(f"training diverged at step {step} ({learner.consecutive_nonfinite} non-finite "
@@ -245,11 +283,12 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
         skipped = learner.skipped_updates
         learner.load_state_dict(good["learner"])
         learner.skipped_updates = skipped
-        recoveries.append(step)
-        factor = cfg.monitor.recovery_lr_factor ** len(recoveries)  # compounding: each recovery lowers it again
-        learner.scale_learning_rates(factor)
+        recoveries += 1
+        factor = recovery_lr_factor(cfg, recoveries)
+        _set_learning_rates(learner, cfg, factor)
         logger.message(f"smfp: {cfg.monitor.max_nonfinite} non-finite updates in a row at step {step}: restored the "
-                       f"checkpoint of step {good['step']} and scaled its learning rates by {factor:g}")
+                       f"checkpoint of step {good['step']} and set the learning rates to {factor:g} x the configured "
+                       f"ones (recovery {recoveries})")
         logger.log(step, {"train/recoveries": 1.0, "train/skipped_updates": float(skipped)})
 
     obs, _ = env.reset(seed=cfg.seed + start_step)
@@ -323,9 +362,6 @@ def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = No
                 break
     if alarms is not None:
         logger.message(f"smfp: alarms: {alarms.summary()}")
-    logger.close()
-    env.close()
-    eval_env.close()
     return TrainResult(run_dir, step, final_eval, stopped)
 
 
