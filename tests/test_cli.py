@@ -181,7 +181,7 @@ def test_nan_observation_during_training(tmp_path, env_module_dir):
 
 def test_damaged_newest_checkpoint_falls_back_to_an_older_one(tmp_path, cli_run):
     """In-process (no subprocess needed): the run dir's newest loadable checkpoint is used."""
-    from smfp.training.checkpoint import CheckpointError
+    from smfp.storage.checkpoint import CheckpointError
 
     run, _ = cli_run
     damaged = tmp_path / "damaged_run"

@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from conftest import load_weights_only
-import smfp.training.atomic as atomic_mod
-import smfp.training.checkpoint as ckpt_mod
+import smfp.storage.atomic as atomic_mod
+import smfp.storage.checkpoint as ckpt_mod
 from smfp.cli.main import main
 from smfp.monitor.logger import MetricsLogger, read_metrics
-from smfp.training.checkpoint import list_checkpoints, load_checkpoint
+from smfp.storage.checkpoint import list_checkpoints, load_checkpoint
 
 TRAIN = ["train", "--algo", "sac", "--env", "Pendulum-v1", "--seed", "1", "--total-steps", "600",
          "--checkpoint-every", "200", "--learning-starts", "100", "--log-every", "100", "--eval-every", "0",

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO, load_weights_only, smfp_command, tiny_config
 from smfp.monitor.logger import read_metrics
-from smfp.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from smfp.storage.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from smfp.training.loop import train
 
 # Random actions (no updates) for the first 300 steps keep the test cheap; then one update per step. The

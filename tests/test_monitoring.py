@@ -27,7 +27,7 @@ import torch
 from conftest import load_weights_only, read_jsonl, run_cli, tiny_config
 from smfp.config import AlarmConfig
 from smfp.monitor.alarms import AlarmMonitor, kl_watch
-from smfp.training.checkpoint import list_checkpoints, load_checkpoint
+from smfp.storage.checkpoint import list_checkpoints, load_checkpoint
 from smfp.training.loop import train
 
 HEALTH_ENVS = '''

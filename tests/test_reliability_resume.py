@@ -24,7 +24,7 @@ import torch
 from conftest import load_weights_only, read_jsonl, tiny_config
 from smfp.monitor.health import HealthProbe
 from smfp.training import loop
-from smfp.training.checkpoint import CheckpointWriteError, list_checkpoints, load_checkpoint
+from smfp.storage.checkpoint import CheckpointWriteError, list_checkpoints, load_checkpoint
 from smfp.training.loop import MIN_RECOVERY_LR_FRACTION, TrainingDiverged, train
 
 ENVS = '''

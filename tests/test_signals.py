@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import REPO, load_weights_only, smfp_command
 from smfp.monitor.logger import read_metrics
-from smfp.training.checkpoint import list_checkpoints, load_checkpoint
+from smfp.storage.checkpoint import list_checkpoints, load_checkpoint
 
 LOG_EVERY = 50
 FLAGS = ["train", "--algo", "sac", "--env", "Pendulum-v1", "--seed", "5", "--hidden", "16", "16",

@@ -30,7 +30,7 @@ from smfp.cli.args import build_dataclass
 from smfp.config import TrainConfig
 from smfp.sweep.grid import build_grid, parse_list, parse_seeds, read_attempts
 from smfp.sweep.runner import run_sweep
-from smfp.training.checkpoint import list_checkpoints
+from smfp.storage.checkpoint import list_checkpoints
 from smfp.training.loop import train
 
 pytestmark = pytest.mark.slow

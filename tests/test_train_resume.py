@@ -12,7 +12,7 @@ import torch
 from smfp.training import loop
 from conftest import TINY_FLAGS, assert_same_state, load_weights_only, read_jsonl, run_cli, tiny_config
 from smfp.buffer import ReplayBuffer
-from smfp.training.checkpoint import checkpoint_path, list_checkpoints
+from smfp.storage.checkpoint import checkpoint_path, list_checkpoints
 from smfp.training.loop import train
 from smfp.update import Learner
 

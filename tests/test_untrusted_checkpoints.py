@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from conftest import assert_one_line_error, load_weights_only, run_cli, tiny_config
 from smfp.agent import load_agent
 from smfp.cli.main import main
-from smfp.training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from smfp.storage.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from smfp.training.loop import train
 
 

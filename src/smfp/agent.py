@@ -11,7 +11,7 @@ import torch
 from smfp.critic import QEnsemble
 from smfp.envs import make_env
 from smfp.policies import ACT_MODES, Policy, build_policy
-from smfp.training.checkpoint import CheckpointError, resolve_checkpoint
+from smfp.storage.checkpoint import CheckpointError, resolve_checkpoint
 
 
 @dataclass

@@ -28,6 +28,17 @@ def eval_mode_of(config: dict) -> str:
     return mode
 
 
+def flatten_config(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as ``{"section.field": value}`` (tuples as lists, as JSON holds them)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 class ConfigError(ValueError):
     """A user-facing configuration mistake (reported as one line, no traceback)."""
 

@@ -22,7 +22,7 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG,
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from smfp.envs import EnvError
-    from smfp.training.checkpoint import CheckpointError
+    from smfp.storage.checkpoint import CheckpointError
     from smfp.training.loop import TrainingDiverged
 
     return (ConfigError, EnvError, CheckpointError, TrainingDiverged)
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_latency_parser(bench)
 
-    from smfp.sweep.cli import add_subcommands as add_sweep_subcommands  # sweep, aggregate
+    from smfp.cli.sweep import add_subcommands as add_sweep_subcommands  # sweep, aggregate
 
     add_sweep_subcommands(sub)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from smfp.monitor.logger import read_metrics
-from smfp.training.atomic import atomic_write_text
+from smfp.storage.atomic import atomic_write_text
 
 
 @dataclass

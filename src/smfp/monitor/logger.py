@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from smfp.training.atomic import atomic_write_text
+from smfp.storage.atomic import atomic_write_text
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

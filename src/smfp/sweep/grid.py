@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from smfp.config import ALGOS, ConfigError, TrainConfig
-from smfp.training.atomic import atomic_write_text
-from smfp.training.checkpoint import list_checkpoints
-from smfp.training.loop import _flatten, changed_fields
+from smfp.config import ALGOS, ConfigError, TrainConfig, flatten_config
+from smfp.storage.atomic import atomic_write_text
+from smfp.storage.checkpoint import list_checkpoints
+from smfp.training.loop import changed_fields
 
 SWEEP_FILE = "sweep.json"
 ATTEMPTS_FILE = "sweep_attempts.jsonl"  # one line per task start: host, pid, start step
@@ -124,7 +124,7 @@ def config_difference(run_dir: Path, cfg: TrainConfig) -> list[str]:
         return []
     try:
         old = json.loads(saved.read_text())
-        old = _flatten(old) if isinstance(old, dict) else None
+        old = flatten_config(old) if isinstance(old, dict) else None
     except (ValueError, OSError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting, I/O
         raise SweepError(f"{saved} is unreadable; move that run dir away or choose another --out") from None
     if old is None:

@@ -59,8 +59,8 @@ def _redirect_output(path: Path):
 def train_task(config: dict, sweep_id: str) -> dict:
     """Body of one Ray task (also callable directly): train one run with resume semantics."""
     from smfp.config import TrainConfig
-    from smfp.training.atomic import atomic_write_text
-    from smfp.training.checkpoint import list_checkpoints
+    from smfp.storage.atomic import atomic_write_text
+    from smfp.storage.checkpoint import list_checkpoints
     from smfp.training.loop import train
 
     cfg = TrainConfig.from_dict(config)

@@ -20,13 +20,13 @@ import torch
 
 from smfp.agent import Agent, evaluate
 from smfp.buffer import ReplayBuffer
-from smfp.config import ConfigError, TrainConfig
+from smfp.config import ConfigError, TrainConfig, flatten_config
 from smfp.envs import env_dims, make_env
 from smfp.monitor.alarms import AlarmMonitor, kl_watch
 from smfp.monitor.health import HealthProbe
 from smfp.monitor.logger import MetricsLogger
-from smfp.training.atomic import atomic_write_text
-from smfp.training.checkpoint import CheckpointError, latest_checkpoint, safe_load, save_checkpoint
+from smfp.storage.atomic import atomic_write_text
+from smfp.storage.checkpoint import CheckpointError, latest_checkpoint, safe_load, save_checkpoint
 from smfp.update import Learner
 
 # Fields that may differ when a run is resumed (they do not change the method).
@@ -52,16 +52,6 @@ class TrainResult:
     stopped_early: bool
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
 def prepare_run_dir(cfg: TrainConfig) -> Path:
     """Create/check the run dir; refuse to mix two different runs in one folder."""
     run_dir = Path(cfg.run_dir)
@@ -82,7 +72,7 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         except (ValueError, OSError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting, I/O
             raise ConfigError(f"{saved} is unreadable; cannot resume this run") from None
         try:
-            old = _flatten(old) if isinstance(old, dict) else None
+            old = flatten_config(old) if isinstance(old, dict) else None
         except RecursionError:
             old = None
         if old is None:
@@ -96,10 +86,10 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
 
 
 def changed_fields(saved: dict, cfg: TrainConfig) -> list[str]:
-    """Flattened fields in which a saved run's config (``_flatten``ed) differs from ``cfg``, other than
+    """Flattened fields in which a saved run's config (``flatten_config``-ed) differs from ``cfg``, other than
     those a resume may change; a field the saved run predates counts with its ``ADDED_FIELDS`` value."""
     old = {**ADDED_FIELDS, **saved}
-    new = _flatten(cfg.to_dict())
+    new = flatten_config(cfg.to_dict())
     return sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
                   and not k.startswith(RESUMABLE_PREFIXES) and old.get(k) != new.get(k))
 

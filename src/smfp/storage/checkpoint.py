@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from smfp.training.atomic import atomic_torch_save
+from smfp.storage.atomic import atomic_torch_save
 
 FORMAT = "smfp-checkpoint"
 VERSION = 1

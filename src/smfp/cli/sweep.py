@@ -1,4 +1,4 @@
-"""``smfp sweep`` and ``smfp aggregate`` (registered by ``smfp.cli.main``)."""
+"""``smfp sweep`` and ``smfp aggregate`` (the command line of ``smfp.sweep``; registered by ``smfp.cli.main``)."""
 
 from __future__ import annotations
 

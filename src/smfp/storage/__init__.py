@@ -1,0 +1,1 @@
+"""Storage, the ground floor: atomic file writes and complete, safely loadable checkpoints."""
