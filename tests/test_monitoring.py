@@ -331,3 +331,28 @@ def test_report_overlays_runs_and_marks_their_alarms(tmp_path, health_envs):
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     assert np.all([f"![{p[:-4]}]({p})" in text for p in pngs])
+
+
+def test_an_alarm_whose_metric_never_appears_warns_once(tmp_path):
+    """Renaming or dropping a metric must not switch an alarm off silently."""
+    from smfp import keys as K
+    from smfp.config import AlarmConfig
+    from smfp.monitor.alarms import AlarmMonitor
+
+    said = []
+    mon = AlarmMonitor(AlarmConfig(), tmp_path, target_entropy=-1.0, target_kl=0.05, uses_md=True,
+                       emit=said.append)
+    row = {K.LOSS_CRITIC: 1.0, K.ENTROPY: 0.0, K.ENTROPY_M1: 0.0, K.GRAD_NORM_ACTOR: 1.0,
+           K.GRAD_NORM_CRITIC: 1.0, K.SKIPPED_UPDATES: 0.0, K.SPS: 100.0}  # no saturation, no KL
+    for step in range(1, 8):
+        mon.observe(step * 100, dict(row))
+    warnings = [s for s in said if "WARNING" in s]
+    assert len(warnings) == 2, said
+    assert any("saturation" in w and K.SATURATION in w for w in warnings)
+    assert any("kl_too_large" in w and K.KL_ANCHOR in w for w in warnings)
+    said.clear()
+    full = AlarmMonitor(AlarmConfig(), tmp_path / "b", target_entropy=-1.0, target_kl=0.05, uses_md=True,
+                        emit=said.append)
+    for step in range(1, 8):
+        full.observe(step * 100, {**row, K.SATURATION: 0.0, K.KL_ANCHOR: 0.01})
+    assert not said

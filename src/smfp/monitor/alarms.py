@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from smfp import keys as K
 from smfp.monitor.logger import read_metrics
 from smfp.storage.atomic import atomic_write_text
 
@@ -64,14 +65,27 @@ def kl_watch(update, act_dim: int) -> tuple[float, int]:
 # What keeps the mode-collapse alarm active: a gap up to this multiple of --mode-gap-min (hysteresis,
 # so a gap oscillating around the threshold is one collapse, not one alert per crossing).
 MODE_GAP_REARM = 2.0
+# Update rows seen before an alarm whose metric never appeared is reported as off.
+MISSING_KEY_ROWS = 3
 # The rows the training loop passes to ``observe`` (evaluation and recovery rows are not observed).
-OBSERVED_KEY = "train/sps"
+OBSERVED_KEY = K.SPS
 
 
 class AlarmMonitor:
     def __init__(self, cfg, run_dir: Path, target_entropy: float, target_kl: float, uses_md: bool,
-                 emit: Callable[[str], None] = print, start_step: int = 0, kl_from_step: int = 0):
+                 emit: Callable[[str], None] = print, start_step: int = 0, kl_from_step: int = 0,
+                 probing: bool = False):
         self.cfg = cfg
+        # Each alarm and the keys it needs; an alarm whose key never appears warns once (it would be off).
+        self.watched = {"entropy_collapse": (K.ENTROPY,), "exploding_gradients": (K.GRAD_NORM_ACTOR, K.GRAD_NORM_CRITIC),
+                        "saturation": (K.SATURATION,), "nonfinite_updates": (K.SKIPPED_UPDATES,)}
+        if uses_md:
+            self.watched["kl_too_large"] = (K.KL_ANCHOR,)
+        if probing:
+            self.watched["mode_collapse"] = (K.HEALTH_MODES, K.ENTROPY, K.ENTROPY_M1)
+        self.seen_keys: set[str] = set()
+        self.update_rows = 0
+        self.missing_checked = False
         self.target_entropy = target_entropy
         self.target_kl = target_kl
         self.uses_md = uses_md
@@ -97,8 +111,8 @@ class AlarmMonitor:
     def _conditions(self, step: int, row: dict) -> dict[str, tuple[bool, float, str]]:
         c = self.cfg
         out: dict[str, tuple[bool, float, str]] = {}
-        entropy, entropy_m1 = _num(row, "train/entropy"), _num(row, "train/entropy_m1")
-        modes = _num(row, "health/modes")
+        entropy, entropy_m1 = _num(row, K.ENTROPY), _num(row, K.ENTROPY_M1)
+        modes = _num(row, K.HEALTH_MODES)
         if modes is not None and math.isfinite(modes):
             self.max_modes = max(self.max_modes, modes)
             gap = (entropy - entropy_m1) if entropy is not None and entropy_m1 is not None else 0.0
@@ -115,22 +129,22 @@ class AlarmMonitor:
                                        f"entropy {entropy:.3g} has stayed more than {c.entropy_collapse_margin:g} "
                                        f"nats below its target {self.target_entropy:g} for "
                                        f"{self.low_entropy_rows} log intervals")
-        norms = [v for v in (_num(row, "train/grad_norm_actor"), _num(row, "train/grad_norm_critic")) if v is not None]
+        norms = [v for v in (_num(row, K.GRAD_NORM_ACTOR), _num(row, K.GRAD_NORM_CRITIC)) if v is not None]
         if norms:
             worst = max(norms, key=lambda v: v if math.isfinite(v) else math.inf)
             out["exploding_gradients"] = (not math.isfinite(worst) or worst > c.grad_norm_max, worst,
                                           f"gradient norm {worst:.3g} exceeds {c.grad_norm_max:g}")
-        sat = _num(row, "train/saturation")
+        sat = _num(row, K.SATURATION)
         if sat is not None:
             out["saturation"] = (sat > c.saturation_max, sat, f"{100 * sat:.1f}% of pre-tanh actions beyond |x| > 3 "
                                  f"(limit {100 * c.saturation_max:.0f}%): actions pinned at the bounds")
-        kl = _num(row, "train/kl_anchor")
+        kl = _num(row, K.KL_ANCHOR)
         if kl is not None and self.uses_md and step >= self.kl_from_step:
             limit = c.kl_factor * self.target_kl
             out["kl_too_large"] = (not math.isfinite(kl) or kl > limit, kl,
                                    f"KL to the anchor {kl:.3g} exceeds {limit:.3g} ({c.kl_factor:g} x reference): "
                                    "mirror-descent step too large (raise --md-lambda or shorten --anchor-period)")
-        skipped = _num(row, "train/skipped_updates")
+        skipped = _num(row, K.SKIPPED_UPDATES)
         if skipped is not None:
             grew = skipped > self.skipped
             out["nonfinite_updates"] = (grew, skipped, f"{skipped - self.skipped:g} updates skipped for non-finite "
@@ -149,7 +163,22 @@ class AlarmMonitor:
                 self.active.discard(name)
         return fired
 
+    def _check_watched_keys(self, row: dict) -> None:
+        """After a few update rows, warn once for every alarm whose metric has never been logged."""
+        self.seen_keys.update(row)
+        if self.missing_checked or K.LOSS_CRITIC not in row:
+            return
+        self.update_rows += 1
+        if self.update_rows < MISSING_KEY_ROWS:
+            return
+        self.missing_checked = True
+        for alarm, keys in self.watched.items():
+            missing = [k for k in keys if k not in self.seen_keys]
+            if missing:
+                self.emit(f"smfp: WARNING alarm {alarm} is off: its metric {', '.join(missing)} was never logged")
+
     def observe(self, step: int, row: dict) -> list[Alert]:
+        self._check_watched_keys(row)
         fired = []
         for name, value, message in self._update(step, row):
             alert = Alert(int(step), name, message, float(value))

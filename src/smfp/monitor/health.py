@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from smfp import keys as K
 from smfp.buffer import ReplayBuffer
 from smfp.policies import Policy
 
@@ -50,10 +51,10 @@ class HealthProbe:
         obs = self.states.repeat_interleave(n, dim=0)
         actions = self.policy.act(obs, "sample").reshape(len(self.states), n, -1).numpy()
         modes = [count_modes(a).count for a in actions]
-        out = {"health/modes": float(np.mean(modes)), "health/modes_max": float(np.max(modes))}
+        out = {K.HEALTH_MODES: float(np.mean(modes)), K.HEALTH_MODES_MAX: float(np.max(modes))}
         if hasattr(self.policy, "transport"):
             noise = self.policy.draw_noise(len(self.states), n, self.states)
             one = torch.tanh(self.policy.transport(self.states, noise, steps=1))
             many = torch.tanh(self.policy.transport(self.states, noise, steps=self.multistep))
-            out["health/multistep_gap"] = float((one - many).norm(dim=-1).mean())
+            out[K.HEALTH_MULTISTEP_GAP] = float((one - many).norm(dim=-1).mean())
         return out

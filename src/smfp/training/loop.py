@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from smfp import keys as K
 from smfp.agent import Agent, evaluate
 from smfp.buffer import ReplayBuffer
 from smfp.config import ConfigError, TrainConfig, flatten_config
@@ -234,7 +235,7 @@ def _train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]],
     kl_reference, kl_from_step = kl_watch(cfg.update, act_dim)
     alarms = AlarmMonitor(cfg.monitor, run_dir, learner.target_entropy, kl_reference, learner.use_md,
                           emit=logger.message, start_step=start_step,
-                          kl_from_step=kl_from_step) if cfg.monitor.alarms else None
+                          kl_from_step=kl_from_step, probing=probe is not None) if cfg.monitor.alarms else None
 
     agent = Agent(learner.policy, learner.critic, cfg.env.env, np.asarray(meta["action_low"]),
                   np.asarray(meta["action_high"]), cfg.eval.best_of_n)
@@ -242,11 +243,11 @@ def _train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]],
     def run_eval(step: int) -> dict:
         """The configured mode, and ``sample`` beside it (like for like across algorithms: one stochastic pass)."""
         result = evaluate(agent, cfg.eval.eval_episodes, cfg.eval.eval_mode, seed=cfg.seed + 10_000, env=eval_env)
-        row = {"eval/return_mean": result["return_mean"], "eval/return_std": result["return_std"]}
+        row = {K.EVAL_RETURN_MEAN: result["return_mean"], K.EVAL_RETURN_STD: result["return_std"]}
         if result["mode"] != "sample":
             sampled = evaluate(agent, cfg.eval.eval_episodes, "sample", seed=cfg.seed + 10_000, env=eval_env)
             result["return_mean_sample"], result["return_std_sample"] = sampled["return_mean"], sampled["return_std"]
-            row.update({"eval/return_mean_sample": sampled["return_mean"], "eval/return_std_sample": sampled["return_std"]})
+            row.update({K.EVAL_RETURN_MEAN_SAMPLE: sampled["return_mean"], K.EVAL_RETURN_STD_SAMPLE: sampled["return_std"]})
         logger.log(step, row)
         logger.progress(step, eval_return=result["return_mean"])
         return result
@@ -279,7 +280,7 @@ def _train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]],
         logger.message(f"smfp: {cfg.monitor.max_nonfinite} non-finite updates in a row at step {step}: restored the "
                        f"checkpoint of step {good['step']} and set the learning rates to {factor:g} x the configured "
                        f"ones (recovery {recoveries})")
-        logger.log(step, {"train/recoveries": 1.0, "train/skipped_updates": float(skipped)})
+        logger.log(step, {K.RECOVERIES: 1.0, K.SKIPPED_UPDATES: float(skipped)})
 
     obs, _ = env.reset(seed=cfg.seed + start_step)
     recent_returns: list[float] = []
@@ -320,22 +321,22 @@ def _train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]],
             if step % cfg.log.log_every == 0:
                 now = time.perf_counter()
                 row = dict(metrics)
-                row["train/sps"] = (step - last_step) / max(now - last_time, 1e-9)
+                row[K.SPS] = (step - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, step
-                row["train/updates"] = learner.updates
+                row[K.UPDATES] = learner.updates
                 if recent_returns:
-                    row["train/episode_return"] = float(np.mean(recent_returns))
-                    row["train/episode_length"] = float(np.mean(recent_lengths))
-                if "train/alpha" not in row:
-                    row["train/alpha"] = learner.alpha
+                    row[K.EPISODE_RETURN] = float(np.mean(recent_returns))
+                    row[K.EPISODE_LENGTH] = float(np.mean(recent_lengths))
+                if K.ALPHA not in row:
+                    row[K.ALPHA] = learner.alpha
                 if probe is not None and step > cfg.update.learning_starts:
                     if step - probe.last_step >= cfg.monitor.probe_every or probe.last_step < 0:
                         row.update(probe.measure(step, buffer))
                 row = logger.log(step, row)
                 if alarms is not None:
                     alarms.observe(step, row)
-                logger.progress(step, sps=row["train/sps"],
-                                **({"ret": row["train/episode_return"]} if recent_returns else {}))
+                logger.progress(step, sps=row[K.SPS],
+                                **({"ret": row[K.EPISODE_RETURN]} if recent_returns else {}))
                 recent_returns, recent_lengths = recent_returns[-1:], recent_lengths[-1:]
             elif logger.bar is not None and step % 100 == 0:
                 logger.progress(step)

@@ -16,6 +16,7 @@ import sys
 import torch
 from torch import nn
 
+from smfp import keys as K
 from smfp.buffer import Batch
 from smfp.config import TrainConfig
 from smfp.critic import QEnsemble
@@ -231,25 +232,25 @@ class Learner:
         logp = actor["log_prob"]
         logp_m1 = gaussian_log_prob(x, smp.mean.detach(), smp.log_std.detach()) - tanh_log_det(x).sum(-1)
         metrics = {
-            "losses/critic": critic["loss"].detach(), "losses/actor": actor["loss"].detach(),
-            "train/alpha": alpha, "train/lambda": md_lambda,
-            "train/entropy": -logp.mean(), "train/entropy_m1": -logp_m1.mean(),
-            "train/kl_anchor": actor["kl"], "train/kl_anchor_at_refresh": self.last_refresh_kl,
-            "train/sigma_mean": smp.log_std.detach().exp().mean(),
-            "train/saturation": (x.abs() > 3.0).float().mean(),
-            "train/q_mean": q.mean(), "train/q_min": q.min(), "train/q_max": q.max(),
-            "train/td_error": (q - target.unsqueeze(0)).abs().mean(),
-            "train/grad_norm_actor": actor["grad_norm"].detach(), "train/grad_norm_critic": critic["grad_norm"].detach(),
-            "train/skipped_updates": torch.tensor(float(self.skipped_updates)),
+            K.LOSS_CRITIC: critic["loss"].detach(), K.LOSS_ACTOR: actor["loss"].detach(),
+            K.ALPHA: alpha, K.LAMBDA: md_lambda,
+            K.ENTROPY: -logp.mean(), K.ENTROPY_M1: -logp_m1.mean(),
+            K.KL_ANCHOR: actor["kl"], K.KL_ANCHOR_AT_REFRESH: self.last_refresh_kl,
+            K.SIGMA_MEAN: smp.log_std.detach().exp().mean(),
+            K.SATURATION: (x.abs() > 3.0).float().mean(),
+            K.Q_MEAN: q.mean(), K.Q_MIN: q.min(), K.Q_MAX: q.max(),
+            K.TD_ERROR: (q - target.unsqueeze(0)).abs().mean(),
+            K.GRAD_NORM_ACTOR: actor["grad_norm"].detach(), K.GRAD_NORM_CRITIC: critic["grad_norm"].detach(),
+            K.SKIPPED_UPDATES: torch.tensor(float(self.skipped_updates)),
         }
         if self.last_meanflow is not None:
-            metrics["losses/meanflow"] = self.last_meanflow
+            metrics[K.LOSS_MEANFLOW] = self.last_meanflow
         if self.policy.is_mixture and self.cfg.update.entropy_gap_every > 0:
-            metrics["train/entropy_large_m"] = self.entropy_large_m
-            metrics["train/entropy_gap"] = self.entropy_gap
+            metrics[K.ENTROPY_LARGE_M] = self.entropy_large_m
+            metrics[K.ENTROPY_GAP] = self.entropy_gap
         if actor["cover"] is not None:
-            metrics["losses/cover"] = actor["cover"]["loss"]
-            metrics["train/cover_ess"] = actor["cover"]["ess"]
+            metrics[K.LOSS_COVER] = actor["cover"]["loss"]
+            metrics[K.COVER_ESS] = actor["cover"]["ess"]
         return metrics
 
     @staticmethod
@@ -261,7 +262,7 @@ class Learner:
         optimizer.zero_grad(set_to_none=True)
         self.skipped_updates += 1
         self.consecutive_nonfinite += 1
-        return {"train/skipped_updates": torch.tensor(float(self.skipped_updates))} if with_metrics else {}
+        return {K.SKIPPED_UPDATES: torch.tensor(float(self.skipped_updates))} if with_metrics else {}
 
     def scale_learning_rates(self, factor: float) -> None:
         for opt in (self.actor_opt, self.critic_opt, self.alpha_opt, self.lambda_opt):
