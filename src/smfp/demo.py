@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from smfp.config import ConfigError, TrainConfig
+from smfp.config import ALGOS, ConfigError, TrainConfig
 
 TASKS = {"multigoal": "smfp/MultiGoal-v0", "hallway": "smfp/Hallway-v0"}
 DEMO_ALGOS = ("sac", "smfp")
@@ -252,8 +252,8 @@ def run_demo(opts: DemoOptions) -> dict:
         if t not in TASKS:
             raise ConfigError(f"unknown demo task {t!r}; choose from {', '.join(TASKS)}")
     for a in opts.algos:
-        if a not in ("sac", "mdpo", "smfp", "flow"):
-            raise ConfigError(f"unknown algo {a!r}; choose from sac, mdpo, smfp, flow")
+        if a not in ALGOS:
+            raise ConfigError(f"unknown algo {a!r}; choose from {', '.join(ALGOS)}")
     if opts.episodes <= 0:
         raise ConfigError(f"--episodes must be positive, got {opts.episodes}")
     if opts.steps is not None and opts.steps <= 0:

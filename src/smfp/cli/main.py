@@ -13,7 +13,7 @@ import json
 import sys
 
 from smfp.cli.args import OneLineParser, add_dataclass_args, build_dataclass, fail
-from smfp.config import ConfigError, TrainConfig
+from smfp.config import ALGOS, ConfigError, TrainConfig
 
 
 # Disk problems are the machine's, not the program's: one line, not a traceback.
@@ -84,8 +84,8 @@ def cmd_bench_bandit(args: argparse.Namespace) -> int:
     algos = [a for a in args.algos.split(",") if a]
     if not seeds or any(s < 0 for s in seeds):
         fail(f"--seeds expects comma-separated non-negative integers, got {args.seeds!r}")
-    if any(a not in ("sac", "mdpo", "smfp", "flow") for a in algos) or not algos:
-        fail(f"--algos expects a comma-separated subset of sac,mdpo,smfp,flow, got {args.algos!r}")
+    if any(a not in ALGOS for a in algos) or not algos:
+        fail(f"--algos expects a comma-separated subset of {','.join(ALGOS)}, got {args.algos!r}")
     if not 1 <= args.steps <= 5000:
         fail(f"--steps must be in 1..5000 (the suite's budget), got {args.steps}")
     progress = None if args.json else (lambda row: print(format_row(row), flush=True))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smfp.policies import Policy
+from smfp.policies import Policy, TransportPolicy
 from smfp.policies.distributions import squash
 
 MODES = ("sample", "best-of-n", "mean")
@@ -151,18 +151,15 @@ class GaussianMeanActor(nn.Module):
 
 
 def _generator(policy: Policy, steps: int) -> tuple[nn.Sequential, list[list[float]], list[float]]:
-    """The generator network, its per-step time inputs and step sizes, mirroring ``transport``."""
-    if policy.kind == "smfp":
-        times, dts = [], []
-        for i in range(steps):
-            t, r = 1.0 - i / steps, 1.0 - (i + 1) / steps
-            times.append([t, t - r])
-            dts.append(t - r)
-        return policy.u_net, times, dts
-    if policy.kind == "flow":
-        dt = 1.0 / steps
-        return policy.v_net, [[1.0 - i * dt] for i in range(steps)], [dt] * steps
-    raise ExportError(f"no generator for policy {policy.kind!r}")
+    """The generator network, its per-step time inputs and step sizes, as ``TransportPolicy.transport`` uses them."""
+    if not isinstance(policy, TransportPolicy):
+        raise ExportError(f"no generator for policy {policy.kind!r}")
+    times, dts = [], []
+    for i in range(steps):
+        t, dt = policy.step_times(i, steps)
+        times.append(list(t))
+        dts.append(float(dt))
+    return policy.generator_net, times, dts
 
 
 class _Transport(nn.Module):
@@ -229,7 +226,7 @@ def resolve_mode(policy: Policy, mode: str) -> str:
 
 
 def default_steps(policy: Policy) -> int:
-    return int(getattr(policy, "steps", 1)) if policy.kind == "flow" else 1
+    return int(policy.default_steps) if isinstance(policy, TransportPolicy) else 1
 
 
 def build_actor(policy: Policy, low, high, mode: str = "sample", steps: Optional[int] = None,
