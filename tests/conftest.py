@@ -141,3 +141,18 @@ def assert_same_state(a, b, where: str = "state") -> None:
             assert_same_state(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def one_line_error_in_process(argv: list[str], capsys, *needles: str) -> str:
+    """``smfp.cli.main.main`` in this process (no interpreter start-up): one stderr line, non-zero exit."""
+    from smfp.cli.main import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code not in (0, None)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), lines[0]
+    return lines[0]

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from conftest import one_line_error_in_process
 from smfp.cli.main import main
 
 ENV = "Pendulum-v1"
@@ -15,21 +16,11 @@ DAMAGED = {"a JSON list": b"[1, 2, 3]", "a JSON string": b'"sac"', "bad JSON": b
            "not UTF-8": b'{"algo": "\xff\xfe"}', "absurd nesting": b"[" * 100_000 + b"]" * 100_000}
 
 
-def _one_line_error(argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code not in (0, None)
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
 @pytest.mark.parametrize("what", DAMAGED)
 def test_sweep_over_a_run_dir_with_a_damaged_config_is_one_line(tmp_path, capsys, what):
     (tmp_path / RUN).mkdir()
     (tmp_path / RUN / "config.json").write_bytes(DAMAGED[what])
-    line = _one_line_error(["sweep", "--algos", "sac", "--envs", ENV, "--seeds", "0", "--out", str(tmp_path),
+    line = one_line_error_in_process(["sweep", "--algos", "sac", "--envs", ENV, "--seeds", "0", "--out", str(tmp_path),
                             "--total-steps", "300"], capsys)
     assert str(tmp_path / RUN / "config.json") in line and ("unreadable" in line or "JSON object" in line), line
     assert not (tmp_path / "sweep.json").exists()  # refused before anything was written or started

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 import ray
 
-from conftest import REPO, assert_one_line_error, load_weights_only, read_jsonl, run_cli, smfp_command
-from smfp.cli.main import build_parser, main
+from conftest import (REPO, assert_one_line_error, load_weights_only, one_line_error_in_process, read_jsonl, run_cli,
+                      smfp_command)
+from smfp.cli.main import build_parser
 from smfp.cli.args import build_dataclass
 from smfp.config import TrainConfig
 from smfp.sweep.grid import build_grid, parse_list, parse_seeds, read_attempts
@@ -289,18 +290,6 @@ def test_a_failing_run_is_recorded_and_the_others_still_finish(ray_address, tmp_
     record = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert record["runs"][bad]["status"] == "failed" and record["runs"][bad]["attempts"] == 1  # not retried
     assert record["runs"][ok]["status"] == "done" and list_checkpoints(specs[0].run_dir)[-1][0] == 300
-
-
-def one_line_error_in_process(argv: list[str], capsys, *needles: str) -> None:
-    """``smfp.cli.main.main`` in this process (no interpreter start-up): one stderr line, non-zero exit."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code not in (0, None)
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1, lines
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), lines[0]
 
 
 def test_sweep_user_mistakes_are_one_line_before_ray_starts(killed_sweep, tmp_path, ray_address, capsys):
