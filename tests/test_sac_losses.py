@@ -235,3 +235,14 @@ def test_update_moves_targets_by_polyak_average_and_reports_metrics():
     for key in ("losses/critic", "losses/actor", "train/alpha", "train/entropy"):
         assert torch.isfinite(metrics[key]).all(), key
     assert learner.update(buf.sample(32)) == {}
+
+
+def test_mass_covering_term_trains_and_reports_its_effective_sample_size():
+    """--cover-coef > 0 (opt-in): the update stays finite, logs the term and an ESS fraction in (0, 1]."""
+    learner, buf = tiny_learner("smfp", cover_coef=1.0, cover_uniform=4, cover_per_state=2)
+    before = [p.detach().clone() for p in learner.policy.parameters()]
+    for _ in range(3):
+        metrics = learner.update(buf.sample(32), with_metrics=True)
+    assert math.isfinite(metrics["losses/cover"].item())
+    assert 0.0 < metrics["train/cover_ess"].item() <= 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner.policy.parameters()))

@@ -32,7 +32,7 @@ class PolicySample:
     pre_squash: torch.Tensor  # (B, M, d)
     noise: torch.Tensor  # (B, M, d_z) the component noises z
     mean: torch.Tensor  # (B, M, d) component means
-    log_std: torch.Tensor  # (B, 1, d) (Gaussian) or (B, M, d) (transport policies) output log-std
+    log_std: torch.Tensor  # (B, 1, d) output log-std
 
 
 class MLP(nn.Sequential):
@@ -92,7 +92,7 @@ class Policy(nn.Module):
         return self.components(obs, noise)[0]
 
     def log_std(self, obs: torch.Tensor) -> torch.Tensor:
-        """A state-only output log-std (B, d), for classes whose sigma does not depend on z."""
+        """Output log-std (B, d), bounded to [log_std_min, log_std_max]."""
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------
@@ -128,7 +128,7 @@ class Policy(nn.Module):
         noise = self.draw_noise(obs.shape[0], m, obs)
         mean, log_std = self.components(obs, noise)
         eps = torch.randn_like(mean)
-        x = mean[:, :1] + torch.exp(log_std[:, :1]) * eps[:, :1]  # (B, 1, d); log_std is (B, 1 or M, d)
+        x = mean[:, :1] + torch.exp(log_std[:, :1]) * eps[:, :1]  # (B, 1, d)
         log_density = gaussian_log_prob(x, mean, log_std) if m == 1 else semi_implicit_log_prob(x, mean, log_std)
         log_prob = log_density - tanh_log_det(x).sum(-1)
         return squash(x[:, 0]), log_prob[:, 0]

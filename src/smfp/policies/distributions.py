@@ -48,7 +48,8 @@ def gaussian_kl(mean_p: torch.Tensor, log_std_p: torch.Tensor,
 def semi_implicit_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """Semi-implicit mixture estimate of ``log pi(x)`` (pre-squash) for every sample.
 
-    ``x``: (B, M, d) samples, sample ``j`` drawn from component ``j``;
+    ``x``: (B, M, d) samples, sample ``j`` drawn from component ``j`` (or any (B, K, d) points, scored
+    against the M components: the mixture's log-density estimate there);
     ``mean``: (B, M, d) component means; ``log_std``: (B, 1, d) or (B, M, d).
     Each sample is scored against all M components (an M x M table):
     ``log pi_hat(x_j) = logsumexp_m log N(x_j; mean_m, std_m^2) - log M``.

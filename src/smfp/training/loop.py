@@ -154,15 +154,6 @@ def recovery_lr_factor(cfg: TrainConfig, recoveries: int) -> float:
     return max(cfg.monitor.recovery_lr_factor ** recoveries, MIN_RECOVERY_LR_FRACTION)
 
 
-def _set_learning_rates(learner: Learner, cfg: TrainConfig, factor: float) -> None:
-    u = cfg.update
-    for opt, lr in ((learner.actor_opt, u.actor_lr), (learner.critic_opt, u.critic_lr),
-                    (learner.alpha_opt, u.alpha_lr), (learner.lambda_opt, u.lambda_lr)):
-        if opt is not None:
-            for group in opt.param_groups:
-                group["lr"] = lr * factor
-
-
 def train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
     """Train according to ``cfg``; ``callback(step, row)`` receives every metrics row."""
     with contextlib.ExitStack() as closing:  # the logger and both envs are closed however training ends
@@ -276,7 +267,7 @@ def _train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]],
         learner.skipped_updates = skipped
         recoveries += 1
         factor = recovery_lr_factor(cfg, recoveries)
-        _set_learning_rates(learner, cfg, factor)
+        learner.set_learning_rate_factor(factor)
         logger.message(f"smfp: {cfg.monitor.max_nonfinite} non-finite updates in a row at step {step}: restored the "
                        f"checkpoint of step {good['step']} and set the learning rates to {factor:g} x the configured "
                        f"ones (recovery {recoveries})")

@@ -128,7 +128,7 @@ class Learner:
         critic = self.critic_step(batch, alpha)
         if critic is None:
             return self._skip(self.critic_opt, with_metrics)
-        actor = self.actor_step(batch.obs, self.frozen_min_q, aux_obs=batch.obs)
+        actor = self.actor_step(batch.obs, self.frozen_min_q)
         if actor is None:
             return self._skip(self.actor_opt, with_metrics)
         self.consecutive_nonfinite = 0
@@ -154,13 +154,13 @@ class Learner:
         self.critic_opt.step()
         return {"loss": loss_q, "q": q, "target": target, "grad_norm": critic_gn}
 
-    def actor_step(self, obs: torch.Tensor, q_fn, aux_obs: torch.Tensor | None = None
-                   ) -> dict[str, torch.Tensor] | None:
+    def actor_step(self, obs: torch.Tensor, q_fn) -> dict[str, torch.Tensor] | None:
         """One entropic mirror-descent step of the actor against ``q_fn(obs, act) -> (N,)``.
 
         ``q_fn`` is the frozen critic's min in training and a known Q in the fixed-Q bench
         (``smfp bench bandit``), so both run this same step. M actions for each of the first
-        ``actor_states`` states; the anchor advances here. None (nothing applied) when not finite.
+        ``actor_states`` states (the policy's auxiliary loss on the first ``meanflow_batch``); the anchor
+        advances here. None (nothing applied) when not finite.
         """
         u, p = self.cfg.update, self.cfg.policy
         obs_a = obs[: self.actor_states]
@@ -179,7 +179,7 @@ class Learner:
                 loss_total = loss_total + u.cover_coef * loss_cover
                 cover = {"loss": loss_cover.detach(), "ess": ess}
         if p.meanflow_coef > 0 and self.updates % p.meanflow_every == 0:
-            aux = self.policy.auxiliary_loss((obs if aux_obs is None else aux_obs)[: p.meanflow_batch], p)
+            aux = self.policy.auxiliary_loss(obs[: p.meanflow_batch], p)
             if aux is not None:
                 loss_total = loss_total + p.meanflow_coef * aux
                 self.last_meanflow = aux.detach()  # logged even when the logged update skips it (parity)
@@ -264,11 +264,14 @@ class Learner:
         self.consecutive_nonfinite += 1
         return {K.SKIPPED_UPDATES: torch.tensor(float(self.skipped_updates))} if with_metrics else {}
 
-    def scale_learning_rates(self, factor: float) -> None:
-        for opt in (self.actor_opt, self.critic_opt, self.alpha_opt, self.lambda_opt):
+    def set_learning_rate_factor(self, factor: float) -> None:
+        """Every optimiser's learning rate = ``factor`` x its configured one (after a non-finite recovery)."""
+        u = self.cfg.update
+        for opt, lr in ((self.actor_opt, u.actor_lr), (self.critic_opt, u.critic_lr),
+                        (self.alpha_opt, u.alpha_lr), (self.lambda_opt, u.lambda_lr)):
             if opt is not None:
                 for group in opt.param_groups:
-                    group["lr"] = group["lr"] * factor
+                    group["lr"] = lr * factor
 
     def all_finite(self) -> bool:
         """True when every weight and optimiser moment is finite (checked before writing a checkpoint)."""

@@ -13,7 +13,7 @@ import torch
 from smfp.buffer import Batch
 from smfp.critic import QEnsemble
 from smfp.policies import Policy
-from smfp.policies.distributions import LOG_2, gaussian_kl, gaussian_log_prob, tanh_log_det
+from smfp.policies.distributions import LOG_2, gaussian_kl, semi_implicit_log_prob, tanh_log_det
 
 
 @torch.no_grad()
@@ -59,12 +59,6 @@ def actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], torc
     return loss, smp, kl, anchor_components
 
 
-def _mixture_log_density(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """``log (1/M sum_m N(x_i; mean_m, std_m^2))`` for points x (B, K, d) and components (B, M, d) -> (B, K)."""
-    table = gaussian_log_prob(x.unsqueeze(2), mean.unsqueeze(1), log_std.unsqueeze(1))  # (B, K, M)
-    return torch.logsumexp(table, dim=2) - math.log(mean.shape[1])
-
-
 @torch.no_grad()
 def md_target_samples(anchor_mean: torch.Tensor, anchor_log_std: torch.Tensor, q_fn, obs: torch.Tensor,
                       alpha: torch.Tensor | float, md_lambda: torch.Tensor | float, uniform: int, per_state: int):
@@ -86,7 +80,7 @@ def md_target_samples(anchor_mean: torch.Tensor, anchor_log_std: torch.Tensor, q
         parts.append(torch.atanh(a_unif.clamp(-1.0 + 1e-6, 1.0 - 1e-6)))
     x = torch.cat(parts, dim=1)  # (B, K, d)
     k = x.shape[1]
-    log_anchor = _mixture_log_density(x, anchor_mean, anchor_log_std) - tanh_log_det(x).sum(-1)  # density of tanh(x)
+    log_anchor = semi_implicit_log_prob(x, anchor_mean, anchor_log_std) - tanh_log_det(x).sum(-1)  # density of tanh(x)
     if uniform > 0:
         log_q = torch.logaddexp(log_anchor + math.log(m / k),
                                 torch.full_like(log_anchor, math.log(uniform / k) - d * LOG_2))
