@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
+import random
 import shutil
 
 import pytest
@@ -154,7 +154,7 @@ def test_eval_corrupt_checkpoints(tmp_path, cli_run):
     run, _ = cli_run
     good = (run / "checkpoints" / "step_0000000600.pt").read_bytes()
     cases = {
-        "random.pt": os.urandom(4096),
+        "random.pt": random.Random(0).randbytes(4096),  # seeded: the same bytes on every run
         "truncated.pt": good[: len(good) // 2],
         "plain_pickle.pt": pickle.dumps({"not": "a checkpoint"}),
     }
@@ -189,6 +189,6 @@ def test_damaged_newest_checkpoint_falls_back_to_an_older_one(tmp_path, cli_run)
     newest = damaged / "checkpoints" / "step_0000000600.pt"
     newest.write_bytes(newest.read_bytes()[:1000])
     assert load_agent(damaged).step == 300
-    (damaged / "checkpoints" / "step_0000000300.pt").write_bytes(os.urandom(100))
+    (damaged / "checkpoints" / "step_0000000300.pt").write_bytes(random.Random(1).randbytes(100))
     with pytest.raises(CheckpointError, match="no loadable checkpoint"):
         load_agent(damaged)

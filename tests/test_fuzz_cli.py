@@ -18,130 +18,19 @@ import argparse
 import itertools
 import json
 import os
-import re
-import select
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO
+from cli_worker import check_outcome, worker  # noqa: F401 - worker is a fixture
 from smfp.cli.main import build_parser
 
 EXAMPLES = int(os.environ.get("SMFP_FUZZ_EXAMPLES", "30"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-CALL_TIMEOUT = 90  # seconds; every valid input here finishes in a few
-
-WORKER = textwrap.dedent(r'''
-    import json, os, sys, traceback
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    from smfp.cli.main import main
-    for line in sys.stdin:
-        req = json.loads(line)
-        os.chdir(req["cwd"])
-        tb = None
-        with open(req["out"], "w") as out_f, open(req["err"], "w") as err_f:
-            sys.stdout.flush(); sys.stderr.flush()
-            saved = os.dup(1), os.dup(2)
-            os.dup2(out_f.fileno(), 1); os.dup2(err_f.fileno(), 2)
-            try:
-                code = main(req["argv"])
-            except SystemExit as exc:
-                code = exc.code
-                if isinstance(code, str):  # sys.exit("message"): printed, status 1
-                    print(code, file=sys.stderr); code = 1
-            except BaseException:  # what the user would see as a traceback
-                tb = traceback.format_exc(); sys.stderr.write(tb); code = 1
-            finally:
-                sys.stdout.flush(); sys.stderr.flush()
-                os.dup2(saved[0], 1); os.dup2(saved[1], 2); os.close(saved[0]); os.close(saved[1])
-        proto.write(json.dumps({"code": 0 if code is None else code, "traceback": tb}) + "\n")
-''')
-
-
-class Worker:
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.counter = itertools.count()
-        self.log = open(folder / "worker_stderr.txt", "a")
-        self._start()
-
-    def _start(self):
-        env = dict(os.environ)
-        env.pop("PYTHONWARNINGS", None)
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True, cwd=REPO, env=env)
-
-    def _restart(self):
-        """After a hang or a crash: a fresh worker, so that hypothesis can replay the failing input."""
-        self.proc.kill()
-        self.proc.wait()
-        self._start()
-
-    def new_dir(self) -> Path:
-        d = self.folder / f"case{next(self.counter)}"
-        d.mkdir()
-        return d
-
-    def run(self, argv: list[str], cwd: Path) -> tuple[int, str, str]:
-        out, err = cwd / "_stdout.txt", cwd / "_stderr.txt"
-        self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd), "out": str(out), "err": str(err)}) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], CALL_TIMEOUT)
-        if not ready:
-            self._restart()
-            raise AssertionError(f"smfp {argv!r} hung for more than {CALL_TIMEOUT} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            status = self.proc.wait()
-            self._restart()
-            raise AssertionError(f"the process died (status {status}) on smfp {argv!r}:\n{err.read_text()}")
-        reply = json.loads(line)
-        stderr = err.read_text()
-        assert reply["traceback"] is None, f"traceback for smfp {argv!r}:\n{reply['traceback']}"
-        return reply["code"], out.read_text(), stderr
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    w = Worker(tmp_path_factory.mktemp("fuzz"))
-    yield w
-    w.close()
-
-
-ERROR_LINE = re.compile(r"^smfp( [\w-]+)*: error: \S")
-
-
-def check_outcome(argv: list[str], code: int, stderr: str) -> str:
-    """Works, or fails with exactly one error line (the last), nothing else but ``smfp:`` messages."""
-    assert "Traceback" not in stderr, f"smfp {argv!r}:\n{stderr}"
-    if code == 0:
-        event("works")
-        return "ok"
-    assert isinstance(code, int) and code != 0
-    lines = stderr.splitlines()
-    errors = [line for line in lines if ERROR_LINE.match(line)]
-    assert len(errors) == 1 and lines and errors[0] == lines[-1], f"not one error line for smfp {argv!r}:\n{stderr}"
-    assert all(line.startswith("smfp") for line in lines), f"stray output for smfp {argv!r}:\n{stderr}"
-    event(f"exit {code}: {'after start' if len(lines) > 1 else 'before start'}")
-    return "error"
-
-
 # ---------------------------------------------------------------------------------------------- values
 
 JUNK = st.sampled_from(["", " ", "abc", "1e3", "0x10", "1_000", "+3", "-", "--", "nan", "inf", "-inf", "1e400",

@@ -12,6 +12,7 @@ from smfp.critic import QEnsemble
 from smfp.envs import make_env
 from smfp.policies import ACT_MODES, Policy, build_policy
 from smfp.storage.checkpoint import CheckpointError, resolve_checkpoint
+from smfp.storage.userfiles import describe
 
 
 @dataclass
@@ -73,10 +74,9 @@ def load_agent(path: str | Path) -> Agent:
         return Agent.from_parts(meta["policy_kind"], meta["policy_kwargs"], ckpt["learner"]["policy"],
                                 meta["critic_kwargs"], ckpt["learner"]["critic"], meta,
                                 best_of_n=ckpt["config"]["eval"]["best_of_n"], step=ckpt["step"])
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{ckpt['path']} does not describe a usable agent ({type(exc).__name__}: "
-                              f"{first})") from None
+    except Exception as exc:  # noqa: BLE001 - still reading the user's file: any failure is one line
+        raise CheckpointError(f"{ckpt['path']} does not describe a usable agent ({describe(exc)}); use an "
+                              "intact checkpoint") from None
 
 
 def run_episodes(act_fn, env, episodes: int, seed: int) -> list[dict]:

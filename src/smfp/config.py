@@ -22,9 +22,11 @@ def doc(text: str, **kw):
 
 def eval_mode_of(config: dict) -> str:
     """The act mode a saved run evaluated with ('auto' resolved as the policy class resolves it)."""
-    mode = str(config.get("eval", {}).get("eval_mode", "?"))
+    section = config.get("eval")
+    mode = str(section.get("eval_mode", "?")) if isinstance(section, dict) else "?"
     if mode == "auto":
-        return "mean" if ALGO_POLICY.get(config.get("algo")) == "gaussian" else "best-of-n"
+        algo = config.get("algo")
+        return "mean" if isinstance(algo, str) and ALGO_POLICY.get(algo) == "gaussian" else "best-of-n"
     return mode
 
 

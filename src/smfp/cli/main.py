@@ -22,13 +22,18 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG,
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from smfp.envs import EnvError
-    from smfp.storage.checkpoint import CheckpointError
+    from smfp.storage.userfiles import UserFileError  # damaged checkpoints, configs, logs (CheckpointError too)
     from smfp.training.loop import TrainingDiverged
 
-    return (ConfigError, EnvError, CheckpointError, TrainingDiverged)
+    return (ConfigError, EnvError, UserFileError, TrainingDiverged)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """0 when the run reached --total-steps; 128 + the signal's number (130 SIGINT, 143 SIGTERM) when a signal
+    stopped it early: the summary is still printed and the final checkpoint written, but the run is not done."""
+    import signal
+
+    from smfp.storage.checkpoint import list_checkpoints
     from smfp.training.loop import train
 
     cfg = build_dataclass(TrainConfig, vars(args))
@@ -37,8 +42,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.final_eval:
         summary.update({k: result.final_eval[k] for k in ("return_mean", "return_std", "episodes", "mode",
                                                           "return_mean_sample") if k in result.final_eval})
-    print(json.dumps(summary))
-    return 0
+    print(json.dumps(summary), flush=True)
+    if result.stop_signal is None:
+        return 0
+    name, step = signal.Signals(result.stop_signal).name, result.step
+    newest = max((s for s, _ in list_checkpoints(result.run_dir)), default=None)
+    if newest == step:
+        saved = f"a checkpoint of step {step} was written"
+    else:  # the loop refuses to checkpoint a learner holding non-finite values
+        saved = f"no checkpoint of step {step} could be written (" + (
+            f"the newest is of step {newest})" if newest is not None else "there is none)")
+    print(f"smfp: error: stopped by {name} at step {step}; {saved}; continue with --resume", file=sys.stderr,
+          flush=True)
+    return 128 + result.stop_signal
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -102,7 +118,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from smfp.monitor.report import write_report
 
     try:
-        path = write_report(args.run_dirs, args.out)
+        path = write_report(args.run_dirs, args.out, warn=lambda message: print(message, file=sys.stderr))
     except FileNotFoundError as exc:
         fail(str(exc))
     except OSError as exc:  # e.g. --out under a regular file, or an unwritable folder
@@ -158,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     from smfp.bench.latency import add_latency_parser  # bench latency
 
     add_latency_parser(bench)
+
+    from smfp.bench.sb3_reference import add_sb3_reference_parser  # bench sb3-sac (the SB3 SAC yardstick)
+
+    add_sb3_reference_parser(bench)
 
     from smfp.cli.sweep import add_subcommands as add_sweep_subcommands  # sweep, aggregate
 

@@ -20,8 +20,10 @@ import torch
 from torch import nn
 
 from smfp.export.actor import ExportError
+from smfp.storage.userfiles import reading
 
 FORMATS = ("onnx", "torchscript")
+_REEXPORT = "export it again with smfp export"
 SMFP_META_KEY = "smfp"
 TORCHSCRIPT_META_FILE = "smfp.json"
 
@@ -99,15 +101,16 @@ def onnx_session(path: str | Path, threads: int = 1):
 def load_runner(path: str | Path, fmt: str, threads: int = 1) -> Callable[..., np.ndarray]:
     """A function ``(obs, [noise]) -> action`` on float32 numpy arrays, running the exported file."""
     if fmt == "onnx":
-        sess = onnx_session(path, threads)
-        names = [i.name for i in sess.get_inputs()]
+        with reading(path, "the exported actor", _REEXPORT, keep=(ExportError,)):
+            sess = onnx_session(path, threads)
+            names = [i.name for i in sess.get_inputs()]
 
         def run_onnx(*arrays: np.ndarray) -> np.ndarray:
             return sess.run(None, dict(zip(names, arrays)))[0]
 
         return run_onnx
     if fmt == "torchscript":
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), reading(path, "the exported actor", _REEXPORT, keep=(ExportError,)):
             warnings.simplefilter("ignore")
             module = torch.jit.load(str(path))
 
@@ -121,12 +124,17 @@ def load_runner(path: str | Path, fmt: str, threads: int = 1) -> Callable[..., n
 
 def read_meta(path: str | Path, fmt: str) -> dict:
     """The JSON description stored in an exported file."""
-    if fmt == "onnx":
-        meta = onnx_session(path).get_modelmeta().custom_metadata_map
-        return json.loads(meta[SMFP_META_KEY])
-    extra = {TORCHSCRIPT_META_FILE: ""}
-    torch.jit.load(str(path), _extra_files=extra)
-    return json.loads(extra[TORCHSCRIPT_META_FILE])
+    with reading(path, "the exported actor", _REEXPORT, keep=(ExportError,)):
+        if fmt == "onnx":
+            raw = onnx_session(path).get_modelmeta().custom_metadata_map[SMFP_META_KEY]
+        else:
+            extra = {TORCHSCRIPT_META_FILE: ""}
+            torch.jit.load(str(path), _extra_files=extra)
+            raw = extra[TORCHSCRIPT_META_FILE]
+        meta = json.loads(raw)
+        if not isinstance(meta, dict):
+            raise ValueError("its smfp description is not a JSON object")
+        return meta
 
 
 __all__ = ["FORMATS", "SMFP_META_KEY", "TORCHSCRIPT_META_FILE", "export_onnx", "export_torchscript",

@@ -27,6 +27,7 @@ from typing import Callable, Optional
 
 from smfp import keys as K
 from smfp.monitor.logger import read_metrics
+from smfp.storage.userfiles import alert_rows, numeric_rows
 from smfp.storage.atomic import atomic_write_text
 
 
@@ -92,7 +93,7 @@ class AlarmMonitor:
         self.kl_from_step = kl_from_step
         self.emit = emit
         self.path = Path(run_dir) / "alerts.jsonl"
-        previous = read_metrics(self.path)
+        previous = alert_rows(read_metrics(self.path))  # a damaged line is skipped, not a crash on resume
         if start_step > 0 or previous:
             kept = [r for r in previous if r["step"] <= start_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -104,7 +105,7 @@ class AlarmMonitor:
         self.max_modes = 0.0
         self.skipped = 0.0
         if start_step > 0:  # metrics.jsonl has been cut back to the checkpoint's step by the logger
-            for row in read_metrics(Path(run_dir) / "metrics.jsonl"):
+            for row in numeric_rows(read_metrics(Path(run_dir) / "metrics.jsonl")):
                 if row["step"] <= start_step and OBSERVED_KEY in row:
                     self._update(row["step"], row)
 

@@ -21,22 +21,12 @@ from typing import Callable, Optional
 import torch
 
 from smfp.storage.atomic import atomic_write_text
+from smfp.storage.userfiles import read_rows
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Complete, parseable lines of a metrics file (a torn last line is skipped)."""
-    rows = []
-    p = Path(path)
-    if not p.exists():
-        return rows
-    for line in p.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
-            rows.append(row)
-    return rows
+    """Complete rows of a metrics file as written (a torn last line or a damaged line is skipped)."""
+    return read_rows(path)
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:

@@ -252,9 +252,10 @@ def probe_states(agent, num_states: int = 8, episodes: int = 2, seed: int = 0) -
 def entropy_gap_from_metrics(run_dir: str | Path, last: int = 5) -> dict | None:
     """Mean of ``train/entropy``, ``train/entropy_m1`` and their gap over the last logged rows."""
     from smfp.monitor.logger import read_metrics
+    from smfp.storage.userfiles import numeric_rows
 
-    rows = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl")
-            if isinstance(r.get("train/entropy"), (int, float)) and isinstance(r.get("train/entropy_m1"), (int, float))]
+    rows = [r for r in numeric_rows(read_metrics(Path(run_dir) / "metrics.jsonl"))
+            if math.isfinite(r.get("train/entropy", math.nan)) and math.isfinite(r.get("train/entropy_m1", math.nan))]
     if not rows:
         return None
     rows = rows[-last:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from smfp.config import eval_mode_of
 from smfp.monitor.logger import read_metrics
+from smfp.storage.userfiles import UserFileError, alert_rows, numeric_rows, read_json_object
 
 PANELS = {
     "returns": [("eval/return_mean", "eval return"), ("train/episode_return", "train episode return")],
@@ -33,18 +33,21 @@ def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(s, dtype=float), np.asarray(v, dtype=float)
 
 
-def load_run(run_dir: Path) -> dict:
+def load_run(run_dir: Path, warn=lambda message: None) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl; is it a run dir?")
-    try:  # the report only displays the config: an unreadable one is shown as unknown ("?")
-        config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    except (ValueError, OSError, RecursionError):
+    config = {}
+    if (run_dir / "config.json").exists():
+        try:  # the report only displays the config: an unreadable one is shown as unknown ("?")
+            config = read_json_object(run_dir / "config.json", "the saved config", "its fields are shown as ?")
+        except UserFileError as exc:
+            warn(f"smfp report: warning: {exc}")
+    if not all(isinstance(config.get(k, {}), dict) for k in ("env", "eval")):
+        warn(f"smfp report: warning: {run_dir / 'config.json'} is malformed; its fields are shown as ?")
         config = {}
-    if not isinstance(config, dict) or not all(isinstance(config.get(k, {}), dict) for k in ("env", "eval")):
-        config = {}
-    return {"name": run_dir.name, "dir": run_dir, "rows": read_metrics(run_dir / "metrics.jsonl"),
-            "alerts": read_metrics(run_dir / "alerts.jsonl"), "config": config}
+    return {"name": run_dir.name, "dir": run_dir, "rows": numeric_rows(read_metrics(run_dir / "metrics.jsonl")),
+            "alerts": alert_rows(read_metrics(run_dir / "alerts.jsonl")), "config": config}
 
 
 def summarise(run: dict) -> dict:
@@ -100,8 +103,8 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
-    runs = [load_run(Path(d)) for d in run_dirs]
+def write_report(run_dirs: list[str | Path], out: str | Path | None = None, warn=lambda message: None) -> Path:
+    runs = [load_run(Path(d), warn) for d in run_dirs]
     out = Path(out) if out is not None else runs[0]["dir"] / "report"
     out.mkdir(parents=True, exist_ok=True)
     figures = plot_panels(runs, out)

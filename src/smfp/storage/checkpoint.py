@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 from smfp.storage.atomic import atomic_torch_save
+from smfp.storage.userfiles import UserFileError, describe
 
 FORMAT = "smfp-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserFileError):
     """A missing, corrupt or unsafe checkpoint (reported as one line)."""
 
 
@@ -57,31 +58,33 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def safe_load(path: Path) -> dict:
+    """``torch.load(weights_only=True)`` behind the user-file boundary: whatever a damaged file makes the
+    loader raise is one ``CheckpointError``; a file that references code keeps its own refusal."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} " + ("is not a file" if path.exists() else "does not exist"))
+    damaged = f"{path} is not a readable checkpoint (truncated, corrupt or not a checkpoint"
     try:
         if zipfile.is_zipfile(path):  # torch's format is a zip archive: check every member's CRC-32 first
             with zipfile.ZipFile(path) as archive:
                 bad = archive.testzip()
             if bad is not None:
-                raise CheckpointError(f"{path} is corrupt: {bad} fails its CRC-32 check")
+                raise CheckpointError(f"{path} is corrupt: {bad} fails its CRC-32 check; use an intact copy "
+                                      "or an older checkpoint")
         with warnings.catch_warnings():  # torch's pickle-protocol notices would add lines to a one-line error
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as exc:
         blocked = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line]
         if not blocked:  # the safe unpickler choked on bytes that are not a pickle at all
-            raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or not a checkpoint)") from None
+            raise CheckpointError(f"{damaged}: {describe(exc)}); use an intact copy or an older checkpoint") from None
         raise CheckpointError(f"refusing to load {path}: it references code, not just tensors and plain data "
                               f"(possibly malicious; only load checkpoints you trust): "
                               f"{blocked[0].split(' Please use')[0][:160]}") from None  # not torch's allow-list advice
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, NotImplementedError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: "
-                              f"{type(exc).__name__})") from None
-    return obj
+    except Exception as exc:  # noqa: BLE001 - the boundary: any failure of the loader on these bytes
+        raise CheckpointError(f"{damaged}: {describe(exc)}); use an intact copy or an older checkpoint") from None
 
 
 _META_KEYS = ("env_id", "policy_kind", "policy_kwargs", "critic_kwargs", "action_low", "action_high")
@@ -142,12 +145,15 @@ def _prune(run_dir: Path, keep: int) -> None:
         p.unlink(missing_ok=True)
 
 
-def latest_checkpoint(run_dir: Path) -> dict | None:
-    """The newest checkpoint that loads (older ones are tried if the newest is damaged)."""
+def latest_checkpoint(run_dir: Path, damaged: list[str] | None = None) -> dict | None:
+    """The newest checkpoint that loads (older ones are tried if the newest is damaged); the reasons the
+    newer ones did not load are appended to ``damaged``."""
     for _, path in reversed(list_checkpoints(run_dir)):
         try:
             ckpt = load_checkpoint(path)
-        except CheckpointError:
+        except CheckpointError as exc:
+            if damaged is not None:
+                damaged.append(str(exc))
             continue
         ckpt["path"] = str(path)
         return ckpt
@@ -158,9 +164,11 @@ def resolve_checkpoint(target: str | Path) -> dict:
     """A checkpoint from a run dir (its latest) or a checkpoint file."""
     target = Path(target)
     if target.is_dir():
-        ckpt = latest_checkpoint(target)
+        damaged: list[str] = []
+        ckpt = latest_checkpoint(target, damaged)
         if ckpt is None:
-            raise CheckpointError(f"no loadable checkpoint in {target / 'checkpoints'}")
+            raise CheckpointError(f"no loadable checkpoint in {target / 'checkpoints'}"
+                                  + (f" ({len(damaged)} damaged; the newest: {damaged[0]})" if damaged else ""))
         return ckpt
     if not target.exists():
         raise CheckpointError(f"{target} is neither a run dir nor a checkpoint file")

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from smfp.config import ALGOS, ConfigError, TrainConfig, flatten_config
+from smfp.config import ALGOS, ConfigError, TrainConfig
 from smfp.storage.atomic import atomic_write_text
 from smfp.storage.checkpoint import list_checkpoints
+from smfp.storage.userfiles import read_json_object, read_saved_config, reading
 from smfp.training.loop import changed_fields
 
 SWEEP_FILE = "sweep.json"
@@ -119,17 +120,9 @@ class RunState:
 def config_difference(run_dir: Path, cfg: TrainConfig) -> list[str]:
     """Settings that differ from the run already in ``run_dir`` (the fields resuming may not change); a
     ``config.json`` that is not a readable JSON object is a ``SweepError``, as it is for ``smfp train --resume``."""
-    saved = run_dir / "config.json"
-    if not saved.exists():
-        return []
-    try:
-        old = json.loads(saved.read_text())
-        old = flatten_config(old) if isinstance(old, dict) else None
-    except (ValueError, OSError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting, I/O
-        raise SweepError(f"{saved} is unreadable; move that run dir away or choose another --out") from None
+    old = read_saved_config(run_dir, "move that run dir away or choose another --out")
     if old is None:
-        raise SweepError(f"{saved} does not hold a config (a JSON object); move that run dir away or choose "
-                         "another --out")
+        return []
     return changed_fields(old, cfg)
 
 
@@ -145,22 +138,23 @@ def run_state(spec: RunSpec) -> RunState:
 
 
 def read_progress(run_dir: Path) -> Optional[dict]:
-    try:
-        return json.loads((Path(run_dir) / PROGRESS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    try:  # a heartbeat is advisory: a missing or damaged one means "no news"
+        beat = json.loads((Path(run_dir) / PROGRESS_FILE).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return beat if isinstance(beat, dict) else None
 
 
 def read_attempts(run_dir: Path, sweep_id: Optional[str] = None) -> list[dict]:
     path = Path(run_dir) / ATTEMPTS_FILE
     rows = []
     if path.exists():
-        for line in path.read_text().splitlines():
+        for line in path.read_bytes().split(b"\n"):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
                 continue
-            if sweep_id is None or row.get("sweep") == sweep_id:
+            if isinstance(row, dict) and (sweep_id is None or row.get("sweep") == sweep_id):
                 rows.append(row)
     return rows
 
@@ -177,10 +171,14 @@ class SweepRecord:
         path = Path(out) / SWEEP_FILE
         data = {}
         if path.exists():
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                raise SweepError(f"{path} is unreadable; move it away to start a new record") from None
+            fix = "move it away to start a new record"
+            data = read_json_object(path, "the sweep record", fix)
+            with reading(path, "the sweep record", fix):
+                for key, kind in (("invocations", list), ("runs", dict)):
+                    if not isinstance(data.get(key, kind()), kind):
+                        raise ValueError(f"{key!r} is not a JSON {'array' if kind is list else 'object'}")
+                if not all(isinstance(v, dict) for v in data.get("runs", {}).values()):
+                    raise ValueError("an entry of 'runs' is not a JSON object")
         data.setdefault("format", "smfp-sweep")
         data.setdefault("version", 1)
         data.setdefault("invocations", [])

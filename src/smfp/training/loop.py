@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from smfp.monitor.health import HealthProbe
 from smfp.monitor.logger import MetricsLogger
 from smfp.storage.atomic import atomic_write_text
 from smfp.storage.checkpoint import CheckpointError, latest_checkpoint, safe_load, save_checkpoint
+from smfp.storage.lock import lock_run_dir
+from smfp.storage.userfiles import describe, read_saved_config
 from smfp.update import Learner
 
 # Fields that may differ when a run is resumed (they do not change the method).
@@ -51,33 +54,27 @@ class TrainResult:
     step: int
     final_eval: Optional[dict]
     stopped_early: bool
+    stop_signal: Optional[int] = None  # the signal (SIGINT/SIGTERM) that stopped it early, if any
 
 
-def prepare_run_dir(cfg: TrainConfig) -> Path:
-    """Create/check the run dir; refuse to mix two different runs in one folder."""
+def prepare_run_dir(cfg: TrainConfig, closing: Optional[contextlib.ExitStack] = None) -> Path:
+    """Create/check the run dir; refuse to mix two different runs in one folder. With ``closing``, also
+    lock the run dir against a second writer (``smfp.storage.lock``) until ``closing`` closes."""
     run_dir = Path(cfg.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_probe"
+        probe = run_dir / f".write_probe.{os.getpid()}"  # per process: two starting at once do not collide
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"cannot write to run dir {run_dir}: {exc.strerror or exc}; choose another --run-dir") from None
-    saved = run_dir / "config.json"
-    if saved.exists():
-        if not cfg.resume:
-            raise ConfigError(f"run dir {run_dir} already holds a run; pass --resume to continue it "
-                              "or choose another --run-dir")
-        try:
-            old = json.loads(saved.read_text())
-        except (ValueError, OSError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting, I/O
-            raise ConfigError(f"{saved} is unreadable; cannot resume this run") from None
-        try:
-            old = flatten_config(old) if isinstance(old, dict) else None
-        except RecursionError:
-            old = None
-        if old is None:
-            raise ConfigError(f"{saved} does not hold a config (a JSON object); cannot resume this run")
+    if closing is not None:  # before anything is read: the holder may be rewriting it
+        closing.callback(lock_run_dir(run_dir).release)
+    if (run_dir / "config.json").exists() and not cfg.resume:
+        raise ConfigError(f"run dir {run_dir} already holds a run; pass --resume to continue it "
+                          "or choose another --run-dir")
+    old = read_saved_config(run_dir, "cannot resume this run; move it away or choose another --run-dir")
+    if old is not None:
         diff = changed_fields(old, cfg)
         if diff:
             shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
@@ -131,6 +128,7 @@ class _StopFlag:
 
     def __init__(self):
         self.stop = False
+        self.signum: Optional[int] = None  # the first signal received
         self.previous = {}
 
     def __enter__(self):
@@ -143,6 +141,7 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         self.stop = True
+        self.signum = signum if self.signum is None else self.signum
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -168,7 +167,7 @@ def _train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]],
     closing.callback(env.close)
     eval_env = make_env(cfg.env.env, seed=cfg.seed + 10_000, max_episode_steps=cfg.env.max_episode_steps)
     closing.callback(eval_env.close)
-    run_dir = prepare_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg, closing)
     obs_dim, act_dim = env_dims(env)
     base_space = env.unwrapped.action_space
     meta = {"env_id": cfg.env.env, "obs_dim": obs_dim, "act_dim": act_dim,
@@ -188,17 +187,27 @@ def _train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]],
 
     start_step = 0
     recoveries = 0
-    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    damaged: list[str] = []
+    ckpt = latest_checkpoint(run_dir, damaged) if cfg.resume else None
+    if damaged and ckpt is None:  # starting again from step 0 would cut the run's logs: the user decides
+        raise CheckpointError(f"cannot resume: no checkpoint in {run_dir / 'checkpoints'} loads ({len(damaged)} "
+                              f"damaged; the newest: {damaged[0]}); restore an intact copy, or move the "
+                              "checkpoints folder away to start again from step 0")
     if ckpt is not None:
         if cfg.total_steps < int(ckpt["step"]):
             raise ConfigError(f"--total-steps {cfg.total_steps} is below the step of the checkpoint to resume "
                               f"({ckpt['step']}); pass --total-steps >= {ckpt['step']}")
         if ckpt.get("buffer_file"):
+            buffer_file = run_dir / "checkpoints" / Path(str(ckpt["buffer_file"])).name
+            newer = f" (the newer ones are damaged: {damaged[0]})" if damaged else ""
+            if not buffer_file.exists():  # only the newest checkpoint keeps its buffer
+                raise CheckpointError(f"cannot resume exactly from {ckpt['path']}{newer}: its replay buffer "
+                                      f"{buffer_file.name} is not on disk; restore the newest checkpoint from a copy")
             try:
-                buf_state = safe_load(run_dir / "checkpoints" / Path(str(ckpt["buffer_file"])).name)
-            except Exception as exc:  # noqa: BLE001 - any unreadable buffer is reported the same way
-                raise CheckpointError(f"replay buffer {ckpt['buffer_file']} of {ckpt['path']} is unreadable "
-                                      f"({type(exc).__name__}); cannot resume exactly") from None
+                buf_state = safe_load(buffer_file)
+            except CheckpointError as exc:
+                raise CheckpointError(f"cannot resume exactly from {ckpt['path']}{newer}: its replay buffer is "
+                                      f"damaged ({exc})") from None
         try:  # a checkpoint that loads safely may still not fit this run (edited or copied from another one)
             learner.load_state_dict(ckpt["learner"])
             if ckpt.get("buffer_file"):
@@ -208,9 +217,8 @@ def _train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]],
             recoveries = max(0, int(ckpt.get("recoveries", 0)))  # older checkpoints: none counted
             if probe is not None and ckpt.get("probe") is not None:
                 probe.load_state_dict(ckpt["probe"])
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise CheckpointError(f"{ckpt['path']} does not fit this run ({type(exc).__name__}: {first}); "
+        except Exception as exc:  # noqa: BLE001 - still reading the user's file: any failure is one line
+            raise CheckpointError(f"{ckpt['path']} does not fit this run ({describe(exc)}); "
                                   "cannot resume from it") from None
         start_step = int(ckpt["step"])
     atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -220,6 +228,7 @@ def _train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]],
     logger.message(f"smfp: {cfg.algo} on {cfg.env.env} seed {cfg.seed} -> {run_dir} "
                    f"(replay buffer {buffer.capacity} transitions, {buffer.nbytes / 2**20:.1f} MiB allocated"
                    + (f"; resumed at step {start_step}" if start_step else "")
+                   + (f"; skipped {len(damaged)} damaged newer checkpoint(s): {damaged[0]}" if damaged else "")
                    + ("; --resume found no checkpoint, starting from step 0" if cfg.resume and ckpt is None else "")
                    + ")")
 
@@ -344,7 +353,7 @@ def _train(cfg: TrainConfig, callback: Optional[Callable[[int, dict], None]],
                 break
     if alarms is not None:
         logger.message(f"smfp: alarms: {alarms.summary()}")
-    return TrainResult(run_dir, step, final_eval, stopped)
+    return TrainResult(run_dir, step, final_eval, stopped, flag.signum if stopped else None)
 
 
 __all__ = ["TrainResult", "train", "prepare_run_dir"]
