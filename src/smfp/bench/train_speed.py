@@ -210,19 +210,13 @@ def time_sb3_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
                 self._start()
             return True
 
+    from smfp.bench.sb3_reference import sb3_sac_kwargs
+
     torch.set_num_threads(cfg.threads)
-    u = cfg.update
     with _quiet_native_stderr():
         env = gym.make(cfg.env.env, max_episode_steps=cfg.env.max_episode_steps)
-    net_arch = list(cfg.policy.hidden) if cfg.policy.hidden == cfg.critic.critic_hidden else \
-        dict(pi=list(cfg.policy.hidden), qf=list(cfg.critic.critic_hidden))
-    ent_coef = f"auto_{u.alpha}" if u.autotune_alpha else u.alpha
-    target_entropy = "auto" if u.target_entropy is None else u.target_entropy
-    model = SAC("MlpPolicy", env, learning_rate=u.actor_lr, buffer_size=min(cfg.buffer.buffer_size, warmup + steps),
-                learning_starts=warmup, batch_size=u.batch_size, tau=u.tau, gamma=u.gamma, train_freq=1,
-                gradient_steps=u.updates_per_step, ent_coef=ent_coef, target_entropy=target_entropy,
-                policy_kwargs=dict(net_arch=net_arch, n_critics=cfg.critic.num_q), seed=cfg.seed, device="cpu",
-                verbose=0)
+    model = SAC("MlpPolicy", env, **sb3_sac_kwargs(cfg, buffer_size=min(cfg.buffer.buffer_size, warmup + steps),
+                                                   learning_starts=warmup))
     clock = Clock()
     model.learn(total_timesteps=warmup + steps, callback=clock, progress_bar=False)
     wall, cpu = time.perf_counter() - clock.wall0, time.process_time() - clock.cpu0

@@ -77,21 +77,29 @@ def _train_flags() -> set[str]:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from smfp.sweep.aggregate import write_aggregate
+    from smfp.sweep.aggregate import write_aggregate, write_csv
 
+    written = None
+    if args.csv:  # first, so that a table the report cannot normalise still gets its rows
+        try:
+            mine, total = write_csv(Path(args.dir), Path(args.csv), last=args.last, warn=_warn)
+        except SweepError as exc:
+            fail(str(exc))
+        written = f"{args.csv} ({mine} rows from {args.dir}, {total} in all)"
     try:
         path, res = write_aggregate(Path(args.dir), Path(args.out) if args.out else None, warn=_warn,
                                     baseline=args.baseline, reference=Path(args.reference) if args.reference else None,
                                     last=args.last, random_episodes=args.random_episodes, reps=args.reps,
                                     confidence=args.confidence, seed=args.seed)
     except SweepError as exc:
-        fail(str(exc))
+        fail(str(exc) + (f" (written before: {written})" if written else ""))
     if args.json:
         print(json.dumps(res))
     else:
         print(path.read_text(), end="")
-        print(f"written: {path}, {path.with_name(path.stem + '_curves.png')}, {path.with_suffix('.json')}",
-              file=sys.stderr)
+        print(f"written: {path}, {path.with_name(path.stem + '_curves.png')}, "
+              f"{path.with_name(path.stem + '_profiles.png')}, {path.with_suffix('.json')}"
+              + (f", {written}" if written else ""), file=sys.stderr)
     return 0
 
 
@@ -116,10 +124,12 @@ def add_subcommands(sub) -> None:
     add_dataclass_args(p, TrainConfig, skip=SWEEP_OWNS)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("aggregate", help="per-task CIs, IQM of normalised scores, learning curves of a sweep")
+    p = sub.add_parser("aggregate", help="per-task CIs; IQM, probability of improvement and performance profiles "
+                                         "(rliable) of normalised scores; learning curves of a sweep")
     p.add_argument("dir", metavar="DIR", help="a sweep folder (or any folder of run dirs)")
     p.add_argument("--out", default=None, metavar="FILE.md",
-                   help="Markdown output (default: DIR/aggregate.md); FILE_curves.png and FILE.json beside it")
+                   help="Markdown output (default: DIR/aggregate.md); FILE_curves.png, FILE_profiles.png and FILE.json "
+                        "beside it")
     p.add_argument("--baseline", default="sac", help="algorithm whose mean final return scores 1 (default: sac)")
     p.add_argument("--reference", default=None, metavar="FILE.json",
                    help='reference table {"TASK": {"reference": R1, "random": R0}} instead of --baseline '
@@ -127,8 +137,13 @@ def add_subcommands(sub) -> None:
     p.add_argument("--last", type=int, default=3, metavar="K", help="final return = mean of the last K evals")
     p.add_argument("--random-episodes", type=int, default=10, metavar="N",
                    help="episodes of the uniform random policy that scores 0 (default: 10)")
-    p.add_argument("--reps", type=int, default=50_000, metavar="N", help="bootstrap resamples (default: 50000)")
+    p.add_argument("--reps", type=int, default=50_000, metavar="N",
+                   help="bootstrap resamples of the CIs (default: 50000; at most 2000 for the "
+                        "probability of improvement and the performance profiles)")
     p.add_argument("--confidence", type=float, default=0.95, metavar="X", help="CI level (default: 0.95)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (same seed, same numbers)")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    p.add_argument("--csv", default=None, metavar="FILE.csv",
+                   help="also write/update this results table: one row per finished run and eval mode "
+                        "(algo,commit,env,seed,steps,final_return,eval_mode); rows of runs not under DIR are kept")
     p.set_defaults(func=cmd_aggregate)

@@ -1,5 +1,6 @@
-"""``smfp aggregate DIR``: per-task returns with bootstrap CIs, the IQM of normalised scores across
-tasks with stratified bootstrap CIs, learning curves, and a Markdown table.
+"""``smfp aggregate DIR``: per-task returns with bootstrap CIs; across tasks, with ``rliable``: the
+IQM and mean of normalised scores with stratified-bootstrap CIs, each algorithm's probability of
+improvement over the baseline, and performance profiles; learning curves; a Markdown table.
 
 A run is any sub-folder of DIR holding ``config.json`` and ``metrics.jsonl`` (what ``smfp sweep``
 and ``smfp train`` write). Its *final return* is the mean of its last ``last`` evaluations
@@ -7,10 +8,18 @@ and ``smfp train`` write). Its *final return* is the mean of its last ``last`` e
 ``random`` is the mean return of a uniform random policy (measured here, cached in
 ``DIR/random_scores.json``) and ``reference`` is, by default, the mean final return of the
 baseline algorithm's runs (``sac``) on that task; or both come from a JSON reference table.
+
+``write_csv`` keeps a results table with one row per finished run and evaluation mode
+(``algo,commit,env,seed,steps,final_return,eval_mode``), merged into an existing file, so that
+every table can be recomputed from it. A run's commit is the smfp commit its last
+``sweep_attempts.jsonl`` line names (``smfp sweep``), else its ``provenance.json``'s (``smfp bench
+sb3-sac``), else ``unknown``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -21,11 +30,20 @@ import numpy as np
 
 from smfp.config import eval_mode_of
 from smfp.monitor.logger import read_metrics
-from smfp.sweep.grid import SweepError
-from smfp.sweep.stats import bootstrap_ci, iqm, mean, normalise, stratified_bootstrap_ci
+from smfp.sweep.grid import SweepError, read_attempts
+from smfp.sweep.stats import (RliableMissing, bootstrap_ci, iqm_and_mean, normalise, performance_profile,
+                              probability_of_improvement)
 
 RANDOM_FILE = "random_scores.json"
 RANDOM_SEED = 10_000  # episodes start like the training loop's evaluations: reset(seed + i)
+CSV_COLUMNS = ("algo", "commit", "env", "seed", "steps", "final_return", "eval_mode")
+CSV_KEY = ("algo", "env", "seed", "eval_mode")
+PROVENANCE_FILE = "provenance.json"
+# Resamples of the probability of improvement and the performance profiles: at most this many
+# (rliable's own examples use 2000): its probability of improvement runs a Mann-Whitney U test per
+# task and resample, about 1 ms each, so --reps 50000 would take minutes per algorithm.
+SLOW_REPS = 2000
+TAU_POINTS = 101  # thresholds of the performance profiles
 
 
 @dataclass
@@ -40,9 +58,16 @@ class Run:
     total_steps: int
     max_episode_steps: Optional[int]
     eval_mode: str
+    commit: str = "unknown"
+    sample_returns: Optional[np.ndarray] = None  # eval/return_mean_sample, when the run logged it
 
     def final_return(self, last: int = 3) -> float:
         return float(np.mean(self.eval_returns[-last:]))
+
+    def final_return_sample(self, last: int = 3) -> Optional[float]:
+        if self.sample_returns is None or not len(self.sample_returns):
+            return None
+        return float(np.mean(self.sample_returns[-last:]))
 
     @property
     def complete(self) -> bool:
@@ -74,11 +99,102 @@ def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
             warn(f"smfp aggregate: skipping {d.name}: no evaluation yet")
             continue
         steps, returns = (np.asarray(v, dtype=float) for v in zip(*evals))
+        sampled = [r["eval/return_mean_sample"] for r in rows
+                   if isinstance(r.get("eval/return_mean_sample"), (int, float))]
         runs.append(Run(d.name, algo, task, seed, steps, returns, int(max(r["step"] for r in rows)), total, max_steps,
-                        mode))
+                        mode, run_commit(d), np.asarray(sampled, dtype=float) if sampled else None))
     if not runs:
         raise SweepError(f"no evaluated runs in {root} (a run is a folder with config.json and metrics.jsonl)")
     return runs
+
+
+def run_commit(run_dir: Path) -> str:
+    """The smfp commit a run was made with: its last attempt line's, else provenance.json's, else unknown."""
+    try:
+        attempts = read_attempts(run_dir)
+        commit = attempts[-1].get("commit") if attempts and isinstance(attempts[-1], dict) else None
+        if not (isinstance(commit, str) and commit):
+            prov = json.loads((Path(run_dir) / PROVENANCE_FILE).read_text()) \
+                if (Path(run_dir) / PROVENANCE_FILE).exists() else None
+            commit = prov.get("commit") if isinstance(prov, dict) else None
+    except (OSError, ValueError, RecursionError):
+        commit = None
+    return commit.strip() if isinstance(commit, str) and commit.strip() else "unknown"
+
+
+def csv_rows(runs: list[Run], last: int = 3) -> list[dict]:
+    """One row per complete run in its evaluation mode, and one in ``sample`` mode where it logged one."""
+    rows = []
+    for r in runs:
+        if not r.complete:
+            continue
+        base = {"algo": r.algo, "commit": r.commit, "env": r.task, "seed": str(r.seed), "steps": str(r.last_step)}
+        rows.append({**base, "final_return": f"{r.final_return(last):.3f}", "eval_mode": r.eval_mode})
+        sample = r.final_return_sample(last)
+        if sample is not None and r.eval_mode != "sample":
+            rows.append({**base, "final_return": f"{sample:.3f}", "eval_mode": "sample"})
+    return rows
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of an existing results CSV (none if it does not exist); SweepError if it is another file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SweepError(f"cannot read --csv {path} ({type(exc).__name__})") from None
+    if not text.strip():
+        return []
+    reader = csv.DictReader(io.StringIO(text))
+    if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+        raise SweepError(f"--csv {path} is not a results table (its header is not {','.join(CSV_COLUMNS)}); "
+                         "choose another file")
+    rows = []
+    for i, row in enumerate(reader, start=2):
+        if None in row or any(row.get(c) is None for c in CSV_COLUMNS):
+            raise SweepError(f"--csv {path}: line {i} does not have {len(CSV_COLUMNS)} fields")
+        rows.append({c: row[c] for c in CSV_COLUMNS})
+    return rows
+
+
+def write_csv(root: Path, path: Path, last: int = 3, warn=lambda s: None) -> tuple[int, int]:
+    """Merge the rows of the complete runs under ``root`` into the CSV ``path`` (created if absent):
+    a row of the same (algo, env, seed, eval_mode) is replaced, every other row is kept. Returns
+    (rows from ``root``, rows in the file)."""
+    if last < 1:
+        raise SweepError("--last must be positive")
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise SweepError(f"--csv {path} should be a .csv file")
+    old = read_csv(path)  # checked before anything is said about the runs
+    runs = load_runs(root)  # its warnings come from the report, which loads the runs too
+    for r in runs:
+        if not r.complete:
+            warn(f"smfp aggregate: {r.name} is not in the CSV: step {r.last_step} of {r.total_steps}")
+    new = csv_rows(runs, last)
+    key = lambda row: tuple(row[k] for k in CSV_KEY)  # noqa: E731
+    merged = {key(row): row for row in old}
+    merged.update({key(row): row for row in new})
+    rows = sorted(merged.values(), key=lambda row: (row["algo"], row["env"], _seed_order(row["seed"]),
+                                                    row["eval_mode"]))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    from smfp.storage.atomic import atomic_write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, buf.getvalue())
+    except OSError as exc:
+        raise SweepError(f"cannot write --csv {path}: {exc.strerror or exc}") from None
+    return len(new), len(rows)
+
+
+def _seed_order(seed: str) -> tuple:
+    return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
 
 
 def random_return(task: str, max_episode_steps: Optional[int], episodes: int) -> float:
@@ -159,7 +275,7 @@ def aggregate(root: Path, baseline: str = "sac", reference: Optional[Path] = Non
             if not rs:
                 continue
             finals = np.array([r.final_return(last) for r in rs])
-            point, lo, hi = bootstrap_ci(finals, mean, reps, confidence, seed)
+            point, lo, hi = bootstrap_ci(finals, reps, confidence, seed)
             per_task[t][a] = {"seeds": [r.seed for r in rs], "final": finals.tolist(), "mean": point,
                               "lo": lo, "hi": hi, "steps": [r.last_step for r in rs],
                               "complete": all(r.complete for r in rs), "eval_mode": rs[0].eval_mode}
@@ -186,21 +302,57 @@ def aggregate(root: Path, baseline: str = "sac", reference: Optional[Path] = Non
         norm[t] = {"random": float(rnd), "reference": float(ref), "random_source": rnd_src,
                    "reference_source": ref_src}
 
+    groups = {a: {t: normalise(per_task[t][a]["final"], norm[t]["random"], norm[t]["reference"])
+                  for t in tasks if a in per_task[t]} for a in algos}
+    slow_reps = min(reps, SLOW_REPS)
     overall: dict = {}
-    for a in algos:
-        groups = {t: normalise(per_task[t][a]["final"], norm[t]["random"], norm[t]["reference"])
-                  for t in tasks if a in per_task[t]}
-        g = list(groups.values())
-        overall[a] = {"tasks": list(groups), "runs": int(sum(len(x) for x in g)),
-                      "iqm": stratified_bootstrap_ci(g, iqm, reps, confidence, seed),
-                      "mean": stratified_bootstrap_ci(g, mean, reps, confidence, seed),
-                      "normalised": {t: x.tolist() for t, x in groups.items()}}
-        for t, x in groups.items():
-            per_task[t][a]["normalised_mean"] = float(np.mean(x))
+    improvement: dict = {}
+    try:
+        for a in algos:  # every estimate starts from --seed: an algorithm's numbers do not depend on the others
+            g = groups[a]
+            overall[a] = {"tasks": list(g), "runs": int(sum(len(x) for x in g.values())),
+                          **iqm_and_mean(g, reps, confidence, seed),
+                          "normalised": {t: x.tolist() for t, x in g.items()}}
+            for t, x in g.items():
+                per_task[t][a]["normalised_mean"] = float(np.mean(x))
+        for a in algos:
+            common = [t for t in groups[a] if t in groups.get(baseline, {})]
+            if a == baseline or not common:
+                continue
+            improvement[a] = {"baseline": baseline, "tasks": common,
+                              "p": probability_of_improvement({t: groups[a][t] for t in common}, groups[baseline],
+                                                              slow_reps, confidence, seed)}
+        profiles = _profiles(groups, slow_reps, confidence, seed)
+    except RliableMissing as exc:
+        raise SweepError(str(exc)) from None
     return {"root": str(root), "tasks": tasks, "algos": algos, "baseline": baseline, "per_task": per_task,
-            "normalisation": norm, "aggregate": overall,
-            "settings": {"last": last, "reps": reps, "confidence": confidence, "seed": seed,
-                         "random_episodes": random_episodes, "reference": str(reference) if reference else None}}
+            "normalisation": norm, "aggregate": overall, "improvement": improvement, "profiles": profiles,
+            "settings": {"last": last, "reps": reps, "reps_improvement_profiles": slow_reps,
+                         "confidence": confidence, "seed": seed, "random_episodes": random_episodes,
+                         "reference": str(reference) if reference else None,
+                         "rliable": _version("rliable"), "arch": _version("arch")}}
+
+
+def _version(package: str) -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _profiles(groups: dict, reps: int, confidence: float, seed: int) -> dict:
+    """Score distributions of every algorithm at ``TAU_POINTS`` thresholds spanning all normalised
+    scores (and at least [0, 1]), with their CI bands."""
+    scores = np.concatenate([x for g in groups.values() for x in g.values()])
+    lo, hi = min(0.0, float(scores.min())), max(1.0, float(scores.max()))
+    tau = np.linspace(lo, hi, TAU_POINTS)
+    out: dict = {"tau": tau.tolist(), "algos": {}}
+    for a, g in groups.items():
+        frac, flo, fhi = performance_profile(g, tau, reps, confidence, seed)
+        out["algos"][a] = {"fraction": frac.tolist(), "lo": flo.tolist(), "hi": fhi.tolist()}
+    return out
 
 
 def curves(runs: list[Run], reps: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
@@ -212,7 +364,7 @@ def curves(runs: list[Run], reps: int = 2000, confidence: float = 0.95, seed: in
         m, lo, hi = [], [], []
         for s in steps:
             vals = [float(r.eval_returns[r.eval_steps == s][-1]) for r in rs if np.any(r.eval_steps == s)]
-            p, a, b = bootstrap_ci(vals, mean, reps, confidence, seed)
+            p, a, b = bootstrap_ci(vals, reps, confidence, seed)
             m.append(p), lo.append(a), hi.append(b)
         out[key] = (steps, np.array(m), np.array(lo), np.array(hi))
     return out
@@ -250,6 +402,40 @@ def plot_curves(runs: list[Run], tasks: list[str], algos: list[str], path: Path,
     return path
 
 
+def plot_profiles(res: dict, path: Path) -> Path:
+    """Performance profiles (``rliable.plot_utils.plot_performance_profiles``): per algorithm, the
+    fraction of runs whose normalised score exceeds tau, with its CI band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        from rliable import plot_utils
+    except (ImportError, TypeError) as exc:
+        raise SweepError(f"rliable.plot_utils cannot be imported ({type(exc).__name__}: {exc}); "
+                         "install the sweep extra: pip install -e \".[sweep]\"") from None
+    prof, algos = res["profiles"], res["algos"]
+    tau = np.asarray(prof["tau"])
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    plot_utils.plot_performance_profiles(
+        {a: np.asarray(prof["algos"][a]["fraction"]) for a in algos}, tau,
+        performance_profile_cis={a: (np.asarray(prof["algos"][a]["lo"]), np.asarray(prof["algos"][a]["hi"]))
+                                 for a in algos},
+        ax=ax, colors={a: f"C{i}" for i, a in enumerate(algos)},  # the learning curves' colours
+        xlabel=r"normalised score $\tau$", ylabel=r"fraction of runs with score $> \tau$",
+        labelsize="medium", ticklabelsize="small", linewidth=1.6)
+    for i in (0.0, 1.0):
+        ax.axvline(i, color="0.6", lw=0.8, ls=":")
+    ax.legend(fontsize=8, loc="upper right")
+    c = res["settings"]["confidence"]
+    ax.set_title(f"performance profiles (rliable), shaded: {c:.0%} stratified-bootstrap CI", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _g(v: float) -> str:
     if not math.isfinite(v):
         return str(v)
@@ -262,7 +448,7 @@ def _steps(steps: list[int]) -> str:
     return k(lo) if lo == hi else f"{k(lo)}-{k(hi)}"
 
 
-def to_markdown(res: dict, curves_png: Optional[str]) -> str:
+def to_markdown(res: dict, curves_png: Optional[str], profiles_png: Optional[str] = None) -> str:
     st, c = res["settings"], f"{res['settings']['confidence']:.0%}"
     algos, tasks = res["algos"], res["tasks"]
     lines = [f"# Sweep results: `{res['root']}`", "",
@@ -290,9 +476,11 @@ def to_markdown(res: dict, curves_png: Optional[str]) -> str:
         lines += ["", f"**Incomplete** (some seeds short of their total steps): {', '.join(incomplete)}."]
     lines += ["", "## Across tasks: normalised score", "",
               "Normalised score = (R - random) / (reference - random), so the random policy scores 0 and "
-              "the reference scores 1. Interquartile mean (IQM) over all runs of all tasks, and the plain "
-              f"mean, with {c} stratified-bootstrap CIs (runs resampled within each task), following "
-              "Agarwal et al. (2021), \"Deep RL at the edge of the statistical precipice\" (rliable).", "",
+              "the reference scores 1. Interquartile mean (IQM) over all runs of all tasks, and the mean "
+              f"of the per-task means, with {c} stratified-bootstrap CIs (runs resampled within each task; "
+              f"{st['reps']} resamples, seed {st['seed']}), computed by rliable "
+              f"{st.get('rliable') or ''} (Agarwal et al. 2021, \"Deep RL at the edge of the statistical "
+              "precipice\").", "",
               "| algo | IQM [" + c + " CI] | mean [" + c + " CI] | tasks | runs |", "|---|---|---|---|---|"]
     for a in algos:
         o = res["aggregate"][a]
@@ -303,6 +491,11 @@ def to_markdown(res: dict, curves_png: Optional[str]) -> str:
     partial = [a for a in algos if len(res["aggregate"][a]["tasks"]) < len(tasks)]
     if partial:
         lines += ["", f"Not comparable row by row: {', '.join(partial)} ran on fewer tasks than the others."]
+    ragged = [a for a in algos if len({len(x) for x in res["aggregate"][a]["normalised"].values()}) > 1]
+    if ragged:
+        lines += ["", f"Different numbers of runs per task ({', '.join(ragged)}): rliable's list form is used "
+                      "(each task resampled on its own; mean = mean of the task means)."]
+    lines += _improvement_lines(res)
     lines += ["", "| task | random (0) | reference (1) |", "|---|---|---|"]
     for t in tasks:
         n = res["normalisation"][t]
@@ -312,13 +505,40 @@ def to_markdown(res: dict, curves_png: Optional[str]) -> str:
     if few < 5:
         lines += ["", f"With {few} seed(s) per cell the bootstrap CIs are coarse: with n seeds they can only "
                       "span values a resample of n runs can take (for n = 2: between the two runs)."]
+    if profiles_png:
+        lines += ["", "## Performance profiles", "",
+                  "Fraction of runs (all tasks) whose normalised score exceeds tau, per algorithm, with "
+                  f"{c} stratified-bootstrap CI bands ({st['reps_improvement_profiles']} resamples; rliable's "
+                  "score distributions). A curve above another for every tau dominates it.", "",
+                  f"![performance profiles]({profiles_png})"]
     if curves_png:
         lines += ["", "## Learning curves", "", f"![learning curves]({curves_png})"]
     return "\n".join(lines) + "\n"
 
 
+def _improvement_lines(res: dict) -> list[str]:
+    st, c, base = res["settings"], f"{res['settings']['confidence']:.0%}", res["baseline"]
+    imp = res.get("improvement") or {}
+    lines = ["", "### Probability of improvement over " + base, ""]
+    if base not in res["algos"]:
+        return lines + [f"None: there are no {base} runs (see --baseline)."]
+    if not imp:
+        return lines + [f"None: no other algorithm ran a task that {base} ran."]
+    lines += [f"P(X > {base}): the probability that a run of X on a task scores higher than a run of {base} "
+              "on the same task, averaged over the tasks both ran (rliable's probability of improvement: "
+              f"Mann-Whitney U / (n_X n_Y)), with a {c} stratified-bootstrap CI "
+              f"({st['reps_improvement_profiles']} resamples). 0.5: no difference.", "",
+              f"| algo X | P(X > {base}) [{c} CI] | tasks |", "|---|---|---|"]
+    for a in res["algos"]:
+        if a in imp:
+            p, lo, hi = imp[a]["p"]
+            lines.append(f"| {a} | {p:.3f} [{lo:.3f}, {hi:.3f}] | {len(imp[a]['tasks'])}/{len(res['tasks'])} |")
+    return lines
+
+
 def write_aggregate(root: Path, out: Optional[Path] = None, warn=lambda s: None, **kw) -> tuple[Path, dict]:
-    """Compute, then write ``out`` (Markdown), ``<out stem>_curves.png`` and ``<out stem>.json``."""
+    """Compute, then write ``out`` (Markdown), ``<out stem>_curves.png``, ``<out stem>_profiles.png`` and
+    ``<out stem>.json``."""
     root = Path(root)
     res = aggregate(root, warn=warn, **kw)
     out = Path(out) if out is not None else root / "aggregate.md"
@@ -327,10 +547,11 @@ def write_aggregate(root: Path, out: Optional[Path] = None, warn=lambda s: None,
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_name(out.stem + "_curves.png")
     plot_curves(load_runs(root), res["tasks"], res["algos"], png, res["settings"]["confidence"])
-    out.write_text(to_markdown(res, png.name))
+    profiles = plot_profiles(res, out.with_name(out.stem + "_profiles.png"))
+    out.write_text(to_markdown(res, png.name, profiles.name))
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     return out, res
 
 
-__all__ = ["Run", "load_runs", "aggregate", "curves", "plot_curves", "to_markdown", "write_aggregate",
-           "random_return", "load_reference_table"]
+__all__ = ["Run", "load_runs", "aggregate", "curves", "plot_curves", "plot_profiles", "to_markdown", "write_aggregate",
+           "random_return", "load_reference_table", "run_commit", "csv_rows", "read_csv", "write_csv", "CSV_COLUMNS"]

@@ -59,6 +59,7 @@ def _redirect_output(path: Path):
 def train_task(config: dict, sweep_id: str) -> dict:
     """Body of one Ray task (also callable directly): train one run with resume semantics."""
     from smfp.config import TrainConfig
+    from smfp.provenance import git_commit
     from smfp.storage.atomic import atomic_write_text
     from smfp.storage.checkpoint import list_checkpoints
     from smfp.training.loop import train
@@ -75,9 +76,9 @@ def train_task(config: dict, sweep_id: str) -> dict:
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "tb", ignore_errors=True)
     host, pid = socket.gethostname(), os.getpid()
-    with open(run_dir / ATTEMPTS_FILE, "a") as f:
+    with open(run_dir / ATTEMPTS_FILE, "a") as f:  # commit: the code this attempt runs (smfp aggregate --csv)
         f.write(json.dumps({"sweep": sweep_id, "time": time.time(), "host": host, "pid": pid,
-                            "start_step": start_step}) + "\n")
+                            "start_step": start_step, "commit": git_commit()}) + "\n")
 
     def heartbeat(step: int, row: dict) -> None:
         atomic_write_text(run_dir / PROGRESS_FILE, json.dumps(
