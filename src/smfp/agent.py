@@ -10,7 +10,7 @@ import torch
 
 from smfp.critic import QEnsemble
 from smfp.envs import make_env
-from smfp.policies import ACT_MODES, Policy, build_policy
+from smfp.policies import Policy, build_policy
 from smfp.storage.checkpoint import CheckpointError, resolve_checkpoint
 from smfp.storage.userfiles import describe
 
@@ -26,13 +26,7 @@ class Agent:
     step: int = 0
 
     def resolve_mode(self, mode: str) -> str:
-        if mode == "auto":
-            return self.policy.default_eval_mode()
-        if mode not in ACT_MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose auto, {', '.join(ACT_MODES)}")
-        if mode == "mean" and self.policy.is_mixture:
-            raise ValueError(f"mode 'mean' does not exist for the {self.policy.kind} policy; use best-of-n or sample")
-        return mode
+        return self.policy.resolve_mode(mode)
 
     @torch.no_grad()
     def act_normalized(self, obs: np.ndarray | torch.Tensor, mode: str = "sample") -> np.ndarray:

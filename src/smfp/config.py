@@ -8,12 +8,45 @@ fully resolved config is saved as ``config.json`` in every run dir.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional
 
-ALGOS = ("sac", "mdpo", "smfp", "flow")
+
+@dataclass(frozen=True)
+class AlgoSpec:
+    """What an algorithm is: its policy class (a name in ``smfp.policies.POLICY_CLASSES``), whether that
+    policy is a mixture (several modes; no ``mean`` action), and whether it takes mirror-descent steps."""
+    policy: str
+    mixture: bool
+    mirror_descent: bool
+    description: str
+
+
+ALGORITHMS = {
+    "sac": AlgoSpec("gaussian", False, False, "Gaussian"),
+    "mdpo": AlgoSpec("gaussian", False, True, "Gaussian + mirror descent"),
+    "smfp": AlgoSpec("smfp", True, True, "SMFP + mirror descent"),
+    "flow": AlgoSpec("flow", True, True, "flow-K multi-step baseline + mirror descent"),
+}
+ALGOS = tuple(ALGORITHMS)
 Algo = Literal["sac", "mdpo", "smfp", "flow"]
-ALGO_POLICY = {"sac": "gaussian", "mdpo": "gaussian", "smfp": "smfp", "flow": "flow"}
+assert ALGOS == typing.get_args(Algo), "Algo must list the ALGORITHMS"
+
+ACT_MODES = ("sample", "best-of-n", "mean")
+
+
+def resolve_act_mode(mode: str, mixture: bool, who: str) -> str:
+    """The one rule for act modes: ``auto`` is ``mean`` for a single Gaussian and ``best-of-n`` for a mixture
+    (whose z = 0 lands between modes, so it has no ``mean``). ``who`` names the policy in the error."""
+    if mode == "auto":
+        return "best-of-n" if mixture else "mean"
+    if mode not in ACT_MODES:
+        raise ValueError(f"unknown act mode {mode!r}; choose auto, {', '.join(ACT_MODES)}")
+    if mode == "mean" and mixture:
+        raise ValueError(f"mode 'mean' does not exist for the {who} policy (z = 0 lands between modes); "
+                         "use best-of-n or sample")
+    return mode
 
 
 def doc(text: str, **kw):
@@ -21,13 +54,15 @@ def doc(text: str, **kw):
 
 
 def eval_mode_of(config: dict) -> str:
-    """The act mode a saved run evaluated with ('auto' resolved as the policy class resolves it)."""
-    section = config.get("eval")
-    mode = str(section.get("eval_mode", "?")) if isinstance(section, dict) else "?"
-    if mode == "auto":
-        algo = config.get("algo")
-        return "mean" if isinstance(algo, str) and ALGO_POLICY.get(algo) == "gaussian" else "best-of-n"
-    return mode
+    """The act mode a saved run (its config dict) evaluated with, 'auto' resolved; '?' when unknown."""
+    section, algo = config.get("eval"), config.get("algo")
+    mode = section.get("eval_mode", "?") if isinstance(section, dict) else "?"
+    if not isinstance(mode, str) or not isinstance(algo, str) or algo not in ALGORITHMS:
+        return mode if isinstance(mode, str) and mode != "auto" else "?"
+    try:
+        return resolve_act_mode(mode, ALGORITHMS[algo].mixture, algo)
+    except ValueError:
+        return mode
 
 
 def flatten_config(d: dict, prefix: str = "") -> dict:
@@ -39,6 +74,47 @@ def flatten_config(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def leaf_fields(cls=None) -> Iterator[tuple[tuple[str, ...], dataclasses.Field, typing.Any]]:
+    """The one config walker: ``(path, field, type)`` of every leaf field of ``cls`` (default ``TrainConfig``),
+    sections first-level only (``("update", "gamma")``). Leaf names are unique across sections."""
+    cls = TrainConfig if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            for sub_path, sub_field, sub_tp in leaf_fields(tp):
+                yield (f.name, *sub_path), sub_field, sub_tp
+        else:
+            yield (f.name,), f, tp
+
+
+def set_leaf(obj, path: tuple[str, ...], value):
+    """A copy of the config ``obj`` with the leaf at ``path`` set to ``value``."""
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    return dataclasses.replace(obj, **{path[0]: set_leaf(getattr(obj, path[0]), path[1:], value)})
+
+
+# Fields that may differ when a run is resumed or a sweep continued (they do not change the method).
+RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "label", "log.progress", "update.precision",
+                     "eval.eval_every", "eval.eval_episodes", "checkpoint.checkpoint_every",
+                     "checkpoint.keep_checkpoints"}
+RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change the method
+# Fields added after runs were first saved, with the value that reproduces what those runs did.
+ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "reparam", "update.fit_loss": "energy", "update.fit_coef": 10.0,
+                "update.fit_anchor": 16, "update.fit_local": 8, "update.fit_uniform": 8, "update.fit_local_scale": 2.0,
+                "update.hybrid_coef": 1.0}
+
+
+def changed_fields(saved: dict, cfg: "TrainConfig") -> list[str]:
+    """Flattened fields in which a saved run's config (``flatten_config``-ed) differs from ``cfg``, other than
+    those a resume may change; a field the saved run predates counts with its ``ADDED_FIELDS`` value."""
+    old = {**ADDED_FIELDS, **saved}
+    new = flatten_config(cfg.to_dict())
+    return sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
+                  and not k.startswith(RESUMABLE_PREFIXES) and old.get(k) != new.get(k))
 
 
 class ConfigError(ValueError):
@@ -108,6 +184,26 @@ class UpdateConfig:
     cover_per_state: int = doc("target samples per state kept by the mass-covering term", default=4)
     cover_uniform: int = doc("uniform proposals per state of the mass-covering term (beside one per anchor component)",
                              default=8)
+    actor_update: Literal["reparam", "fit", "hybrid"] = doc(
+        "actor update: reparam (the reparameterised mirror-descent loss), fit (fit the one-step map to the "
+        "mirror-descent step's closed-form target pi_k^(lambda/(alpha+lambda)) exp(Q/(alpha+lambda)) by a "
+        "mass-covering loss on importance-weighted candidate actions; mixture policies), hybrid (fit plus "
+        "--hybrid-coef x the reparameterised loss); see docs/method.md", default="reparam")
+    fit_loss: Literal["energy", "coupled"] = doc(
+        "loss of the fit update: energy (weighted energy score of the policy's samples against the weighted "
+        "candidates) or coupled (regress the pre-squash map onto importance-resampled targets paired with its "
+        "noises by a per-state optimal-transport assignment)", default="energy")
+    fit_coef: float = doc("fit update: weight of the fit loss (energy score or coupled regression) in the actor loss",
+                          default=10.0)
+    fit_anchor: int = doc("fit update: candidates per state drawn from the anchor's components", default=16)
+    fit_local: int = doc("fit update: candidates per state drawn around the policy's own components (std widened "
+                         "by --fit-local-scale)", default=8)
+    fit_uniform: int = doc("fit update: candidates per state uniform on the action box", default=8)
+    fit_local_scale: float = doc("fit update: std of the local candidates as a multiple of the policy's sigma",
+                                 default=2.0)
+    hybrid_coef: float = doc("hybrid update: weight of the reparameterised mirror-descent loss (divided by "
+                             "alpha + lambda, i.e. the reverse KL to the step's target) beside the fit loss",
+                             default=1.0)
     anchor_period: int = doc("copy the actor into the anchor every N updates", default=1000)
     anchor_tau: float = doc("if > 0, track the anchor by Polyak averaging at this rate instead of copies",
                             default=0.0)
@@ -130,7 +226,7 @@ class BufferConfig:
 class EvalConfig:
     eval_every: int = doc("evaluate every N environment steps (0: only at the end)", default=10_000)
     eval_episodes: int = doc("episodes per evaluation", default=10)
-    eval_mode: str = doc("act mode for evaluation: auto (mean for gaussian, best-of-n otherwise), "
+    eval_mode: str = doc("act mode for evaluation: auto (mean for a Gaussian, best-of-n for a mixture policy), "
                          "sample, best-of-n, mean", default="auto")
     best_of_n: int = doc("candidates for best-of-n acting", default=16)
 
@@ -170,8 +266,7 @@ class AlarmConfig:
 
 @dataclass
 class TrainConfig:
-    algo: Algo = doc("algorithm: sac (Gaussian), mdpo (Gaussian + mirror descent), smfp (SMFP + mirror descent), "
-                     "flow (flow-K multi-step baseline + mirror descent)",
+    algo: Algo = doc("algorithm: " + ", ".join(f"{name} ({spec.description})" for name, spec in ALGORITHMS.items()),
                      default="sac")
     total_steps: int = doc("environment steps to train for", default=100_000)
     seed: int = doc("random seed", default=0)
@@ -191,8 +286,12 @@ class TrainConfig:
     monitor: AlarmConfig = field(default_factory=AlarmConfig)
 
     @property
+    def spec(self) -> AlgoSpec:
+        return ALGORITHMS[self.algo]
+
+    @property
     def policy_kind(self) -> str:
-        return ALGO_POLICY[self.algo]
+        return self.spec.policy
 
     def resolved(self) -> "TrainConfig":
         """A copy with every 'none/auto' default made explicit and every value checked."""
@@ -200,14 +299,15 @@ class TrainConfig:
         u = cfg.update
         if cfg.algo not in ALGOS:
             raise ConfigError(f"unknown --algo {cfg.algo!r}; choose one of {', '.join(ALGOS)}")
+        md = cfg.spec.mirror_descent
         if u.md_lambda is None:
-            u.md_lambda = 0.0 if cfg.algo == "sac" else 1.0
+            u.md_lambda = 1.0 if md else 0.0
         if u.lambda_per_alpha is None:
-            u.lambda_per_alpha = cfg.algo != "sac" and not u.autotune_lambda
+            u.lambda_per_alpha = md and not u.autotune_lambda
         if u.lambda_per_alpha and u.autotune_lambda:
             raise ConfigError("--lambda-per-alpha and --autotune-lambda both set lambda; choose one")
-        if cfg.algo == "sac" and (u.md_lambda != 0.0 or u.autotune_lambda):
-            raise ConfigError("--algo sac has no mirror-descent term; use --algo mdpo to set --md-lambda")
+        if not md and (u.md_lambda != 0.0 or u.autotune_lambda):
+            raise ConfigError(f"--algo {cfg.algo} has no mirror-descent term; use --algo mdpo to set --md-lambda")
         if cfg.run_dir is None:
             cfg.run_dir = f"runs/{cfg.algo}-{cfg.env.env.replace('/', '_').replace(':', '_')}-s{cfg.seed}"
         cfg.validate()
@@ -258,10 +358,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} needs one or more positive widths, got {widths}")
         if self.policy.log_std_min >= self.policy.log_std_max:
             raise ConfigError("--log-std-min must be below --log-std-max")
-        if self.eval.eval_mode not in ("auto", "sample", "best-of-n", "mean"):
-            raise ConfigError(f"unknown --eval-mode {self.eval.eval_mode!r}; choose auto, sample, best-of-n or mean")
-        if self.eval.eval_mode == "mean" and self.policy_kind != "gaussian":
-            raise ConfigError(f"--eval-mode mean does not exist for {self.algo}; use best-of-n or sample")
+        try:
+            resolve_act_mode(self.eval.eval_mode, self.spec.mixture, self.algo)
+        except ValueError as exc:
+            raise ConfigError(f"--eval-mode: {exc}") from None
         if self.env.max_episode_steps is not None and self.env.max_episode_steps <= 0:
             raise ConfigError("--max-episode-steps must be positive")
         if self.run_dir is not None and not self.run_dir.strip():
@@ -276,10 +376,8 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         """Rebuild from ``to_dict`` output (e.g. a run's config.json); unknown keys are an error."""
         kwargs = {}
-        nested = {f.name: f.type for f in dataclasses.fields(cls)}
-        sub_types = {"env": EnvConfig, "policy": PolicyConfig, "critic": CriticConfig, "update": UpdateConfig,
-                     "buffer": BufferConfig, "eval": EvalConfig, "log": LogConfig, "checkpoint": CheckpointConfig,
-                     "monitor": AlarmConfig}
+        nested = typing.get_type_hints(cls)
+        sub_types = {name: tp for name, tp in nested.items() if dataclasses.is_dataclass(tp)}
         for key, value in data.items():
             if key not in nested:
                 raise ConfigError(f"unknown config key {key!r}")

@@ -1,1 +1,1 @@
-"""Benchmarks and controlled test beds (one-state bandits, speed and learning benchmarks)."""
+"""Benchmarks: speed (``bench.speed``) and the method's acceptance suites (``bench.acceptance``)."""

@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Optional, TextIO
@@ -52,12 +51,14 @@ import torch
 
 from smfp import keys as K
 from smfp.config import ConfigError, TrainConfig, flatten_config
+from smfp.envs import quiet_native_stderr
+from smfp.storage.rundir import RunDir
 
 SB3_LABEL = "sb3-sac"
-PROVENANCE_FILE = "provenance.json"
+PROVENANCE_FILE = RunDir.PROVENANCE
 MODEL_FILE = "sb3_model.zip"
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
+METRICS_FILE = RunDir.METRICS
+CONFIG_FILE = RunDir.CONFIG
 EVAL_SEED_OFFSET = 10_000  # as smfp.training.loop: evaluation episodes reset with seed + 10000 + i
 INSTALL_HINT = "smfp bench sb3-sac needs Stable-Baselines3; install it with pip install -e '.[bench]'"
 
@@ -67,6 +68,14 @@ OPTIONS = ("env", "max_episode_steps", "seed", "total_steps", "threads", "hidden
            "target_entropy", "updates_per_step", "learning_starts", "buffer_size", "eval_every", "eval_episodes")
 # Fields a rerun may change without making it another run.
 _FREE = ("run_dir", "threads", "log.progress")
+
+
+def sb3_available() -> bool:
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def sb3_sac_kwargs(cfg: TrainConfig, buffer_size: Optional[int] = None,
@@ -117,13 +126,6 @@ def reference_config(run_dir: str | os.PathLike, base: Optional[TrainConfig] = N
     return cfg
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-
-
 def _final_row(run_dir: Path, total_steps: int) -> Optional[dict]:
     """The logged evaluation at ``total_steps``, if the run got there (the finished mark)."""
     from smfp.monitor.logger import read_metrics
@@ -146,16 +148,11 @@ def run_state(cfg: TrainConfig) -> Optional[dict]:
         if run_dir.is_dir() and any(run_dir.iterdir()):
             raise ConfigError(f"--out {run_dir} is not empty and holds no sb3-sac run; choose a new or empty folder")
         return None
-    saved = _read_json(saved_path)
-    if not isinstance(saved, dict):
-        raise ConfigError(f"{saved_path} is unreadable or not a config; choose another --out")
+    saved = RunDir(run_dir).read_config("choose another --out")
     if saved.get("label") != SB3_LABEL:
         what = saved.get("label") or saved.get("algo")
         raise ConfigError(f"--out {run_dir} holds another run ({what!r}, not {SB3_LABEL}); choose another --out")
-    try:
-        old = flatten_config(saved)
-    except (RecursionError, AttributeError):
-        raise ConfigError(f"{saved_path} is not a config; choose another --out") from None
+    old = RunDir(run_dir).read_flat_config("choose another --out")
     new = flatten_config(cfg.to_dict())
     diff = sorted(k for k in set(old) & set(new) if k not in _FREE and old[k] != new[k])
     if diff:
@@ -186,7 +183,6 @@ def run_sb3_reference(cfg: TrainConfig, log: Optional[TextIO] = None) -> dict:
     Returns ``{"run_dir", "step", "return_mean", "return_mean_sample", "already_finished"}``.
     One progress line per evaluation goes to ``log`` (None: silent; the CLI gives stderr).
     """
-    from smfp.bench.train_speed import _quiet_native_stderr, sb3_available
     from smfp.envs import make_env
     from smfp.storage.atomic import atomic_write_text
 
@@ -202,7 +198,7 @@ def run_sb3_reference(cfg: TrainConfig, log: Optional[TextIO] = None) -> dict:
         say(f"smfp bench sb3-sac: {run_dir} is finished (step {cfg.total_steps}); nothing to do")
         return {"run_dir": str(run_dir), "step": cfg.total_steps, "return_mean": done.get(K.EVAL_RETURN_MEAN),
                 "return_mean_sample": done.get(K.EVAL_RETURN_MEAN_SAMPLE), "already_finished": True}
-    with _quiet_native_stderr():  # MuJoCo's compiler notices; an unknown env id is still an EnvError
+    with quiet_native_stderr():  # MuJoCo's compiler notices; an unknown env id is still an EnvError
         env = make_env(cfg.env.env, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
         eval_env = make_env(cfg.env.env, seed=cfg.seed + EVAL_SEED_OFFSET, max_episode_steps=cfg.env.max_episode_steps)
     try:
@@ -278,29 +274,5 @@ def _train(cfg: TrainConfig, env, eval_env, say, atomic_write_text) -> dict:
             "return_mean_sample": final.get(K.EVAL_RETURN_MEAN_SAMPLE), "already_finished": False}
 
 
-def main_sb3_reference(args) -> int:
-    """CLI entry (``smfp bench sb3-sac``)."""
-    from smfp.cli.args import build_dataclass
-
-    base = build_dataclass(TrainConfig, {k: v for k, v in vars(args).items() if k in OPTIONS})
-    result = run_sb3_reference(reference_config(args.out, base), log=sys.stderr)
-    print(json.dumps(result))
-    return 0
-
-
-def add_sb3_reference_parser(bench_subparsers) -> None:
-    """Register ``smfp bench sb3-sac`` under the ``bench`` subcommand."""
-    from smfp.bench.train_speed import _leaf_types
-    from smfp.cli.args import add_dataclass_args
-
-    b = bench_subparsers.add_parser(
-        "sb3-sac", help="reference: Stable-Baselines3's SAC with smfp's SAC hyperparameters, evaluated like smfp "
-                        "runs, written as a run dir for smfp aggregate (extra .[bench])")
-    b.add_argument("--out", required=True, metavar="RUN_DIR",
-                   help="run dir to write (a finished one is left as it is; an unfinished one restarts)")
-    add_dataclass_args(b, TrainConfig, skip=tuple(name for name in _leaf_types() if name not in OPTIONS))
-    b.set_defaults(func=main_sb3_reference)
-
-
 __all__ = ["SB3_LABEL", "sb3_sac_kwargs", "sb3_mismatches", "reference_config", "run_state", "run_sb3_reference",
-           "add_sb3_reference_parser", "main_sb3_reference"]
+           "OPTIONS"]

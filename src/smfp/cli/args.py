@@ -8,10 +8,11 @@ construction, checked here). Booleans get ``--x/--no-x``; tuples take several va
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
+
+from smfp.config import leaf_fields, set_leaf
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -52,22 +53,11 @@ def _scalar_parser(tp, optional: bool, name: str):
     return parse
 
 
-def _leaf_fields(cls, hints_cache=None):
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            for sub_path, sub_field, sub_tp in _leaf_fields(tp):
-                yield (f.name, *sub_path), sub_field, sub_tp
-        else:
-            yield (f.name,), f, tp
-
-
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     seen: set[str] = set()
     defaults = cls()
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for path, f, tp in _leaf_fields(cls):
+    for path, f, tp in leaf_fields(cls):
         if f.name in skip:
             continue
         if f.name in seen:
@@ -103,16 +93,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
 def build_dataclass(cls, values: dict, base=None):
     """An instance of ``cls`` with the leaf fields named in ``values`` replaced."""
     obj = base if base is not None else cls()
-    replacements = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            replacements[f.name] = build_dataclass(tp, values, getattr(obj, f.name))
-        elif f.name in values:
+    for path, f, _ in leaf_fields(cls):
+        if f.name in values:
             v = values[f.name]
-            replacements[f.name] = tuple(v) if isinstance(v, list) else v
-    return dataclasses.replace(obj, **replacements)
+            obj = set_leaf(obj, path, tuple(v) if isinstance(v, list) else v)
+    return obj
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:

@@ -4,9 +4,44 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import numpy as np
+
+from smfp.agent import load_agent
 from smfp.cli.args import fail
-from smfp.monitor.modes import DEFAULT_MIN_MASS, format_report, inspect_run
+from smfp.monitor.modes import (DEFAULT_MIN_MASS, assess_state, entropy_gap_from_metrics, format_report, plot_states,
+                                probe_states, verdict)
+from smfp.storage.rundir import RunDir
+
+
+def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, samples: int = 1000,
+                num_states: int = 8, episodes: int = 2, seed: int = 0, png: str | Path | None = None,
+                min_mass: float = DEFAULT_MIN_MASS) -> dict:
+    """The multimodality assessment of a run (or checkpoint): a JSON-ready dict."""
+    agent = load_agent(run_dir)
+    obs_dim = agent.policy.obs_dim
+    if states:
+        for s in states:
+            if len(s) != obs_dim:
+                raise ValueError(f"--state has {len(s)} values but {agent.env_id} observations have {obs_dim}")
+        probe = np.asarray(states, dtype=np.float32)
+    else:
+        probe = probe_states(agent, num_states, episodes, seed)
+    import torch
+
+    torch.manual_seed(seed)
+    reports = [assess_state(agent.policy, s, samples, min_mass) for s in probe]
+    run_path = Path(run_dir)
+    base = run_path if run_path.is_dir() else run_path.parent.parent
+    out = {"run": str(run_dir), "env": agent.env_id, "policy": agent.policy.kind, "step": agent.step,
+           "samples": samples, "rule": f"mean-shift KDE modes, Scott bandwidth, min mass {min_mass:g}",
+           "states": [r.to_json() for r in reports], "verdict": verdict(reports, agent.policy.kind),
+           "train_entropy": entropy_gap_from_metrics(base)}
+    if png is None:
+        png = base / RunDir.INSPECT_PNG
+    out["png"] = str(plot_states(reports, png, f"{agent.policy.kind} on {agent.env_id}, step {agent.step}"))
+    return out
 
 
 def add_inspect_parser(sub) -> None:

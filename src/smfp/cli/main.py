@@ -13,7 +13,7 @@ import json
 import sys
 
 from smfp.cli.args import OneLineParser, add_dataclass_args, build_dataclass, fail
-from smfp.config import ALGOS, ConfigError, TrainConfig
+from smfp.config import ConfigError, TrainConfig
 
 
 # Disk problems are the machine's, not the program's: one line, not a traceback.
@@ -80,40 +80,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_train(args: argparse.Namespace) -> int:
-    from smfp.bench.train_speed import format_table, run_train_bench
-
-    algos = [a for a in args.algos.split(",") if a]
-    report = run_train_bench(args.env, algos, args.steps, args.repeats, args.compare_sb3, args.warmup,
-                             overrides=build_dataclass(TrainConfig, vars(args)))
-    print(json.dumps(report) if args.json else format_table(report))
-    return 0
-
-
-def cmd_bench_bandit(args: argparse.Namespace) -> int:
-    from smfp.bench.bandit_suite import format_row, run_suite
-
-    try:
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    except ValueError:
-        fail(f"--seeds expects comma-separated integers, got {args.seeds!r}")
-    algos = [a for a in args.algos.split(",") if a]
-    if not seeds or any(s < 0 for s in seeds):
-        fail(f"--seeds expects comma-separated non-negative integers, got {args.seeds!r}")
-    if any(a not in ALGOS for a in algos) or not algos:
-        fail(f"--algos expects a comma-separated subset of {','.join(ALGOS)}, got {args.algos!r}")
-    if not 1 <= args.steps <= 5000:
-        fail(f"--steps must be in 1..5000 (the suite's budget), got {args.steps}")
-    progress = None if args.json else (lambda row: print(format_row(row), flush=True))
-    report = run_suite(seeds, algos, args.steps, fast_only=args.fast, progress=progress)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"SMFP {'passes' if report['smfp_pass'] else 'does NOT pass'}: TV <= {report['tv_max']} and every "
-              f"share within {report['share_tol']} of the target's, in every case")
-    return 0 if report["smfp_pass"] or "smfp" not in algos else 1
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     from smfp.monitor.report import write_report
 
@@ -149,35 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: FIRST_RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("bench", help="benchmarks: train (update throughput), latency (action selection)")
-    bench = p.add_subparsers(dest="bench", parser_class=OneLineParser, metavar="BENCH")
-    bench.required = True
-    b = bench.add_parser("train", help="gradient-update throughput (steps/s) on a MuJoCo task")
-    b.add_argument("--env", default="HalfCheetah-v5")
-    b.add_argument("--algos", default="sac,smfp")
-    b.add_argument("--steps", type=int, default=1000, help="timed steps per run (after --warmup)")
-    b.add_argument("--warmup", type=int, default=1000, help="random steps filling the buffer, not timed")
-    b.add_argument("--repeats", type=int, default=3, help="alternating runs per candidate; medians are reported")
-    b.add_argument("--compare-sb3", action="store_true", help="also time Stable-Baselines3's SAC (extra .[bench])")
-    b.add_argument("--json", action="store_true")
-    add_dataclass_args(b, TrainConfig, skip=("env", "algo", "total_steps", "run_dir", "resume", "seed"))
-    b.set_defaults(func=cmd_bench_train)
+    from smfp.cli.bench import add_bench_parser  # bench train, bandit, latency, sb3-sac
 
-    b = bench.add_parser("bandit", help="fixed-Q acceptance suite: does the default actor update match exp(Q/alpha)?")
-    b.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    b.add_argument("--algos", default="smfp,sac", help="algorithms whose default policy and update are run")
-    b.add_argument("--steps", type=int, default=5000, help="actor updates per case (at most 5000)")
-    b.add_argument("--fast", action="store_true", help="only the fast cases (the ones the test suite runs)")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
-    b.set_defaults(func=cmd_bench_bandit)
-
-    from smfp.bench.latency import add_latency_parser  # bench latency
-
-    add_latency_parser(bench)
-
-    from smfp.bench.sb3_reference import add_sb3_reference_parser  # bench sb3-sac (the SB3 SAC yardstick)
-
-    add_sb3_reference_parser(bench)
+    add_bench_parser(sub)
 
     from smfp.cli.sweep import add_subcommands as add_sweep_subcommands  # sweep, aggregate
 
@@ -187,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parser(sub)
 
-    from smfp.demo import add_demo_parser  # demo (the main job)
+    from smfp.cli.demo import add_demo_parser  # demo (the main job)
     from smfp.cli.inspect import add_inspect_parser  # inspect (assess multimodality)
 
     add_demo_parser(sub)

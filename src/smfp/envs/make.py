@@ -8,7 +8,10 @@ instead of letting NaNs reach the networks.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
 import warnings
 
 import gymnasium as gym
@@ -108,3 +111,21 @@ def _make_checked(env_id, seed, max_episode_steps, render_mode) -> gym.Env:
 
 def env_dims(env: gym.Env) -> tuple[int, int]:
     return int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence native-library chatter (MuJoCo's model-compiler deprecation notices) on fd 2."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smfp.config import ACT_MODES
 from smfp.policies import Policy, TransportPolicy
 from smfp.policies.distributions import squash
 
-MODES = ("sample", "best-of-n", "mean")
+MODES = ACT_MODES  # the act modes an actor can be exported in (smfp.config: the one list)
 
 
 class ExportError(ValueError):
@@ -213,13 +214,10 @@ class MixtureBestOfNActor(_Transport):
 
 def resolve_mode(policy: Policy, mode: str) -> str:
     """``auto`` -> the policy's evaluation default; gaussian best-of-n is its mean (one candidate)."""
-    if mode == "auto":
-        mode = policy.default_eval_mode()
-    if mode not in MODES:
-        raise ExportError(f"unknown mode {mode!r}; choose auto, {', '.join(MODES)}")
-    if mode == "mean" and policy.is_mixture:
-        raise ExportError(f"mode 'mean' does not exist for the {policy.kind} policy (z = 0 lands between modes); "
-                          "use --mode best-of-n or sample")
+    try:
+        mode = policy.resolve_mode(mode)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     if mode == "best-of-n" and not policy.is_mixture:
         mode = "mean"
     return mode

@@ -1,5 +1,5 @@
 """Monitoring: metrics files, TensorBoard, progress."""
 
-from smfp.monitor.logger import MetricsLogger, read_metrics
+from smfp.monitor.logger import MetricsLogger, TensorBoardSink, read_metrics
 
-__all__ = ["MetricsLogger", "read_metrics"]
+__all__ = ["MetricsLogger", "TensorBoardSink", "read_metrics"]

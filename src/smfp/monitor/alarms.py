@@ -29,6 +29,7 @@ from smfp import keys as K
 from smfp.monitor.logger import read_metrics
 from smfp.storage.userfiles import alert_rows, numeric_rows
 from smfp.storage.atomic import atomic_write_text
+from smfp.storage.rundir import RunDir
 
 
 @dataclass
@@ -92,7 +93,8 @@ class AlarmMonitor:
         self.uses_md = uses_md
         self.kl_from_step = kl_from_step
         self.emit = emit
-        self.path = Path(run_dir) / "alerts.jsonl"
+        run_dir = RunDir(run_dir)
+        self.path = run_dir.alerts
         previous = alert_rows(read_metrics(self.path))  # a damaged line is skipped, not a crash on resume
         if start_step > 0 or previous:
             kept = [r for r in previous if r["step"] <= start_step]
@@ -105,7 +107,7 @@ class AlarmMonitor:
         self.max_modes = 0.0
         self.skipped = 0.0
         if start_step > 0:  # metrics.jsonl has been cut back to the checkpoint's step by the logger
-            for row in numeric_rows(read_metrics(Path(run_dir) / "metrics.jsonl")):
+            for row in numeric_rows(read_metrics(run_dir.metrics)):
                 if row["step"] <= start_step and OBSERVED_KEY in row:
                     self._update(row["step"], row)
 
@@ -177,6 +179,11 @@ class AlarmMonitor:
             missing = [k for k in keys if k not in self.seen_keys]
             if missing:
                 self.emit(f"smfp: WARNING alarm {alarm} is off: its metric {', '.join(missing)} was never logged")
+
+    def on_row(self, step: int, row: dict) -> None:
+        """As a logger subscriber: the alarms watch the training rows (the ones with ``train/sps``)."""
+        if OBSERVED_KEY in row:
+            self.observe(step, row)
 
     def observe(self, step: int, row: dict) -> list[Alert]:
         self._check_watched_keys(row)

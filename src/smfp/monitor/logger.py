@@ -42,34 +42,30 @@ def _number(v) -> float:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, tensorboard: bool = True,
-                 progress: bool = True, callback: Optional[Callable[[int, dict], None]] = None):
-        self.path = run_dir / "metrics.jsonl"
-        resumed = start_step > 0 or self.path.exists()  # a resume without a checkpoint restarts at step 0
-        if resumed:
+    """Writes every row to ``metrics.jsonl`` (the record), then hands it to its subscribers (TensorBoard, the
+    alarms, a caller's callback), in the order they subscribed; shows a progress bar on a terminal."""
+
+    def __init__(self, path: Path, total_steps: int, start_step: int = 0, progress: bool = True):
+        self.path = Path(path)
+        if start_step > 0 or self.path.exists():  # a resume without a checkpoint restarts at step 0
             truncate_metrics(self.path, start_step)
         self.file = open(self.path, "a", buffering=1)
-        self.callback = callback
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if resumed else None)
+        self.subscribers: list[Callable[[int, dict], object]] = []
         self.bar = None
         if progress and sys.stderr.isatty():
             from tqdm import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
         self.postfix: dict[str, str] = {}
 
+    def subscribe(self, fn: Callable[[int, dict], object]) -> None:
+        self.subscribers.append(fn)
+
     def log(self, step: int, metrics: dict) -> dict:
         row = {"step": int(step)}
         row.update({k: _number(v) for k, v in metrics.items()})
         self.file.write(json.dumps(row) + "\n")
-        if self.writer is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, float):
-                    self.writer.add_scalar(k, v, step)
-        if self.callback is not None:
-            self.callback(step, row)
+        for fn in self.subscribers:
+            fn(step, row)
         return row
 
     def progress(self, step: int, **postfix) -> None:
@@ -90,6 +86,22 @@ class MetricsLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
         self.file.close()
+
+
+class TensorBoardSink:
+    """A logger subscriber writing every numeric value of a row as a TensorBoard scalar; on a resume, the events
+    after the resumed step are purged (``purge_step``) like the metrics file's rows."""
+
+    def __init__(self, folder: Path, purge_step: Optional[int]):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder), purge_step=purge_step)
+
+    def __call__(self, step: int, row: dict) -> None:
+        for k, v in row.items():
+            if k != "step" and isinstance(v, float):
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.writer.close()

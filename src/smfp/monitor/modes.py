@@ -1,6 +1,6 @@
 """Assess multimodality: count the modes of a policy's action distribution (``smfp inspect``).
 
-The mode-count rule (stated once, tested on known mixtures in ``tests/test_modes.py``):
+The mode-count rule (stated once, tested on known mixtures in ``tests/behaviour/test_modes.py``):
 
     A *mode* is a local maximum of a Gaussian kernel density estimate of the sampled actions
     that attracts, by mean-shift, at least ``min_mass`` (default 5%) of the samples.
@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from smfp.storage.rundir import RunDir
 
 DEFAULT_MIN_MASS = 0.05
 DEFAULT_MIN_BANDWIDTH = 0.02
@@ -254,7 +256,7 @@ def entropy_gap_from_metrics(run_dir: str | Path, last: int = 5) -> dict | None:
     from smfp.monitor.logger import read_metrics
     from smfp.storage.userfiles import numeric_rows
 
-    rows = [r for r in numeric_rows(read_metrics(Path(run_dir) / "metrics.jsonl"))
+    rows = [r for r in numeric_rows(read_metrics(RunDir(run_dir).metrics))
             if math.isfinite(r.get("train/entropy", math.nan)) and math.isfinite(r.get("train/entropy_m1", math.nan))]
     if not rows:
         return None
@@ -315,37 +317,6 @@ def plot_states(reports: list[StateReport], path: str | Path, title: str = "") -
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, samples: int = 1000,
-                num_states: int = 8, episodes: int = 2, seed: int = 0, png: str | Path | None = None,
-                min_mass: float = DEFAULT_MIN_MASS) -> dict:
-    """The multimodality assessment of a run (or checkpoint): a JSON-ready dict."""
-    from smfp.agent import load_agent
-
-    agent = load_agent(run_dir)
-    obs_dim = agent.policy.obs_dim
-    if states:
-        for s in states:
-            if len(s) != obs_dim:
-                raise ValueError(f"--state has {len(s)} values but {agent.env_id} observations have {obs_dim}")
-        probe = np.asarray(states, dtype=np.float32)
-    else:
-        probe = probe_states(agent, num_states, episodes, seed)
-    import torch
-
-    torch.manual_seed(seed)
-    reports = [assess_state(agent.policy, s, samples, min_mass) for s in probe]
-    run_path = Path(run_dir)
-    base = run_path if run_path.is_dir() else run_path.parent.parent
-    out = {"run": str(run_dir), "env": agent.env_id, "policy": agent.policy.kind, "step": agent.step,
-           "samples": samples, "rule": f"mean-shift KDE modes, Scott bandwidth, min mass {min_mass:g}",
-           "states": [r.to_json() for r in reports], "verdict": verdict(reports, agent.policy.kind),
-           "train_entropy": entropy_gap_from_metrics(base)}
-    if png is None:
-        png = base / "inspect.png"
-    out["png"] = str(plot_states(reports, png, f"{agent.policy.kind} on {agent.env_id}, step {agent.step}"))
-    return out
 
 
 def format_report(report: dict) -> str:

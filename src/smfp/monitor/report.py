@@ -9,7 +9,8 @@ import numpy as np
 
 from smfp.config import eval_mode_of
 from smfp.monitor.logger import read_metrics
-from smfp.storage.userfiles import UserFileError, alert_rows, numeric_rows, read_json_object
+from smfp.storage.rundir import RunDir
+from smfp.storage.userfiles import UserFileError, alert_rows, numeric_rows
 
 PANELS = {
     "returns": [("eval/return_mean", "eval return"), ("train/episode_return", "train episode return")],
@@ -34,20 +35,19 @@ def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_run(run_dir: Path, warn=lambda message: None) -> dict:
-    run_dir = Path(run_dir)
-    if not (run_dir / "metrics.jsonl").exists():
-        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl; is it a run dir?")
+    run = RunDir(run_dir)
+    if not run.metrics.exists():
+        raise FileNotFoundError(f"{run.path} has no {RunDir.METRICS}; is it a run dir?")
     config = {}
-    if (run_dir / "config.json").exists():
-        try:  # the report only displays the config: an unreadable one is shown as unknown ("?")
-            config = read_json_object(run_dir / "config.json", "the saved config", "its fields are shown as ?")
-        except UserFileError as exc:
-            warn(f"smfp report: warning: {exc}")
+    try:  # the report only displays the config: an unreadable one is shown as unknown ("?")
+        config = run.read_config("its fields are shown as ?") or {}
+    except UserFileError as exc:
+        warn(f"smfp report: warning: {exc}")
     if not all(isinstance(config.get(k, {}), dict) for k in ("env", "eval")):
-        warn(f"smfp report: warning: {run_dir / 'config.json'} is malformed; its fields are shown as ?")
+        warn(f"smfp report: warning: {run.config} is malformed; its fields are shown as ?")
         config = {}
-    return {"name": run_dir.name, "dir": run_dir, "rows": numeric_rows(read_metrics(run_dir / "metrics.jsonl")),
-            "alerts": alert_rows(read_metrics(run_dir / "alerts.jsonl")), "config": config}
+    return {"name": run.path.name, "dir": run.path, "rows": numeric_rows(read_metrics(run.metrics)),
+            "alerts": alert_rows(read_metrics(run.alerts)), "config": config}
 
 
 def summarise(run: dict) -> dict:
@@ -105,7 +105,7 @@ def _fmt(v) -> str:
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None, warn=lambda message: None) -> Path:
     runs = [load_run(Path(d), warn) for d in run_dirs]
-    out = Path(out) if out is not None else runs[0]["dir"] / "report"
+    out = Path(out) if out is not None else RunDir(runs[0]["dir"]) / RunDir.REPORT
     out.mkdir(parents=True, exist_ok=True)
     figures = plot_panels(runs, out)
     rows = [summarise(r) for r in runs]

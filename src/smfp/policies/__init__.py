@@ -1,6 +1,7 @@
 """Policy classes: one interface (``Policy``), several generators of actions."""
 
-from smfp.policies.base import ACT_MODES, Policy, PolicySample, TransportPolicy
+from smfp.config import ACT_MODES
+from smfp.policies.base import Policy, PolicySample, TransportPolicy
 from smfp.policies.flow import FlowPolicy
 from smfp.policies.gaussian import GaussianPolicy
 from smfp.policies.smfp import SMFPPolicy

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smfp.config import resolve_act_mode
 from smfp.precision import MIN_REDUCED_WIDTH, matmul_dtype
 from smfp.policies.distributions import gaussian_log_prob, semi_implicit_log_prob, squash, tanh_log_det
 
-ACT_MODES = ("sample", "best-of-n", "mean")
 
 
 @dataclass
@@ -142,29 +142,29 @@ class Policy(nn.Module):
         ``tanh(mean(s, z_n))`` in one batched pass, keep the one with the highest ``q_fn``
         (min over the critic ensemble); without a critic it falls back to the first candidate.
         """
+        mode = self.resolve_mode(mode)
         b = obs.shape[0]
         if mode == "sample":
             noise = self.draw_noise(b, 1, obs)
             mean, log_std = self.components(obs, noise)
             return squash(mean + torch.exp(log_std) * torch.randn_like(mean)).squeeze(1)
         if mode == "mean":
-            if self.is_mixture:
-                raise ValueError(f"mode 'mean' does not exist for the {self.kind} policy "
-                                 "(z = 0 lands between modes); use --mode best-of-n or sample")
             return squash(self.component_means(obs, self.draw_noise(b, 1, obs))).squeeze(1)
-        if mode == "best-of-n":
-            n = num_candidates if self.is_mixture else 1
-            noise = self.draw_noise(b, n, obs)
-            cand = squash(self.component_means(obs, noise))  # (B, N, d)
-            if n == 1 or q_fn is None:
-                return cand[:, 0]
-            q = q_fn(obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1), cand.reshape(b * n, -1))
-            best = q.reshape(b, n).argmax(dim=1)
-            return cand[torch.arange(b), best]
-        raise ValueError(f"unknown act mode {mode!r}; choose one of {', '.join(ACT_MODES)}")
+        n = num_candidates if self.is_mixture else 1  # best-of-n
+        noise = self.draw_noise(b, n, obs)
+        cand = squash(self.component_means(obs, noise))  # (B, N, d)
+        if n == 1 or q_fn is None:
+            return cand[:, 0]
+        q = q_fn(obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1), cand.reshape(b * n, -1))
+        best = q.reshape(b, n).argmax(dim=1)
+        return cand[torch.arange(b), best]
+
+    def resolve_mode(self, mode: str) -> str:
+        """``auto`` and the modes this policy has (``smfp.config.resolve_act_mode``: the one rule)."""
+        return resolve_act_mode(mode, self.is_mixture, self.kind)
 
     def default_eval_mode(self) -> str:
-        return "best-of-n" if self.is_mixture else "mean"
+        return self.resolve_mode("auto")
 
     def init_kwargs(self) -> dict:
         """Constructor arguments, so that a checkpoint can rebuild the network."""

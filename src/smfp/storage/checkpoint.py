@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from smfp.storage.atomic import atomic_torch_save
+from smfp.storage.rundir import RunDir
 from smfp.storage.userfiles import UserFileError, describe
 
 FORMAT = "smfp-checkpoint"
@@ -38,15 +39,15 @@ class CheckpointWriteError(CheckpointError):
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return RunDir(run_dir).checkpoints
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return checkpoint_dir(run_dir) / f"step_{step:010d}.pt"
+    return RunDir(run_dir).checkpoint(step)
 
 
 def buffer_path(run_dir: Path, step: int) -> Path:
-    return checkpoint_dir(run_dir) / f"buffer_{step:010d}.pt"
+    return RunDir(run_dir).buffer(step)
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

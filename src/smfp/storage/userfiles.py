@@ -56,9 +56,9 @@ def read_json_object(path: str | Path, what: str, fix: str) -> dict:
         return data
 
 
-def read_saved_config(run_dir: str | Path, fix: str) -> dict | None:
-    """A run dir's ``config.json`` flattened (``{"section.field": value}``); None when the run dir has none."""
-    path = Path(run_dir) / "config.json"
+def read_saved_config(path: str | Path, fix: str) -> dict | None:
+    """A run's saved config file flattened (``{"section.field": value}``); None when there is none."""
+    path = Path(path)
     if not path.exists():
         return None
     data = read_json_object(path, "the saved config", fix)

@@ -30,6 +30,8 @@ import numpy as np
 
 from smfp.config import eval_mode_of
 from smfp.monitor.logger import read_metrics
+from smfp.storage.rundir import RunDir
+from smfp.storage.userfiles import numeric_rows, read_json_object
 from smfp.sweep.grid import SweepError, read_attempts
 from smfp.sweep.stats import (RliableMissing, bootstrap_ci, iqm_and_mean, normalise, performance_profile,
                               probability_of_improvement)
@@ -38,7 +40,7 @@ RANDOM_FILE = "random_scores.json"
 RANDOM_SEED = 10_000  # episodes start like the training loop's evaluations: reset(seed + i)
 CSV_COLUMNS = ("algo", "commit", "env", "seed", "steps", "final_return", "eval_mode")
 CSV_KEY = ("algo", "env", "seed", "eval_mode")
-PROVENANCE_FILE = "provenance.json"
+PROVENANCE_FILE = RunDir.PROVENANCE
 # Resamples of the probability of improvement and the performance profiles: at most this many
 # (rliable's own examples use 2000): its probability of improvement runs a Mann-Whitney U test per
 # task and resample, about 1 ms each, so --reps 50000 would take minutes per algorithm.
@@ -80,19 +82,20 @@ def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
         raise SweepError(f"{root} is not a folder")
     runs = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if not (d / "config.json").exists() or not (d / "metrics.jsonl").exists():
+        run_dir = RunDir(d)
+        if not run_dir.holds_run():
             continue
         try:
-            cfg = json.loads((d / "config.json").read_text())
+            cfg = run_dir.read_config("skipped")
             algo, task, seed = cfg.get("label") or cfg["algo"], cfg["env"]["env"], int(cfg["seed"])
             total, mode = int(cfg.get("total_steps", 0)), eval_mode_of(cfg)
             max_steps = cfg["env"].get("max_episode_steps")
             if not (isinstance(algo, str) and isinstance(task, str)):
                 raise TypeError("algo and env must be strings")
-        except (OSError, KeyError, TypeError, ValueError, AttributeError, RecursionError):  # also: not a JSON object
-            warn(f"smfp aggregate: skipping {d.name}: unreadable config.json")
+        except (KeyError, TypeError, ValueError, AttributeError):  # UserFileError too (a ValueError)
+            warn(f"smfp aggregate: skipping {d.name}: unreadable {RunDir.CONFIG}")
             continue
-        rows = read_metrics(d / "metrics.jsonl")
+        rows = numeric_rows(read_metrics(run_dir.metrics))
         evals = [(r["step"], r["eval/return_mean"]) for r in rows
                  if isinstance(r.get("eval/return_mean"), (int, float))]
         if not evals:
@@ -114,8 +117,8 @@ def run_commit(run_dir: Path) -> str:
         attempts = read_attempts(run_dir)
         commit = attempts[-1].get("commit") if attempts and isinstance(attempts[-1], dict) else None
         if not (isinstance(commit, str) and commit):
-            prov = json.loads((Path(run_dir) / PROVENANCE_FILE).read_text()) \
-                if (Path(run_dir) / PROVENANCE_FILE).exists() else None
+            path = RunDir(run_dir).provenance
+            prov = read_json_object(path, "the provenance record", "") if path.exists() else None
             commit = prov.get("commit") if isinstance(prov, dict) else None
     except (OSError, ValueError, RecursionError):
         commit = None
@@ -214,11 +217,9 @@ def random_return(task: str, max_episode_steps: Optional[int], episodes: int) ->
 
 def _cached_random(root: Path, task: str, max_episode_steps, episodes: int) -> float:
     path = Path(root) / RANDOM_FILE
-    try:
-        cache = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError, RecursionError):
-        cache = {}
-    if not isinstance(cache, dict):  # a damaged cache is measured again
+    try:  # a cache smfp wrote; a damaged one is measured again
+        cache = read_json_object(path, "the random-score cache", "") if path.exists() else {}
+    except ValueError:
         cache = {}
     key = {"episodes": episodes, "max_episode_steps": max_episode_steps, "seed": RANDOM_SEED}
     hit = cache.get(task)
@@ -235,14 +236,9 @@ def _cached_random(root: Path, task: str, max_episode_steps, episodes: int) -> f
 
 def load_reference_table(path: Path) -> dict:
     """``{"TASK": {"reference": R1, "random": R0 (optional)}}``."""
-    try:
-        table = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SweepError(f"reference table {path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SweepError(f"reference table {path} is not readable JSON ({type(exc).__name__})") from None
-    if not isinstance(table, dict):
-        raise SweepError(f"reference table {path} must map task ids to {{\"reference\": R, \"random\": R}}")
+    if not Path(path).exists():
+        raise SweepError(f"reference table {path} does not exist")
+    table = read_json_object(path, "the reference table", 'it must map task ids to {"reference": R, "random": R}')
     for task, entry in table.items():
         ok = isinstance(entry, dict) and isinstance(entry.get("reference"), (int, float)) and \
             isinstance(entry.get("random", 0.0), (int, float)) and set(entry) <= {"reference", "random"}

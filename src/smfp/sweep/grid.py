@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from smfp.config import ALGOS, ConfigError, TrainConfig
+from smfp.config import ALGOS, ConfigError, TrainConfig, changed_fields
 from smfp.storage.atomic import atomic_write_text
 from smfp.storage.checkpoint import list_checkpoints
-from smfp.storage.userfiles import read_json_object, read_saved_config, reading
-from smfp.training.loop import changed_fields
+from smfp.storage.rundir import RunDir
+from smfp.storage.userfiles import read_json_object, reading
 
 SWEEP_FILE = "sweep.json"
-ATTEMPTS_FILE = "sweep_attempts.jsonl"  # one line per task start: host, pid, start step
-PROGRESS_FILE = "sweep_progress.json"  # heartbeat: latest logged step of the running attempt
-LOG_FILE = "train.log"  # stdout/stderr of the run's training
+ATTEMPTS_FILE = RunDir.SWEEP_ATTEMPTS  # one line per task start: host, pid, start step, commit
+PROGRESS_FILE = RunDir.SWEEP_PROGRESS  # heartbeat: latest logged step of the running attempt
+LOG_FILE = RunDir.SWEEP_LOG  # stdout/stderr of the run's training
 
 
 class SweepError(ValueError):
@@ -120,7 +120,7 @@ class RunState:
 def config_difference(run_dir: Path, cfg: TrainConfig) -> list[str]:
     """Settings that differ from the run already in ``run_dir`` (the fields resuming may not change); a
     ``config.json`` that is not a readable JSON object is a ``SweepError``, as it is for ``smfp train --resume``."""
-    old = read_saved_config(run_dir, "move that run dir away or choose another --out")
+    old = RunDir(run_dir).read_flat_config("move that run dir away or choose another --out")
     if old is None:
         return []
     return changed_fields(old, cfg)

@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
+from smfp.storage.rundir import RunDir
 from smfp.sweep.grid import (ATTEMPTS_FILE, LOG_FILE, PROGRESS_FILE, RunSpec, SweepError, SweepRecord,
                              read_attempts, read_progress, run_state)
 
@@ -72,9 +73,9 @@ def train_task(config: dict, sweep_id: str) -> dict:
     if not ckpts:
         # An attempt that died before its first checkpoint restarts from scratch: drop its logs,
         # otherwise the new attempt would append to them.
-        for name in ("metrics.jsonl", "alerts.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "tb", ignore_errors=True)
+        for path in (RunDir(run_dir).metrics, RunDir(run_dir).alerts):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(RunDir(run_dir).tensorboard, ignore_errors=True)
     host, pid = socket.gethostname(), os.getpid()
     with open(run_dir / ATTEMPTS_FILE, "a") as f:  # commit: the code this attempt runs (smfp aggregate --csv)
         f.write(json.dumps({"sweep": sweep_id, "time": time.time(), "host": host, "pid": pid,

@@ -23,7 +23,6 @@ is the spec as given.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -38,7 +37,9 @@ from typing import Optional, TextIO
 import numpy as np
 import torch
 
-from smfp.config import ALGOS, ConfigError, TrainConfig
+from smfp.bench.sb3_reference import sb3_available, sb3_sac_kwargs
+from smfp.config import ALGOS, ConfigError, TrainConfig, leaf_fields, set_leaf
+from smfp.envs import quiet_native_stderr
 
 SB3_NAME = "sb3-sac"
 
@@ -46,19 +47,7 @@ SB3_NAME = "sb3-sac"
 # --- candidate specs ----------------------------------------------------------------------
 def _leaf_types() -> dict[str, tuple[tuple[str, ...], typing.Any]]:
     """Leaf field name -> (path, type) for every ``TrainConfig`` field (names are unique)."""
-    out = {}
-
-    def walk(cls, prefix):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            tp = hints[f.name]
-            if dataclasses.is_dataclass(tp):
-                walk(tp, prefix + (f.name,))
-            else:
-                out[f.name] = (prefix + (f.name,), tp)
-
-    walk(TrainConfig, ())
-    return out
+    return {f.name: (path, tp) for path, f, tp in leaf_fields()}
 
 
 def _parse_value(text: str, tp, name: str):
@@ -86,12 +75,6 @@ def _parse_value(text: str, tp, name: str):
         raise ConfigError(f"candidate option {name}={text!r} is not a valid {tp.__name__}") from None
 
 
-def _set_leaf(cfg: TrainConfig, path: tuple[str, ...], value) -> TrainConfig:
-    if len(path) == 1:
-        return dataclasses.replace(cfg, **{path[0]: value})
-    return dataclasses.replace(cfg, **{path[0]: _set_leaf(getattr(cfg, path[0]), path[1:], value)})
-
-
 def candidate_config(spec: str, env: str, seed: int, steps: int, warmup: int,
                      base: Optional[TrainConfig] = None) -> TrainConfig:
     """The resolved ``TrainConfig`` of one run of candidate ``spec`` (e.g. ``smfp:components=4``)."""
@@ -109,29 +92,11 @@ def candidate_config(spec: str, env: str, seed: int, steps: int, warmup: int,
         if not sep or name not in leaves or name in ("algo", "env", "seed", "total_steps", "run_dir", "resume"):
             raise ConfigError(f"bad candidate option {opt!r} in {spec!r}; use ALGO:FIELD=VALUE with a train option")
         path, tp = leaves[name]
-        cfg = _set_leaf(cfg, path, _parse_value(text, tp, name))
+        cfg = set_leaf(cfg, path, _parse_value(text, tp, name))
     return cfg.resolved()
 
 
 # --- one timed run ------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Silence native-library chatter (MuJoCo's model-compiler deprecation notices) on fd 2."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _rates(steps: int, wall: float, cpu: float, updates: int) -> dict:
     return {"steps_per_s": steps / max(wall, 1e-9), "cpu_steps_per_s": steps / max(cpu, 1e-9),
             "seconds": wall, "cpu_seconds": cpu, "updates": int(updates)}
@@ -140,51 +105,34 @@ def _rates(steps: int, wall: float, cpu: float, updates: int) -> dict:
 def time_smfp_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     """Run ``warmup`` untimed random steps then ``steps`` timed training steps of ``cfg``.
 
-    The per-step work mirrors ``smfp.training.loop.train`` (without logging, evaluation and
-    checkpoints, which happen at fixed intervals there).
+    The per-step work is the training loop's own (``training.collect.Collector.step`` and
+    ``Learner.update``), without logging, evaluation and checkpoints, which happen at fixed intervals there.
     """
     from smfp.buffer import ReplayBuffer
     from smfp.envs import env_dims, make_env
+    from smfp.training.collect import Collector
     from smfp.update import Learner
 
     torch.set_num_threads(cfg.threads)
-    with _quiet_native_stderr():
+    with quiet_native_stderr():
         env = make_env(cfg.env.env, seed=cfg.seed, max_episode_steps=cfg.env.max_episode_steps)
     obs_dim, act_dim = env_dims(env)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     learner = Learner(cfg, obs_dim, act_dim)
     buffer = ReplayBuffer(obs_dim, act_dim, min(cfg.buffer.buffer_size, warmup + steps), seed=cfg.seed)
-    policy, batch_size, updates = learner.policy, cfg.update.batch_size, cfg.update.updates_per_step
-
-    obs, _ = env.reset(seed=cfg.seed)
-
-    def env_step(action):
-        nonlocal obs
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        buffer.add(obs, action, reward, next_obs, terminated)
-        obs = env.reset()[0] if terminated or truncated else next_obs
-
-    for _ in range(warmup):
-        env_step(rng.uniform(-1.0, 1.0, act_dim).astype(np.float32))
+    collector = Collector(env, buffer, learner.policy, np.random.default_rng(cfg.seed), learning_starts=warmup)
+    collector.reset(seed=cfg.seed)
+    batch_size, updates = cfg.update.batch_size, cfg.update.updates_per_step
+    for step in range(warmup):
+        collector.step(step)
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        with torch.inference_mode():
-            action = policy.act(torch.from_numpy(obs).unsqueeze(0), "sample")[0].numpy()
-        env_step(action)
+    for step in range(warmup, warmup + steps):  # what smfp train does per step once learning has started
+        collector.step(step)
         for _ in range(updates):
             learner.update(buffer.sample(batch_size))
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     env.close()
     return _rates(steps, wall, cpu, learner.updates)
-
-
-def sb3_available() -> bool:
-    try:
-        import stable_baselines3  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def time_sb3_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
@@ -210,10 +158,9 @@ def time_sb3_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
                 self._start()
             return True
 
-    from smfp.bench.sb3_reference import sb3_sac_kwargs
 
     torch.set_num_threads(cfg.threads)
-    with _quiet_native_stderr():
+    with quiet_native_stderr():
         env = gym.make(cfg.env.env, max_episode_steps=cfg.env.max_episode_steps)
     model = SAC("MlpPolicy", env, **sb3_sac_kwargs(cfg, buffer_size=min(cfg.buffer.buffer_size, warmup + steps),
                                                    learning_starts=warmup))
@@ -293,7 +240,7 @@ def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = (
     for spec in specs:
         candidate_config(spec, env, 0, steps, warmup, base)
     from smfp.envs import make_env
-    with _quiet_native_stderr():
+    with quiet_native_stderr():
         make_env(env, seed=0).close()
     sb3_cfg = candidate_config("sac", env, 0, steps, warmup, base) if compare_sb3 else None
 

@@ -381,27 +381,5 @@ def main_latency(args) -> int:
     return 0
 
 
-__all__ = ["BACKENDS", "CLOCKS", "add_latency_parser", "format_table", "machine_description", "main_latency",
+__all__ = ["BACKENDS", "CLOCKS", "format_table", "machine_description", "main_latency",
            "parse_batches", "run_latency_bench"]
-
-
-def add_latency_parser(bench_subparsers) -> None:
-    """Register ``smfp bench latency`` under the ``bench`` subcommand."""
-    b = bench_subparsers.add_parser(
-        "latency", help="latency of one action selection: gaussian, smfp (1/2/4 steps), flow-K, best-of-N; "
-                        "eager, ONNX Runtime, TorchScript")
-    b.add_argument("--batch", default="1,32,1024", help="comma-separated batch sizes (default: 1,32,1024)")
-    b.add_argument("--obs-dim", type=int, default=None, help="observation size of untrained networks (default 17)")
-    b.add_argument("--act-dim", type=int, default=None, help="action size of untrained networks (default 6)")
-    b.add_argument("--run", default=None, metavar="RUN_DIR", help="time this run's trained actor (and same-size "
-                   "untrained networks of the other classes)")
-    b.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: eager,onnx,torchscript")
-    b.add_argument("--seconds", type=float, default=6.0, help="timing budget per batch size (interleaved rounds)")
-    b.add_argument("--min-rounds", type=int, default=5, help="rounds run even past --seconds")
-    b.add_argument("--best-of-n", type=int, default=None, help="candidates of best-of-N (default: the run's, or 16)")
-    b.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime intra-op threads")
-    b.add_argument("--clock", default="wall", choices=tuple(CLOCKS),
-                   help="wall: elapsed time, what a controller sees (default); cpu: the calling thread's CPU time, "
-                        "which leaves out time the OS gives to other processes (use on a shared, busy machine)")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
-    b.set_defaults(func=main_latency)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from smfp.bench.train_speed import candidate_config, run_train_bench, sb3_available
+from smfp.bench.speed.train import candidate_config, run_train_bench, sb3_available
 from smfp.config import ConfigError, TrainConfig
 from smfp.critic import QEnsemble
 from smfp.policies import POLICY_CLASSES, build_policy

@@ -3,6 +3,7 @@ need nothing else. The example: a deterministic map of the state plus a fixed ou
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -45,7 +46,8 @@ class DeterministicPlusNoisePolicy(Policy):
 
 def test_a_new_policy_class_trains_and_acts_with_one_registry_line(monkeypatch):
     monkeypatch.setitem(policies_module.POLICY_CLASSES, "det_noise", DeterministicPlusNoisePolicy)  # the line
-    monkeypatch.setitem(config_module.ALGO_POLICY, "sac", "det_noise")  # use it for an algorithm
+    monkeypatch.setitem(config_module.ALGORITHMS, "sac",  # use it for an algorithm
+                        dataclasses.replace(config_module.ALGORITHMS["sac"], policy="det_noise"))
     cfg = TrainConfig(algo="sac", run_dir="unused")
     cfg.policy.hidden = cfg.critic.critic_hidden = (16, 16)
     cfg.update.batch_size = 32

@@ -11,7 +11,7 @@ distance of the action histogram to ``exp(Q/alpha)``, share of actions near each
 Densities are over the bounded action ``a = tanh(x)`` (the policies' ``log_prob`` includes the tanh
 log-det), so ``exp(Q/alpha)`` is a density w.r.t. Lebesgue measure on ``[-1, 1]^d``.
 
-Settings used by the tests (``tests/test_bandit.py``, ``tests/test_mirror_descent.py``): SMFP MLP 128-128
+Settings used by the tests (``tests/behaviour/test_bandit.py``, ``tests/behaviour/test_mirror_descent.py``): SMFP MLP 128-128
 SiLU, the double-well Q (``double_well_q``, depth 10) at alpha = 0.5, 256 samples per step as 4 groups of
 M = 64, Adam 1e-3 decayed linearly to 1e-4 over 2000 steps (fewer steps and a higher lr than the prototype
 of the project's starting design: 6000 steps at 3e-4, 32 groups of M = 8). With the prototype's Gaussian-bump Q

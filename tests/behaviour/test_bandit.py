@@ -1,4 +1,4 @@
-"""One-state bandits with a known Q (``smfp.bench.bandit``): the soft-improvement target and multimodality.
+"""One-state bandits with a known Q (``smfp.bench.acceptance.bandit``): the soft-improvement target and multimodality.
 
 Q choice: the double well ``Q(a) = -10 (a^2 - 0.36)^2`` (two equal peaks at a = +-0.6; in 2-D the sum over
 coordinates, four peaks at (+-0.6, +-0.6)) with alpha = 0.5: ``exp(Q/alpha)`` has peaks of std ~0.1 and a
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smfp.bench.bandit import (bandit_obs, double_well_q, optimise, peak_shares, sample_actions, tv_to_boltzmann,
+from smfp.bench.acceptance.bandit import (bandit_obs, double_well_q, optimise, peak_shares, sample_actions, tv_to_boltzmann,
                                boltzmann_bins)
 from smfp.policies import GaussianPolicy, SMFPPolicy
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli, tiny_config
-from smfp.monitor.modes import assess_state, count_modes, inspect_run, verdict
+from smfp.cli.inspect import inspect_run
+from smfp.monitor.modes import assess_state, count_modes, verdict
 
 
 def mixture(rng, centers, std, n=1000, weights=None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smfp.bench.bandit import (double_well_q, md_gaussian_target, optimise, presquash_quadratic_q,
+from smfp.bench.acceptance.bandit import (double_well_q, md_gaussian_target, optimise, presquash_quadratic_q,
                                set_constant_gaussian, shared_noise_kl)
 from smfp.policies import GaussianPolicy, SMFPPolicy
 

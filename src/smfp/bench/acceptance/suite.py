@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from smfp.bench.bandit import (KnownQ, _max_of_bumps, bandit_obs, boltzmann_bins, histogram, peak_shares,
+from smfp.bench.acceptance.bandit import (KnownQ, _max_of_bumps, bandit_obs, boltzmann_bins, histogram, peak_shares,
                                sample_actions, total_variation)
 from smfp.config import TrainConfig
 from smfp.update import Learner

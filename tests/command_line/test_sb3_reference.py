@@ -146,7 +146,7 @@ def test_user_mistakes_are_one_line(finished, tmp_path, capsys, monkeypatch):
         (sb3(fresh, "--env", "NoSuchEnv-v0"), ("NoSuchEnv-v0",)),
     ]:
         one_line_error_in_process(argv, capsys, *needles)
-    monkeypatch.setattr("smfp.bench.train_speed.sb3_available", lambda: False)
+    monkeypatch.setattr("smfp.bench.sb3_reference.sb3_available", lambda: False)
     one_line_error_in_process(sb3(fresh), capsys, "needs Stable-Baselines3", "pip install")
     assert not fresh.exists() and (junk / "notes.txt").read_text() == "x"
 
@@ -160,7 +160,7 @@ def test_speed_bench_and_reference_share_one_hyperparameter_mapping():
     assert (kw["gamma"], kw["tau"], kw["train_freq"], kw["gradient_steps"]) == (0.99, 0.005, 1, 1)
     assert (kw["ent_coef"], kw["target_entropy"]) == ("auto_1.0", "auto")  # auto: -act_dim, as ours
     assert kw["policy_kwargs"]["net_arch"] == [256, 256] and kw["policy_kwargs"]["n_critics"] == 2
-    src = (REPO / "src/smfp/bench/train_speed.py").read_text()
+    src = (REPO / "src/smfp/bench/speed/train.py").read_text()
     assert "sb3_sac_kwargs(" in src and "ent_coef" not in src
 
 

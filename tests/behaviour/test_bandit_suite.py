@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from smfp.bench.bandit_suite import CASES, bandit_learner, run_case, target_shares, unequal_pair
+from smfp.bench.acceptance.suite import CASES, bandit_learner, run_case, target_shares, unequal_pair
 from smfp.config import TrainConfig
 from smfp.update import Learner
 

@@ -1,6 +1,6 @@
 """Soak benchmark: does a long run's resident memory stay flat once the replay buffer is full?
 
-``python -m smfp.bench.soak [--steps 200000] [--env Pendulum-v1] [--buffer-size 50000]`` trains
+``python -m smfp.bench.speed.soak [--steps 200000] [--env Pendulum-v1] [--buffer-size 50000]`` trains
 an ordinary run (``smfp.train``: checkpoints, TensorBoard, alarms and evaluation all on, as in a
 real run) on a cheap task with tiny networks, and records the process's resident set size
 (VmRSS) every ``--record-every`` steps. The replay buffer is made small so that it is full early;
@@ -37,7 +37,7 @@ def rss_mib() -> float:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m smfp.bench.soak", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m smfp.bench.speed.soak", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=200_000, help="environment steps (default 200000)")
     p.add_argument("--env", default="Pendulum-v1")
     p.add_argument("--algo", default="sac", choices=["sac", "mdpo", "smfp", "flow"])

@@ -23,9 +23,10 @@ import torch
 
 from conftest import load_weights_only, read_jsonl, tiny_config
 from smfp.monitor.health import HealthProbe
-from smfp.training import loop
+from smfp.monitor.logger import TensorBoardSink
 from smfp.storage.checkpoint import CheckpointWriteError, list_checkpoints, load_checkpoint
-from smfp.training.loop import MIN_RECOVERY_LR_FRACTION, TrainingDiverged, train
+from smfp.training.loop import MIN_RECOVERY_LR_FRACTION, TrainingDiverged, run_training, train
+from smfp.training.run import open_run
 
 ENVS = '''
     """One-state, one-step tasks for the resume tests."""
@@ -203,20 +204,30 @@ def test_a_checkpoint_without_a_recovery_count_still_resumes(tmp_path, bandits):
 
 # --- the health probe ----------------------------------------------------------------------------------
 
-def test_a_resumed_run_probes_the_same_states_on_the_same_schedule(tmp_path, bandits, monkeypatch):
+def test_a_resumed_run_probes_the_same_states_on_the_same_schedule(tmp_path, bandits):
+    # (rewritten against the loop's seams: the probes are the ones open_run built, not recorded by
+    # monkeypatching loop.py's HealthProbe; the assertions are unchanged)
     probes: list[HealthProbe] = []
 
-    class RecordingProbe(HealthProbe):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            probes.append(self)
+    def interrupted_keeping_probes(cfg, crash_at):  # the module's _interrupted, keeping each run's probe
+        def crash(step: int, row: dict) -> None:
+            if step == crash_at:
+                raise _Crash
 
-    monkeypatch.setattr(loop, "HealthProbe", RecordingProbe)
+        with pytest.raises(_Crash), open_run(cfg) as run:
+            probes.append(run.probe)
+            run.logger.subscribe(crash)
+            run_training(run)
+        assert list_checkpoints(Path(cfg.run_dir))[-1][0] < crash_at
+        with open_run(dataclasses.replace(cfg, resume=True)) as run:
+            probes.append(run.probe)
+            return run_training(run)
+
     # a task with varied states: the probe states are a sample of the replay buffer
     cfg = tiny_config(tmp_path / "pendulum", total_steps=900, learning_starts=200, log_every=100, eval_every=0,
                       checkpoint_every=600)
     cfg.algo, cfg.monitor.probe_every, cfg.log.tensorboard = "smfp", 300, False
-    _interrupted(cfg, 700)  # resumes at 600
+    interrupted_keeping_probes(cfg, 700)  # resumes at 600
     assert len(probes) == 2 and probes[0].states is not None
     assert probes[1].states is not None and bool((probes[1].states == probes[0].states).all())
     probed = [r["step"] for r in read_jsonl(tmp_path / "pendulum" / "metrics.jsonl") if "health/modes" in r]
@@ -233,61 +244,56 @@ def test_a_resumed_run_probes_the_same_states_on_the_same_schedule(tmp_path, ban
 
 # --- train() always closes what it opened ------------------------------------------------------------
 
-@pytest.fixture
-def opened(monkeypatch):
-    """The environments and metrics loggers ``train`` creates, with a record of their ``close`` calls."""
-    made = {"envs": [], "loggers": [], "closed": []}
-    real_make_env = loop.make_env
+def _train_watched(cfg, made: dict, patch=None) -> None:
+    """``train`` through its seams, noting the environments and the logger ``open_run`` made and the ``close``
+    calls of the environments. (Rewritten from monkeypatching loop.py's make_env and MetricsLogger.)"""
+    made.update(envs=[], closed=[], loggers=[])
+    with open_run(cfg) as run:
+        for env in (run.env, run.eval_env):
+            real_close = env.close
 
-    def recording_make_env(*a, **kw):
-        env = real_make_env(*a, **kw)
-        real_close = env.close
+            def close(env=env, real_close=real_close):
+                made["closed"].append(env)
+                real_close()
 
-        def close():
-            made["closed"].append(env)
-            real_close()
-
-        env.close = close
-        made["envs"].append(env)
-        return env
-
-    class RecordingLogger(loop.MetricsLogger):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            made["loggers"].append(self)
-
-    monkeypatch.setattr(loop, "make_env", recording_make_env)
-    monkeypatch.setattr(loop, "MetricsLogger", RecordingLogger)
-    return made
+            env.close = close
+            made["envs"].append(env)
+        made["loggers"].append(run.logger)
+        if patch is not None:
+            patch(run)
+        run_training(run)
 
 
 def _assert_all_closed(made: dict) -> None:
     assert len(made["envs"]) == 2 and all(any(e is c for c in made["closed"]) for e in made["envs"])
     (logger,) = made["loggers"]
     assert logger.file.closed
-    assert logger.writer is None or logger.writer.all_writers is None  # SummaryWriter.close() drops them
+    sinks = [s for s in logger.subscribers if isinstance(s, TensorBoardSink)]
+    assert all(s.writer.all_writers is None for s in sinks)  # SummaryWriter.close() drops them
 
 
-def test_divergence_closes_the_metrics_file_the_tensorboard_writer_and_both_envs(tmp_path, bandits, opened):
+def test_divergence_closes_the_metrics_file_the_tensorboard_writer_and_both_envs(tmp_path, bandits):
     cfg = _bandit(tmp_path / "r", "EarlyPoison", 1000, checkpoint_every=600)  # diverges before any checkpoint
     cfg.log.tensorboard = True
+    opened: dict = {}
     with pytest.raises(TrainingDiverged):
-        train(cfg)
+        _train_watched(cfg, opened)
     _assert_all_closed(opened)
 
 
-def test_a_failed_checkpoint_write_closes_them_too(tmp_path, bandits, opened, monkeypatch):
+def test_a_failed_checkpoint_write_closes_them_too(tmp_path, bandits):
     def full_disk(run_dir, step, *a, **kw):
         raise CheckpointWriteError(f"cannot write the checkpoint of step {step} (No space left on device)")
 
-    monkeypatch.setattr(loop, "save_checkpoint", full_disk)
     cfg = _bandit(tmp_path / "r", "Quadratic", 400, checkpoint_every=300)
     cfg.log.tensorboard = True
+    opened: dict = {}
     with pytest.raises(CheckpointWriteError):
-        train(cfg)
+        _train_watched(cfg, opened, patch=lambda run: setattr(run, "save_checkpoint", full_disk))
     _assert_all_closed(opened)
 
 
-def test_a_completed_run_closes_them(tmp_path, bandits, opened):
-    train(_bandit(tmp_path / "r", "Quadratic", 300, checkpoint_every=300))
+def test_a_completed_run_closes_them(tmp_path, bandits):
+    opened: dict = {}
+    _train_watched(_bandit(tmp_path / "r", "Quadratic", 300, checkpoint_every=300), opened)
     _assert_all_closed(opened)

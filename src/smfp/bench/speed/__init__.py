@@ -1,0 +1,1 @@
+"""Speed benchmarks: update throughput (``smfp bench train``), action latency (``bench latency``), memory soak."""

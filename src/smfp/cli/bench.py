@@ -1,0 +1,109 @@
+"""``smfp bench``: train (update throughput), bandit (the fixed-Q acceptance suite), latency (action selection),
+sb3-sac (the Stable-Baselines3 SAC reference run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from smfp.cli.args import OneLineParser, add_dataclass_args, build_dataclass, fail
+from smfp.config import ALGOS, TrainConfig, leaf_fields
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from smfp.bench.speed.train import format_table, run_train_bench
+
+    algos = [a for a in args.algos.split(",") if a]
+    report = run_train_bench(args.env, algos, args.steps, args.repeats, args.compare_sb3, args.warmup,
+                             overrides=build_dataclass(TrainConfig, vars(args)))
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+def cmd_bench_bandit(args: argparse.Namespace) -> int:
+    from smfp.bench.acceptance.suite import format_row, run_suite
+
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--seeds expects comma-separated integers, got {args.seeds!r}")
+    algos = [a for a in args.algos.split(",") if a]
+    if not seeds or any(s < 0 for s in seeds):
+        fail(f"--seeds expects comma-separated non-negative integers, got {args.seeds!r}")
+    if any(a not in ALGOS for a in algos) or not algos:
+        fail(f"--algos expects a comma-separated subset of {','.join(ALGOS)}, got {args.algos!r}")
+    if not 1 <= args.steps <= 5000:
+        fail(f"--steps must be in 1..5000 (the suite's budget), got {args.steps}")
+    progress = None if args.json else (lambda row: print(format_row(row), flush=True))
+    report = run_suite(seeds, algos, args.steps, fast_only=args.fast, progress=progress)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"SMFP {'passes' if report['smfp_pass'] else 'does NOT pass'}: TV <= {report['tv_max']} and every "
+              f"share within {report['share_tol']} of the target's, in every case")
+    return 0 if report["smfp_pass"] or "smfp" not in algos else 1
+
+
+def cmd_bench_sb3(args: argparse.Namespace) -> int:
+    from smfp.bench.sb3_reference import OPTIONS, reference_config, run_sb3_reference
+
+    base = build_dataclass(TrainConfig, {k: v for k, v in vars(args).items() if k in OPTIONS})
+    print(json.dumps(run_sb3_reference(reference_config(args.out, base), log=sys.stderr)))
+    return 0
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks: train (update throughput), latency (action selection)")
+    bench = p.add_subparsers(dest="bench", parser_class=OneLineParser, metavar="BENCH")
+    bench.required = True
+    b = bench.add_parser("train", help="gradient-update throughput (steps/s) on a MuJoCo task")
+    b.add_argument("--env", default="HalfCheetah-v5")
+    b.add_argument("--algos", default="sac,smfp")
+    b.add_argument("--steps", type=int, default=1000, help="timed steps per run (after --warmup)")
+    b.add_argument("--warmup", type=int, default=1000, help="random steps filling the buffer, not timed")
+    b.add_argument("--repeats", type=int, default=3, help="alternating runs per candidate; medians are reported")
+    b.add_argument("--compare-sb3", action="store_true", help="also time Stable-Baselines3's SAC (extra .[bench])")
+    b.add_argument("--json", action="store_true")
+    add_dataclass_args(b, TrainConfig, skip=("env", "algo", "total_steps", "run_dir", "resume", "seed"))
+    b.set_defaults(func=cmd_bench_train)
+
+    b = bench.add_parser("bandit", help="fixed-Q acceptance suite: does the default actor update match exp(Q/alpha)?")
+    b.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    b.add_argument("--algos", default="smfp,sac", help="algorithms whose default policy and update are run")
+    b.add_argument("--steps", type=int, default=5000, help="actor updates per case (at most 5000)")
+    b.add_argument("--fast", action="store_true", help="only the fast cases (the ones the test suite runs)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_bench_bandit)
+
+    from smfp.bench.speed.latency import BACKENDS, CLOCKS, main_latency
+
+    b = bench.add_parser(
+        "latency", help="latency of one action selection: gaussian, smfp (1/2/4 steps), flow-K, best-of-N; "
+                        "eager, ONNX Runtime, TorchScript")
+    b.add_argument("--batch", default="1,32,1024", help="comma-separated batch sizes (default: 1,32,1024)")
+    b.add_argument("--obs-dim", type=int, default=None, help="observation size of untrained networks (default 17)")
+    b.add_argument("--act-dim", type=int, default=None, help="action size of untrained networks (default 6)")
+    b.add_argument("--run", default=None, metavar="RUN_DIR", help="time this run's trained actor (and same-size "
+                   "untrained networks of the other classes)")
+    b.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: eager,onnx,torchscript")
+    b.add_argument("--seconds", type=float, default=6.0, help="timing budget per batch size (interleaved rounds)")
+    b.add_argument("--min-rounds", type=int, default=5, help="rounds run even past --seconds")
+    b.add_argument("--best-of-n", type=int, default=None, help="candidates of best-of-N (default: the run's, or 16)")
+    b.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime intra-op threads")
+    b.add_argument("--clock", default="wall", choices=tuple(CLOCKS),
+                   help="wall: elapsed time, what a controller sees (default); cpu: the calling thread's CPU time, "
+                        "which leaves out time the OS gives to other processes (use on a shared, busy machine)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=main_latency)
+
+    from smfp.bench.sb3_reference import OPTIONS
+
+    b = bench.add_parser(
+        "sb3-sac", help="reference: Stable-Baselines3's SAC with smfp's SAC hyperparameters, evaluated like smfp "
+                        "runs, written as a run dir for smfp aggregate (extra .[bench])")
+    b.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run dir to write (a finished one is left as it is; an unfinished one restarts)")
+    add_dataclass_args(b, TrainConfig, skip=tuple(f.name for _, f, _ in leaf_fields() if f.name not in OPTIONS))
+    b.set_defaults(func=cmd_bench_sb3)
+

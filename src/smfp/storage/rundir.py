@@ -1,0 +1,94 @@
+"""A run directory's layout: the one place that knows its file names.
+
+::
+
+    RUN_DIR/config.json              the resolved TrainConfig (read back by --resume, sweeps, report, aggregate)
+            metrics.jsonl            one JSON object per logged row, always with "step"
+            alerts.jsonl             one JSON object per alarm raised
+            tb/                      TensorBoard event files
+            checkpoints/step_S.pt    complete checkpoints; buffer_S.pt beside the newest one
+            .lock                    held (flock) by the process training in it
+            provenance.json          what made a run that smfp train did not (bench sb3-sac)
+            report/, inspect.png     what `smfp report` and `smfp inspect` write by default
+            train.log, sweep_attempts.jsonl, sweep_progress.json    written by `smfp sweep`
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from smfp.storage.userfiles import read_json_object, read_saved_config
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    CONFIG = "config.json"
+    METRICS = "metrics.jsonl"
+    ALERTS = "alerts.jsonl"
+    TENSORBOARD = "tb"
+    CHECKPOINTS = "checkpoints"
+    LOCK = ".lock"
+    PROVENANCE = "provenance.json"
+    REPORT = "report"
+    INSPECT_PNG = "inspect.png"
+    SWEEP_LOG = "train.log"
+    SWEEP_ATTEMPTS = "sweep_attempts.jsonl"
+    SWEEP_PROGRESS = "sweep_progress.json"
+
+    def __init__(self, path: "str | Path | RunDir"):
+        object.__setattr__(self, "path", Path(path.path if isinstance(path, RunDir) else path))
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def alerts(self) -> Path:
+        return self.path / self.ALERTS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def lock(self) -> Path:
+        return self.path / self.LOCK
+
+    @property
+    def provenance(self) -> Path:
+        return self.path / self.PROVENANCE
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step:010d}.pt"
+
+    def buffer(self, step: int) -> Path:
+        return self.checkpoints / f"buffer_{step:010d}.pt"
+
+    def holds_run(self) -> bool:
+        """A run's files are here (what `smfp aggregate` and `smfp report` look for)."""
+        return self.config.is_file() and self.metrics.is_file()
+
+    def read_config(self, fix: str) -> dict | None:
+        """The saved config as written (nested), checked to be a JSON object; None when there is none."""
+        return read_json_object(self.config, "the saved config", fix) if self.config.exists() else None
+
+    def read_flat_config(self, fix: str) -> dict | None:
+        """The saved config flattened (``{"section.field": value}``, plain values only); None when there is none."""
+        return read_saved_config(self.config, fix)
+
+
+__all__ = ["RunDir"]
