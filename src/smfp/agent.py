@@ -24,6 +24,7 @@ class Agent:
     action_high: np.ndarray
     best_of_n: int = 16
     step: int = 0
+    alpha: float | None = None  # the run's entropy temperature at the checkpoint (None: not known)
 
     def resolve_mode(self, mode: str) -> str:
         return self.policy.resolve_mode(mode)
@@ -65,9 +66,12 @@ def load_agent(path: str | Path) -> Agent:
     ckpt = resolve_checkpoint(path)
     meta = ckpt["meta"]
     try:  # safely loaded, but its parts may still not fit together (a damaged or hand-made file)
-        return Agent.from_parts(meta["policy_kind"], meta["policy_kwargs"], ckpt["learner"]["policy"],
-                                meta["critic_kwargs"], ckpt["learner"]["critic"], meta,
-                                best_of_n=ckpt["config"]["eval"]["best_of_n"], step=ckpt["step"])
+        agent = Agent.from_parts(meta["policy_kind"], meta["policy_kwargs"], ckpt["learner"]["policy"],
+                                 meta["critic_kwargs"], ckpt["learner"]["critic"], meta,
+                                 best_of_n=ckpt["config"]["eval"]["best_of_n"], step=ckpt["step"])
+        log_alpha = ckpt["learner"].get("log_alpha")
+        agent.alpha = float(torch.as_tensor(log_alpha).exp()) if log_alpha is not None else None
+        return agent
     except Exception as exc:  # noqa: BLE001 - still reading the user's file: any failure is one line
         raise CheckpointError(f"{ckpt['path']} does not describe a usable agent ({describe(exc)}); use an "
                               "intact checkpoint") from None

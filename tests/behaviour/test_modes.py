@@ -205,6 +205,10 @@ def test_inspect_finds_one_mode_for_a_policy_trained_on_a_unimodal_bandit(bandit
     assert np.linalg.norm(np.asarray(state["mode_centers"][0]) - [0.5, -0.5]) < 0.25
     assert report["verdict"].startswith("unimodal at all 1 probed states")
     assert report["train_entropy"] is not None and "gap" in report["train_entropy"]
+    # the task too: the critic's target on a one-bump bandit is one mode near the best action
+    assert state["target_modes"] == 1 and state["method"] == "grid" and 0.0 <= state["tv_to_target"] <= 1.0
+    assert np.linalg.norm(np.asarray(state["target_centers"][0]) - [0.5, -0.5]) < 0.25
+    assert report["target_verdict"].startswith("the critic's target is unimodal at all 1 probed states")
     assert (bandit_run / "inspect.png").stat().st_size > 1000
 
 
@@ -220,9 +224,13 @@ def test_inspect_cli_json_and_default_probe_states(bandit_run, bandit_env_module
         assert set(s) >= {"state", "modes", "entropy", "entropy_m1"} and len(s["state"]) == 1
         assert s["modes"] == 1
     assert png.stat().st_size > 1000
-    text = run_cli("inspect", bandit_run, "--state", "0", "--samples", "200", "--out", png,
+    for s in out["states"]:
+        assert set(s) >= {"target_modes", "target_masses", "tv_to_target"} and s["target_modes"] == 1
+    text = run_cli("inspect", bandit_run, "--state", "0", "--samples", "200", "--out", png, "--plot", tmp_path / "t",
                    pythonpath=bandit_env_module)
     assert text.returncode == 0 and "verdict: unimodal" in text.stdout and "figure:" in text.stdout
+    assert "task: the critic's target is unimodal" in text.stdout
+    assert (tmp_path / "t" / "target_state0.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -230,6 +238,7 @@ def test_inspect_cli_json_and_default_probe_states(bandit_run, bandit_env_module
     (["--state", "x"], "--state expects numbers"),
     (["--samples", "0"], "--samples must be at least 2"),
     (["--min-mass", "1.5"], "--min-mass"),
+    (["--alpha", "0"], "--alpha must be a positive number"),
 ])
 def test_inspect_user_mistakes_are_one_line(bandit_run, bandit_env_module, args, needle):
     proc = run_cli("inspect", bandit_run, *args, pythonpath=bandit_env_module)

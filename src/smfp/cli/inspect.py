@@ -11,14 +11,18 @@ import numpy as np
 from smfp.agent import load_agent
 from smfp.cli.args import fail
 from smfp.monitor.modes import (DEFAULT_MIN_MASS, assess_state, entropy_gap_from_metrics, format_report, plot_states,
-                                probe_states, verdict)
+                                probe_states, sample_actions, verdict)
+from smfp.monitor.target import POLICY_SAMPLES, assess_target, plot_target, target_verdict
 from smfp.storage.rundir import RunDir
 
 
 def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, samples: int = 1000,
                 num_states: int = 8, episodes: int = 2, seed: int = 0, png: str | Path | None = None,
-                min_mass: float = DEFAULT_MIN_MASS) -> dict:
-    """The multimodality assessment of a run (or checkpoint): a JSON-ready dict."""
+                min_mass: float = DEFAULT_MIN_MASS, alpha: float | None = None,
+                plot_dir: str | Path | None = None) -> dict:
+    """The multimodality assessment of a run (or checkpoint), as a JSON-ready dict: the modes of the policy at
+    the probed states and, from the run's critic, the modes of the soft-greedy target ``exp(Q/alpha)`` there
+    (``smfp.monitor.target``) with the policy's distance to it, and a verdict on the task."""
     agent = load_agent(run_dir)
     obs_dim = agent.policy.obs_dim
     if states:
@@ -38,6 +42,23 @@ def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, sa
            "samples": samples, "rule": f"mean-shift KDE modes, Scott bandwidth, min mass {min_mass:g}",
            "states": [r.to_json() for r in reports], "verdict": verdict(reports, agent.policy.kind),
            "train_entropy": entropy_gap_from_metrics(base)}
+    alpha = agent.alpha if alpha is None else alpha
+    if agent.critic is not None and alpha is not None and alpha > 0:
+        rng = np.random.default_rng(seed)
+        targets = [assess_target(agent.policy, agent.critic, s, alpha, rng,
+                                 sample_actions(agent.policy, s, POLICY_SAMPLES)[0], r.modes, min_mass)
+                   for s, r in zip(probe, reports)]
+        for entry, t in zip(out["states"], targets):
+            entry.update(t.to_json())
+        out["target_verdict"] = target_verdict(targets)
+        out["target_rule"] = (f"exp(Q/alpha) with Q the critic ensemble's min and alpha {alpha:.4g}; "
+                              f"{targets[0].method if targets else 'grid'} estimate, the same mode rule")
+        if plot_dir is not None:
+            Path(plot_dir).mkdir(parents=True, exist_ok=True)
+            out["target_pngs"] = [str(plot_target(t, Path(plot_dir) / f"target_state{i}.png"))
+                                  for i, t in enumerate(targets)]
+    else:
+        out["target_verdict"] = "no critic or temperature in this checkpoint: the task's target was not assessed"
     if png is None:
         png = base / RunDir.INSPECT_PNG
     out["png"] = str(plot_states(reports, png, f"{agent.policy.kind} on {agent.env_id}, step {agent.step}"))
@@ -45,7 +66,8 @@ def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, sa
 
 
 def add_inspect_parser(sub) -> None:
-    p = sub.add_parser("inspect", help="assess multimodality: modes of a policy's actions at probed states")
+    p = sub.add_parser("inspect", help="assess multimodality: does the task's critic target have several modes, "
+                                       "and does the policy follow them?")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--state", action="append", nargs="+", default=None, metavar="X",
                    help="an observation to probe, as numbers or one comma-separated list (repeat the option "
@@ -58,6 +80,10 @@ def add_inspect_parser(sub) -> None:
     p.add_argument("--min-mass", type=float, default=DEFAULT_MIN_MASS,
                    help="smallest share of the samples that counts as a mode")
     p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/inspect.png)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="temperature of the critic's target exp(Q/alpha) (default: the run's, from the checkpoint)")
+    p.add_argument("--plot", default=None, metavar="DIR",
+                   help="write one PNG per probed state: the critic's target with the policy's samples over it")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_inspect)
 
@@ -94,10 +120,12 @@ def cmd_inspect(args) -> int:
         fail(f"--seed must be >= 0, got {args.seed}")
     if not 0.0 <= args.min_mass < 1.0:
         fail(f"--min-mass must be in [0, 1), got {args.min_mass}")
+    if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha > 0):
+        fail(f"--alpha must be a positive number, got {args.alpha}")
     try:
         states = _parse_states(args.state)
         report = inspect_run(args.target, states, args.samples, args.states, args.episodes, args.seed,
-                             args.out, args.min_mass)
+                             args.out, args.min_mass, args.alpha, args.plot)
     except ValueError as exc:
         if type(exc) is not ValueError:  # CheckpointError, EnvError...: the CLI reports those itself
             raise

@@ -327,13 +327,21 @@ def format_report(report: dict) -> str:
         masses = " ".join(f"{100 * m:.0f}%" for m in s["mode_masses"])
         lines.append(f"  state ({st}): {s['modes']} mode(s) [{masses}]  entropy {s['entropy']:.2f} "
                      f"(conditional {s['entropy_m1']:.2f})")
+        if "target_modes" in s:
+            target = " ".join(f"{100 * m:.0f}%" for m in s["target_masses"])
+            lines.append(f"    critic's target: {s['target_modes']} mode(s) [{target}]; the policy's TV to it "
+                         f"{s['tv_to_target']:.2f}" + (f" (ESS {s['ess']:.0f})" if "ess" in s else ""))
     te = report.get("train_entropy")
     if te:
         lines.append(f"  training log (last {te['rows']} rows to step {te['last_step']}): train/entropy "
                      f"{te['entropy']:.2f}, train/entropy_m1 {te['entropy_m1']:.2f}, gap {te['gap']:.2f} nats "
                      "(mode spread credited by the mixture surrogate)")
     lines.append(f"verdict: {report['verdict']}")
-    lines.append(f"figure: {report['png']}")
+    if report.get("target_verdict"):
+        lines.append(f"task: {report['target_verdict']}")
+        if report.get("target_rule"):
+            lines.append(f"  ({report['target_rule']})")
+    lines.append(f"figure: {report['png']}" + "".join(f"\nfigure: {p}" for p in report.get("target_pngs", [])))
     return "\n".join(lines)
 
 

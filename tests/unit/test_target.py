@@ -1,0 +1,76 @@
+"""The critic's soft-greedy target ``exp(Q/alpha)`` (``smfp.monitor.target``): its modes and masses on known Q
+functions, on the grid (d <= 2) and by importance sampling (d > 2), and the policy's distance to it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from smfp.monitor.modes import sample_actions
+from smfp.monitor.target import assess_target, target_verdict
+from smfp.policies import GaussianPolicy
+
+
+class KnownQ:
+    """A critic stand-in: ``min_q(obs, act)`` is a known function of the action."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def min_q(self, obs, act):
+        return self.fn(act.double()).float()
+
+
+def bumps(centres, heights, width=0.12):
+    def fn(a):
+        q = torch.stack([h - ((a - torch.as_tensor(c, dtype=a.dtype)) ** 2).sum(-1) / (2 * width ** 2)
+                         for c, h in zip(centres, heights)])
+        return q.max(dim=0).values
+    return fn
+
+
+def _assess(q, d, alpha=1.0, seed=0):
+    torch.manual_seed(seed)
+    policy = GaussianPolicy(obs_dim=1, act_dim=d, hidden=(8,))
+    obs = np.zeros(1, np.float32)
+    actions = sample_actions(policy, obs, 4000)[0]
+    return assess_target(policy, KnownQ(q), obs, alpha, np.random.default_rng(seed), actions, 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_unequal_bumps_on_the_grid_give_two_modes_with_their_masses(seed):
+    # exp(Q) of two equal-width bumps with heights differing by log 2: masses 2/3 and 1/3
+    rep = _assess(bumps([[-0.5], [0.5]], [math.log(2.0), 0.0]), d=1, seed=seed)
+    assert rep.method == "grid" and rep.modes == 2
+    assert sorted(rep.masses, reverse=True) == pytest.approx([2 / 3, 1 / 3], abs=0.05)
+    assert rep.policy_modes == 1 and rep.tv_to_target > 0.3  # a Gaussian around 0 sits in the valley
+
+
+def test_one_bump_in_two_dimensions_is_unimodal_and_a_matching_policy_is_close():
+    rep = _assess(bumps([[0.3, -0.3]], [0.0], width=0.3), d=2)
+    assert rep.method == "grid" and rep.modes == 1
+    assert target_verdict([rep]).startswith("the critic's target is unimodal")
+
+
+def test_five_peaks_in_two_dimensions():
+    centres = [[-0.6, -0.6], [-0.6, 0.6], [0.6, -0.6], [0.6, 0.6], [0.0, 0.0]]
+    rep = _assess(bumps(centres, [0.0] * 5, width=0.1), d=2)
+    assert rep.modes == 5 and all(abs(m - 0.2) < 0.05 for m in rep.masses)
+    assert "5 modes at 100% of probed states" in target_verdict([rep])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_above_two_dimensions_importance_sampling_finds_two_modes_along_one_axis(seed):
+    # bimodal along the first axis, one broad bump in the other five
+    def q(a):
+        first = bumps([[-0.6], [0.6]], [0.0, 0.0], width=0.15)(a[:, :1])
+        return first - (a[:, 1:] ** 2).sum(-1) / (2 * 0.4 ** 2)
+
+    rep = _assess(q, d=6, seed=seed)
+    assert rep.method == "importance" and rep.ess is not None and rep.ess > 50
+    assert rep.modes == 2 and all(abs(m - 0.5) < 0.1 for m in rep.masses)
+    centres = sorted(c[0] for c in rep.centers)
+    assert centres[0] < -0.4 and centres[1] > 0.4
