@@ -71,7 +71,27 @@ def test_round_robin_medians_and_candidate_options_in_process():
     assert [r["name"] for r in report["results"]] == ["sac", "sac:batch_size=16:precision=bf16"]
     for result in report["results"]:
         _check_result(result, repeats=3, steps=5)
+        f = result["floor"]  # the update against its own GEMMs timed alone
+        assert f["update_ms"] > 0 and f["matmul_floor_ms"] > 0 and f["gemms_per_update"] > 0
+        assert f["update_over_floor"] == pytest.approx(f["update_ms"] / f["matmul_floor_ms"])
     assert set(report["ratios"]) == {"sac:batch_size=16:precision=bf16 / sac"}
+    assert report["machine"]["isa"] and report["machine"]["threads"] >= 1
+
+
+def test_the_floor_records_every_gemm_of_an_update_forward_and_backward():
+    """SAC with a 2-critic ensemble of 2 hidden layers: each critic pass is 3 batched products (baddbmm), each
+    actor pass 3 linear layers; SMFP adds M components, the anchor, the sigma net and the MeanFlow loss."""
+    from smfp.bench.speed.floor import update_floor
+
+    def floor(algo):
+        cfg = TrainConfig(algo=algo, run_dir="unused")
+        cfg.policy.hidden = cfg.critic.critic_hidden = (16, 16)
+        cfg.update.batch_size = 32
+        return update_floor(cfg.resolved(), 5, 2, updates=3, reps=2)
+
+    sac, smfp = floor("sac"), floor("smfp")
+    assert sac["gemms_per_update"] >= 3 * 3 + 3 * 2  # forward passes alone, before any backward product
+    assert smfp["gemms_per_update"] > sac["gemms_per_update"]
 
 
 def test_candidate_specs_set_fields_and_reject_mistakes():

@@ -16,7 +16,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
     algos = [a for a in args.algos.split(",") if a]
     report = run_train_bench(args.env, algos, args.steps, args.repeats, args.compare_sb3, args.warmup,
-                             overrides=build_dataclass(TrainConfig, vars(args)))
+                             overrides=build_dataclass(TrainConfig, vars(args)), floor=args.floor)
     print(json.dumps(report) if args.json else format_table(report))
     return 0
 
@@ -64,6 +64,8 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--warmup", type=int, default=1000, help="random steps filling the buffer, not timed")
     b.add_argument("--repeats", type=int, default=3, help="alternating runs per candidate; medians are reported")
     b.add_argument("--compare-sb3", action="store_true", help="also time Stable-Baselines3's SAC (extra .[bench])")
+    b.add_argument("--no-floor", dest="floor", action="store_false",
+                   help="skip the matmul floor (each candidate's update time against its GEMMs timed alone)")
     b.add_argument("--json", action="store_true")
     add_dataclass_args(b, TrainConfig, skip=("env", "algo", "total_steps", "run_dir", "resume", "seed"))
     b.set_defaults(func=cmd_bench_train)

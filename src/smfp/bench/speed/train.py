@@ -199,7 +199,8 @@ def machine_info() -> dict:
                     break
     except OSError:
         pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "isa": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags}
     try:
         info["load_avg_1min_start"] = os.getloadavg()[0]
@@ -215,14 +216,15 @@ def _ratio(a: float, b: float) -> Optional[float]:
 def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = ("sac", "smfp"), steps: int = 1000,
                     repeats: int = 3, compare_sb3: bool = False, warmup: int = 1000,
                     overrides: Optional[TrainConfig] = None, log: Optional[TextIO] = sys.stderr,
-                    isolate: bool = True) -> dict:
+                    isolate: bool = True, floor: bool = True) -> dict:
     """Time each candidate ``repeats`` times, round-robin; return the report (see the module doc).
 
     ``overrides`` supplies every other training option (threads, widths, batch size, M, ...);
     its ``env``, ``algo``, ``seed``, ``total_steps`` and ``learning_starts`` are set here.
     One progress line per run goes to ``log`` (None: silent); ``format_table(report)`` renders the result.
     ``isolate``: each run in a fresh process (default), so no run inherits another's heap,
-    caches or process-wide settings.
+    caches or process-wide settings. ``floor``: also measure each candidate's update time against the
+    matmuls it dispatches, timed alone (``bench.speed.floor``).
     """
     if steps <= 0:
         raise ConfigError(f"--steps must be positive, got {steps}")
@@ -271,6 +273,15 @@ def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = (
                         "steps_per_s": statistics.median(x["steps_per_s"] for x in runs[name]),
                         "cpu_steps_per_s": statistics.median(x["cpu_steps_per_s"] for x in runs[name]),
                         "runs": runs[name]})
+        if name != SB3_NAME and floor:  # the update's time against the GEMMs it must run (bench/speed/floor.py)
+            from smfp.bench.speed.floor import update_floor
+            from smfp.envs import env_dims, make_env
+
+            with quiet_native_stderr():
+                probe_env = make_env(env, seed=0)
+            dims = env_dims(probe_env)
+            probe_env.close()
+            results[-1]["floor"] = update_floor(candidate_config(name, env, 0, steps, warmup, base), *dims)
     med = {x["name"]: x["steps_per_s"] for x in results}
     cpu_med = {x["name"]: x["cpu_steps_per_s"] for x in results}
     ratios, cpu_ratios = {}, {}
@@ -307,7 +318,12 @@ def format_table(report: dict) -> str:
     for key, value in report["ratios"].items():
         cpu = report["cpu_ratios"].get(key)
         lines.append(f"ratio {key:<{wr}} {value:6.2f}x  (per CPU-second {cpu:.2f}x)")
+    for x in report["results"]:
+        f = x.get("floor")
+        if f:
+            lines.append(f"{x['name']:<{w}} update {f['update_ms']:.2f} ms = {f['update_over_floor']:.2f}x its matmul "
+                         f"floor ({f['matmul_floor_ms']:.2f} ms: {f['gemms_per_update']} GEMMs timed alone)")
     m = report["machine"]
-    lines.append(f"machine: {m.get('cpu')}, {m.get('cpu_count')} CPUs, torch {m.get('torch')}, "
+    lines.append(f"machine: {m.get('cpu')}, ISA {m.get('isa')}, {m.get('cpu_count')} CPUs, torch {m.get('torch')}, "
                  f"load average {m.get('load_avg_1min_start', float('nan')):.2f} -> {m.get('load_avg_1min_end', float('nan')):.2f}")
     return "\n".join(lines)
