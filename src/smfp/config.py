@@ -105,7 +105,8 @@ RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change t
 # Fields added after runs were first saved, with the value that reproduces what those runs did.
 ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "reparam", "update.fit_loss": "energy", "update.fit_coef": 10.0,
                 "update.fit_anchor": 16, "update.fit_local": 8, "update.fit_uniform": 8, "update.fit_local_scale": 2.0,
-                "update.hybrid_coef": 1.0}
+                "update.hybrid_coef": 1.0, "policy.noise_scale": 1.0, "policy.learn_noise_scale": False,
+                "update.md_warmup": False}
 
 
 def changed_fields(saved: dict, cfg: "TrainConfig") -> list[str]:
@@ -147,6 +148,10 @@ class PolicyConfig:
                                        "MeanFlow paper's) made its gradient ~10x the RL gradient on MuJoCo, so "
                                        "the default is plain MSE (p = 0)", default=0.0)
     flow_steps: int = doc("K, Euler steps of the flow-K policy (--algo flow)", default=20)
+    noise_scale: float = doc("kappa, the SMFP noise prior z ~ N(0, kappa^2 I) (its initial value with "
+                             "--learn-noise-scale); 0: the policy is a Gaussian on SMFP's own networks", default=1.0)
+    learn_noise_scale: bool = doc("learn kappa per action dimension with the actor (logged as train/kappa_mean)",
+                                  default=False)
 
 
 @dataclass
@@ -204,6 +209,8 @@ class UpdateConfig:
     hybrid_coef: float = doc("hybrid update: weight of the reparameterised mirror-descent loss (divided by "
                              "alpha + lambda, i.e. the reverse KL to the step's target) beside the fit loss",
                              default=1.0)
+    md_warmup: bool = doc("mirror-descent warm-up: lambda = 0 until the policy's entropy first reaches its target, "
+                          "then the anchor starts from the policy as it is", default=False)
     anchor_period: int = doc("copy the actor into the anchor every N updates", default=1000)
     anchor_tau: float = doc("if > 0, track the anchor by Polyak averaging at this rate instead of copies",
                             default=0.0)
@@ -356,6 +363,10 @@ class TrainConfig:
                              "--sigma-hidden": self.policy.sigma_hidden}.items():
             if not widths or any(w <= 0 for w in widths):
                 raise ConfigError(f"{name} needs one or more positive widths, got {widths}")
+        if not (self.policy.noise_scale >= 0 and self.policy.noise_scale < float("inf")):
+            raise ConfigError(f"--noise-scale must be a finite number >= 0, got {self.policy.noise_scale}")
+        if self.policy.learn_noise_scale and self.policy.noise_scale <= 0:
+            raise ConfigError("--learn-noise-scale needs a positive --noise-scale (its initial value)")
         if self.policy.log_std_min >= self.policy.log_std_max:
             raise ConfigError("--log-std-min must be below --log-std-max")
         try:

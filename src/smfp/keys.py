@@ -29,6 +29,7 @@ SKIPPED_UPDATES = "train/skipped_updates"
 COVER_ESS = "train/cover_ess"
 FIT_ESS = "train/fit_ess"  # effective sample size of the fit update's weighted candidates (fraction of them)
 RECOVERIES = "train/recoveries"
+KAPPA_MEAN = "train/kappa_mean"
 SPS = "train/sps"
 UPDATES = "train/updates"
 EPISODE_RETURN = "train/episode_return"

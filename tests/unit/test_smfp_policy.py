@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +120,76 @@ def test_one_network_evaluation_per_action_and_k_for_k_steps():
             u_count.reset()
             p.transport(obs, noise, steps=k)
             assert (u_count.calls, u_count.rows) == (k, k * b * m), k
+
+
+# --- the noise scale kappa (z ~ N(0, kappa^2 I)) and the mirror-descent warm-up ---------------------------
+
+def test_kappa_scales_the_noise_everywhere_the_transport_sees_it():
+    torch.manual_seed(0)
+    scaled = SMFPPolicy(3, 2, hidden=(16, 16), sigma_hidden=(8,), noise_scale=0.3)
+    plain = SMFPPolicy(3, 2, hidden=(16, 16), sigma_hidden=(8,))
+    plain.load_state_dict(scaled.state_dict())  # same networks; kappa is not in the state dict when fixed
+    obs, eps = torch.randn(5, 3), torch.randn(5, 4, 2)
+    assert torch.allclose(scaled.transport(obs, eps), plain.transport(obs, 0.3 * eps))
+    assert torch.allclose(scaled.transport(obs, eps, steps=2), plain.transport(obs, 0.3 * eps, steps=2))
+    gaussian = SMFPPolicy(3, 2, hidden=(16, 16), sigma_hidden=(8,), noise_scale=0.0)  # the Gaussian control
+    means = gaussian.component_means(obs, eps)
+    assert torch.allclose(means, means[:, :1].expand_as(means))  # every component the same: one Gaussian
+    assert torch.isfinite(scaled.meanflow_loss(obs, weight_power=0.0))
+
+
+def test_a_learnt_kappa_trains_with_the_actor_and_round_trips_through_its_state():
+    from smfp.config import TrainConfig
+    from smfp.update import Learner
+
+    cfg = TrainConfig(algo="smfp", run_dir="unused")
+    cfg.policy.hidden, cfg.policy.sigma_hidden, cfg.critic.critic_hidden = (16, 16), (8,), (16, 16)
+    cfg.policy.noise_scale, cfg.policy.learn_noise_scale = 0.5, True
+    cfg.update.batch_size = 32
+    learner = Learner(cfg.resolved(), 3, 2)
+    assert torch.allclose(learner.policy.kappa, torch.full((2,), 0.5))
+    before = learner.policy.kappa.clone()
+    obs = torch.randn(32, 3)
+    for _ in range(3):
+        learner.actor_step(obs, lambda o, a: -(a - 0.5).pow(2).sum(-1))
+    assert not torch.equal(before, learner.policy.kappa)  # the actor's optimiser moves it
+    state = learner.state_dict()
+    again = Learner(cfg.resolved(), 3, 2)
+    again.load_state_dict(state)
+    assert torch.equal(again.policy.kappa, learner.policy.kappa)
+
+
+def test_kappa_is_exported_with_the_actor():
+    from smfp.export import export_policy
+
+    torch.manual_seed(1)
+    policy = SMFPPolicy(3, 2, hidden=(16, 16), sigma_hidden=(8,), noise_scale=0.3).eval()
+    low, high = np.array([-1.0, -2.0]), np.array([1.0, 2.0])
+    for mode in ("sample", "best-of-n"):  # export_policy checks the exported actor against the eager one
+        critic = None
+        if mode == "best-of-n":
+            from smfp.critic import QEnsemble
+            critic = QEnsemble(3, 2, (8,), 2).eval()
+        out = export_policy(policy, low, high, "torchscript", Path(tempfile.mkdtemp()) / "a.pt", mode, None, critic)
+        assert out["max_abs_error"] <= out["tolerance"]
+
+
+def test_the_mirror_descent_warm_up_holds_lambda_at_zero_until_the_entropy_reaches_its_target():
+    from smfp.config import TrainConfig
+    from smfp.update import Learner
+
+    cfg = TrainConfig(algo="smfp", run_dir="unused")
+    cfg.policy.hidden, cfg.policy.sigma_hidden, cfg.critic.critic_hidden = (16, 16), (8,), (16, 16)
+    cfg.update.md_warmup = True
+    learner = Learner(cfg.resolved(), 3, 2)
+    assert learner.use_md and not learner.md_active and float(learner.md_lambda) == 0.0
+    learner.temperature_step(torch.full((8,), -(learner.target_entropy + 1.0)), torch.zeros(()))  # entropy above
+    # its target by 1 nat: still warming up
+    assert not learner.md_active
+    for p in learner.policy.parameters():
+        p.data.add_(0.1)  # the policy moves during the warm-up; the anchor does not
+    learner.temperature_step(torch.full((8,), -(learner.target_entropy - 0.5)), torch.zeros(()))  # entropy below
+    assert learner.md_active and float(learner.md_lambda) > 0.0
+    for a, p in zip(learner.anchor.parameters(), learner.policy.parameters()):
+        assert torch.equal(a, p)  # the anchor starts from the policy as it is when the warm-up ends
+    assert learner.state_dict()["md_active"] is True

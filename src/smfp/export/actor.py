@@ -174,6 +174,7 @@ class _Transport(nn.Module):
         self.dts: list[float] = dts
         self.steps = len(dts)
         self.rescale = _Rescale(low, high)
+        self.register_buffer("kappa", policy.kappa.detach().clone())  # z = kappa * noise, as in the transport
 
 
 class MixtureSampleActor(_Transport):
@@ -185,7 +186,7 @@ class MixtureSampleActor(_Transport):
         self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        x, xi = noise[:, : self.act_dim], noise[:, self.act_dim :]
+        x, xi = noise[:, : self.act_dim] * self.kappa, noise[:, self.act_dim :]
         for k in range(self.steps):
             x = torch.sub(x, self.field(torch.cat([obs, x], dim=-1), k), alpha=self.dts[k])
         std = torch.exp(self.log_std(self.sigma_net(obs)))
@@ -202,7 +203,7 @@ class MixtureBestOfNActor(_Transport):
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         b, n = noise.shape[0], noise.shape[1]
         s = obs.unsqueeze(1).expand(b, n, self.obs_dim)
-        x = noise
+        x = noise * self.kappa
         for k in range(self.steps):
             x = torch.sub(x, self.field(torch.cat([s, x], dim=-1), k), alpha=self.dts[k])
         cand = torch.tanh(x)

@@ -10,6 +10,7 @@ here, against ``components``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -203,12 +204,28 @@ class TransportPolicy(Policy):
         return getattr(self, self.generator_name)
 
     def __init__(self, obs_dim: int, act_dim: int, time_dim: int, hidden: tuple[int, ...] = (256, 256),
-                 sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0):
+                 sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0,
+                 noise_scale: float = 1.0, learn_noise_scale: bool = False):
         super().__init__(obs_dim, act_dim, log_std_min, log_std_max)
         self.hidden = tuple(hidden)
         self.sigma_hidden = tuple(sigma_hidden)
         setattr(self, self.generator_name, mlp(obs_dim + act_dim + time_dim, self.hidden, act_dim, act=nn.SiLU))
         self.sigma_net = mlp(obs_dim, self.sigma_hidden, act_dim)
+        # kappa: the prior is z ~ N(0, diag(kappa^2)), written kappa * eps with eps ~ N(0, I) so that every user of
+        # the noise (sampler, surrogate, anchor, critic target, best-of-n, export) draws eps and the transport
+        # scales it. kappa = 0 makes the policy a Gaussian on its own networks (the control of docs/method.md).
+        self.noise_scale, self.learn_noise_scale = float(noise_scale), bool(learn_noise_scale)
+        if learn_noise_scale:
+            if noise_scale <= 0:
+                raise ValueError("a learnt noise scale needs a positive initial value")
+            self.log_kappa = nn.Parameter(torch.full((act_dim,), math.log(noise_scale)))
+        else:  # fixed: rebuilt from init_kwargs, not saved (older checkpoints load with kappa = 1)
+            self.register_buffer("fixed_kappa", torch.full((act_dim,), float(noise_scale)), persistent=False)
+
+    @property
+    def kappa(self) -> torch.Tensor:
+        """The noise scale per action dimension (d,)."""
+        return self.log_kappa.exp() if self.learn_noise_scale else self.fixed_kappa
 
     # --- to implement -------------------------------------------------------------------
     def step_times(self, i: int, steps: int) -> tuple[list[float], float]:
@@ -224,7 +241,7 @@ class TransportPolicy(Policy):
         k = self.default_steps if steps is None else int(steps)
         b, m, _ = noise.shape
         s = obs.unsqueeze(1).expand(b, m, obs.shape[-1])
-        x = noise
+        x = noise * self.kappa.to(noise.dtype) if self.learn_noise_scale or self.noise_scale != 1.0 else noise
         for i in range(k):
             times, dt = self.step_times(i, k)
             t = x.new_tensor(times).expand(b, m, len(times))

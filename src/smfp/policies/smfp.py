@@ -21,8 +21,10 @@ class SMFPPolicy(TransportPolicy):
     generator_name = "u_net"
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256),
-                 sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0):
-        super().__init__(obs_dim, act_dim, 2, hidden, sigma_hidden, log_std_min, log_std_max)
+                 sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0,
+                 noise_scale: float = 1.0, learn_noise_scale: bool = False):
+        super().__init__(obs_dim, act_dim, 2, hidden, sigma_hidden, log_std_min, log_std_max, noise_scale,
+                         learn_noise_scale)
 
     def step_times(self, i: int, steps: int) -> tuple[list[float], float]:
         t, r = 1.0 - i / steps, 1.0 - (i + 1) / steps
@@ -52,7 +54,7 @@ class SMFPPolicy(TransportPolicy):
                 x_hat = self.transport(obs, noise, steps=1).squeeze(1)
         else:
             x_hat = data.detach().to(obs.dtype)
-        z = noise.squeeze(1)
+        z = noise.squeeze(1) * self.kappa.to(obs.dtype)  # the t = 1 end of the transport (kappa-scaled, as there)
         times = torch.sigmoid(torch.randn(b, 2, dtype=obs.dtype) * 1.0 - 0.4)
         t = times.max(dim=1, keepdim=True).values
         r = times.min(dim=1, keepdim=True).values
@@ -77,9 +79,9 @@ class SMFPPolicy(TransportPolicy):
     @classmethod
     def from_config(cls, obs_dim: int, act_dim: int, cfg) -> "SMFPPolicy":
         return cls(obs_dim, act_dim, hidden=cfg.hidden, sigma_hidden=cfg.sigma_hidden, log_std_min=cfg.log_std_min,
-                   log_std_max=cfg.log_std_max)
+                   log_std_max=cfg.log_std_max, noise_scale=cfg.noise_scale, learn_noise_scale=cfg.learn_noise_scale)
 
     def init_kwargs(self) -> dict:
         return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=self.hidden, sigma_hidden=self.sigma_hidden,
-                    log_std_min=self.log_std_min,
-                    log_std_max=self.log_std_max)
+                    log_std_min=self.log_std_min, log_std_max=self.log_std_max, noise_scale=self.noise_scale,
+                    learn_noise_scale=self.learn_noise_scale)

@@ -23,7 +23,7 @@ from smfp.critic import QEnsemble
 from smfp.policies import Policy, policy_from_config
 from smfp.policies.distributions import gaussian_log_prob, tanh_log_det
 from smfp.precision import PRECISIONS, matmul_precision
-from smfp.update.losses import actor_loss, critic_loss, md_target_samples, soft_target
+from smfp.update.losses import actor_loss, critic_loss, fit_actor_loss, md_target_samples, soft_target
 
 
 def make_adam(params, lr: float) -> torch.optim.Adam:
@@ -77,6 +77,7 @@ class Learner:
         self.target_components = (p.target_components or p.components) if self.policy.is_mixture else 1
         self.actor_states = p.actor_states or max(1, u.batch_size // self.components)
         self.use_md = u.md_lambda > 0 or u.autotune_lambda
+        self.md_active = not u.md_warmup  # --md-warmup: lambda = 0 until the entropy first reaches its target
         self.anchor: Policy | None = copy.deepcopy(self.policy).requires_grad_(False) if self.use_md else None
         self.critic = QEnsemble(obs_dim, act_dim, c.critic_hidden, c.num_q)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
@@ -110,7 +111,7 @@ class Learner:
 
     @property
     def md_lambda(self) -> torch.Tensor:
-        if not self.use_md:
+        if not self.use_md or not self.md_active:
             return torch.zeros(())
         if self.cfg.update.lambda_per_alpha:  # lambda = c * alpha: a step size independent of the reward scale
             return self.cfg.update.md_lambda * self.alpha
@@ -165,8 +166,13 @@ class Learner:
         u, p = self.cfg.update, self.cfg.policy
         obs_a = obs[: self.actor_states]
         alpha, md_lambda = self.alpha, self.md_lambda
-        loss_pi, smp, kl, anchor_components = actor_loss(self.policy, q_fn, self.anchor, obs_a, alpha, md_lambda,
-                                                         self.components)
+        fit = None
+        if u.actor_update == "reparam" or not self.policy.is_mixture:
+            loss_pi, smp, kl, anchor_components = actor_loss(self.policy, q_fn, self.anchor, obs_a, alpha, md_lambda,
+                                                             self.components)
+        else:  # fit / hybrid (docs/method.md, "The fit update")
+            loss_pi, smp, kl, anchor_components, fit = fit_actor_loss(
+                self.policy, q_fn, self.anchor, obs_a, alpha, md_lambda, self.components, u)
         loss_total = loss_pi
         cover = None
         if u.cover_coef > 0 and self.policy.is_mixture:
@@ -192,7 +198,7 @@ class Learner:
         self.updates += 1
         self._advance_anchor(kl.detach())
         return {"loss": loss_pi, "sample": smp, "kl": kl.detach(), "log_prob": smp.log_prob.detach(),
-                "grad_norm": actor_gn, "cover": cover}
+                "grad_norm": actor_gn, "cover": cover, "fit": fit}
 
     @torch.no_grad()
     def measure_entropy_gap(self, obs: torch.Tensor, states: int = 16, large_m: int = 256) -> None:
@@ -216,6 +222,11 @@ class Learner:
             # loss -(log_alpha * (target - H)): its gradient, set directly (no autograd graph)
             self.log_alpha.grad = -(self.target_entropy - entropy).to(self.log_alpha.dtype)
             self.alpha_opt.step()
+        if not self.md_active and float(-log_prob.mean()) <= self.target_entropy:
+            self.md_active = True  # the warm-up ends: the anchor starts from the policy as it is now
+            if self.anchor is not None:
+                with torch.no_grad():
+                    torch._foreach_copy_(list(self.anchor.parameters()), self.actor_params)
         if self.lambda_opt is not None:
             # loss -(log_lambda * (KL - target_kl)): its gradient, set directly
             self.log_lambda.grad = -(kl - self.cfg.update.target_kl).to(self.log_lambda.dtype)
@@ -243,11 +254,15 @@ class Learner:
             K.GRAD_NORM_ACTOR: actor["grad_norm"].detach(), K.GRAD_NORM_CRITIC: critic["grad_norm"].detach(),
             K.SKIPPED_UPDATES: torch.tensor(float(self.skipped_updates)),
         }
+        if hasattr(self.policy, "kappa"):
+            metrics[K.KAPPA_MEAN] = self.policy.kappa.detach().mean()
         if self.last_meanflow is not None:
             metrics[K.LOSS_MEANFLOW] = self.last_meanflow
         if self.policy.is_mixture and self.cfg.update.entropy_gap_every > 0:
             metrics[K.ENTROPY_LARGE_M] = self.entropy_large_m
             metrics[K.ENTROPY_GAP] = self.entropy_gap
+        if actor.get("fit") is not None:
+            metrics[K.FIT_ESS] = actor["fit"]["ess"]
         if actor["cover"] is not None:
             metrics[K.LOSS_COVER] = actor["cover"]["loss"]
             metrics[K.COVER_ESS] = actor["cover"]["ess"]
@@ -300,7 +315,7 @@ class Learner:
             "log_alpha": self.log_alpha.detach().clone(), "log_lambda": self.log_lambda.detach().clone(),
             "updates": self.updates, "last_refresh_kl": self.last_refresh_kl.clone(),
             "skipped_updates": self.skipped_updates, "entropy_gap": self.entropy_gap.clone(),
-            "entropy_large_m": self.entropy_large_m.clone(),
+            "entropy_large_m": self.entropy_large_m.clone(), "md_active": self.md_active,
         }
         if self.anchor is not None:
             state["anchor"] = self.anchor.state_dict()
@@ -325,6 +340,7 @@ class Learner:
         self.last_refresh_kl = state["last_refresh_kl"].clone()
         self.entropy_gap = state.get("entropy_gap", torch.zeros(())).clone()  # older checkpoints: none measured
         self.entropy_large_m = state.get("entropy_large_m", torch.zeros(())).clone()
+        self.md_active = bool(state.get("md_active", True))  # older checkpoints: no warm-up
         if self.anchor is not None:
             self.anchor.load_state_dict(state["anchor"])
         if self.alpha_opt is not None:

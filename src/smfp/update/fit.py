@@ -1,0 +1,252 @@
+"""The ``fit`` actor update: fit the one-step map to the mirror-descent step's closed-form target.
+
+One entropic mirror-descent step has the closed form
+``p*(a) ~ pi_k(a)^(lambda/(alpha+lambda)) exp(Q(a)/(alpha+lambda))`` (``lambda = 0``: SAC's
+``exp(Q/alpha)``). Instead of following the reparameterised (reverse-KL) gradient, which is local
+and blind to mixing proportions, the ``fit`` update scores candidate actions by that target and fits
+the policy to them with a mass-covering loss:
+
+* **candidates** per state (``fit_candidates``): samples of the anchor's components (its M
+  components at the step's noises), local perturbations of the policy's own components (their
+  means with the output noise widened by ``local_scale``) and points uniform on the box; their
+  mixture density ``q`` is known, so self-normalised importance weights ``w ~ p*/q`` turn them into a
+  weighted sample of ``p*`` (the anchor's log-density from the same semi-implicit M-component table as
+  the entropy surrogate);
+* **losses**: a weighted energy score (``weighted_energy_score``: strictly proper, so minimised by
+  ``p*`` itself, and it trains the output noise sigma through the reparameterised samples), or a
+  coupled one-step regression (``coupled_regression_loss``: resample targets by the weights, pair each
+  with one of the policy's noises by a per-state optimal-transport assignment, regress the pre-squash
+  mean onto it; sigma by maximum likelihood of the pairing's residual).
+
+Everything here is a function of tensors (no state); ``Learner.actor_step`` composes them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from smfp.policies.distributions import LOG_2, gaussian_log_prob, semi_implicit_log_prob, tanh_log_det
+
+ATANH_CLIP = 1.0 - 1e-4  # targets are clipped to |a| <= this before atanh (|x| <= ~4.95)
+
+
+@dataclass
+class Candidates:
+    """Weighted candidate actions per state: pre-squash ``x`` (B, K, d), normalised weights ``w`` (B, K)."""
+
+    x: torch.Tensor
+    w: torch.Tensor
+    ess: torch.Tensor  # mean over states of 1 / sum w^2, as a fraction of K
+    log_w: torch.Tensor  # unnormalised log-weights (B, K): log p*(a) - log q(a), up to a per-state constant
+
+
+def _mixture_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log of the equal-weight mixture of the Gaussians ``N(mean_m, std_m^2)`` at every point of ``x`` (B, K, d)."""
+    return semi_implicit_log_prob(x, mean, log_std)
+
+
+def _pick_components(b: int, n: int, m: int) -> torch.Tensor:
+    """``n`` component indices per state in [0, m): every component equally often (stratified), remainder random."""
+    reps = torch.arange(n) % m
+    shift = torch.randint(0, m, (b, 1))
+    return (reps.unsqueeze(0) + shift) % m  # (B, n): a random rotation keeps the remainder unbiased
+
+
+@torch.no_grad()
+def fit_candidates(q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs: torch.Tensor,
+                   alpha: torch.Tensor | float, md_lambda: torch.Tensor | float,
+                   anchor: Optional[tuple[torch.Tensor, torch.Tensor]], policy: tuple[torch.Tensor, torch.Tensor],
+                   n_anchor: int, n_local: int, n_uniform: int, local_scale: float) -> Candidates:
+    """Candidate actions per state and their self-normalised weights for the target ``p*``.
+
+    ``anchor``: the anchor's component means (B, M, d) and log-stds (B, 1 or M, d) at the step's noises
+    (None without mirror descent: the target is ``exp(Q/alpha)``, and the policy's own components
+    take the anchor's place as the proposal); ``policy``: the policy's (detached) components at the
+    same noises. Proposals: ``n_anchor`` draws from the anchor's components, ``n_local`` from the
+    policy's components with the std widened ``local_scale`` times, ``n_uniform`` uniform on the box.
+    Densities are of the squashed action ``a = tanh(x)``.
+    """
+    p_mean, p_log_std = policy
+    b, m, d = p_mean.shape
+    dtype = p_mean.dtype
+    temp = alpha + md_lambda
+    beta = md_lambda / temp if float(md_lambda) > 0 else 0.0
+    if anchor is None:
+        anchor = (p_mean, p_log_std)
+    a_mean, a_log_std = anchor
+    a_log_std = a_log_std.expand(b, m, d)
+    p_log_std = p_log_std.expand(b, m, d)
+    loc_log_std = p_log_std + math.log(local_scale)
+    parts, kinds = [], []
+    if n_anchor > 0:
+        idx = _pick_components(b, n_anchor, m).unsqueeze(-1).expand(b, n_anchor, d)
+        mu, ls = torch.gather(a_mean, 1, idx), torch.gather(a_log_std, 1, idx)
+        parts.append(mu + ls.exp() * torch.randn_like(mu))
+        kinds.append(("anchor", n_anchor))
+    if n_local > 0:
+        idx = _pick_components(b, n_local, m).unsqueeze(-1).expand(b, n_local, d)
+        mu, ls = torch.gather(p_mean, 1, idx), torch.gather(loc_log_std, 1, idx)
+        parts.append(mu + ls.exp() * torch.randn_like(mu))
+        kinds.append(("local", n_local))
+    if n_uniform > 0:
+        u = torch.rand(b, n_uniform, d, dtype=dtype) * 2.0 - 1.0
+        parts.append(torch.atanh(u.clamp(-ATANH_CLIP, ATANH_CLIP)))
+        kinds.append(("uniform", n_uniform))
+    if not parts:
+        raise ValueError("the fit update needs at least one candidate per state (anchor, local or uniform)")
+    x = torch.cat(parts, dim=1)  # (B, K, d)
+    k = x.shape[1]
+    log_det = tanh_log_det(x).sum(-1)  # density of a = tanh(x): pre-squash density minus this
+    log_anchor = _mixture_log_prob(x, a_mean, a_log_std) - log_det
+    terms = []
+    for kind, n in kinds:
+        if kind == "anchor":
+            dens = log_anchor
+        elif kind == "local":
+            dens = _mixture_log_prob(x, p_mean, loc_log_std) - log_det
+        else:
+            dens = torch.full_like(log_anchor, -d * LOG_2)
+        terms.append(dens + math.log(n / k))
+    log_q = torch.logsumexp(torch.stack(terms, 0), dim=0)
+    q = q_fn(obs.unsqueeze(1).expand(b, k, obs.shape[-1]).reshape(b * k, -1), torch.tanh(x).reshape(b * k, d))
+    log_target = q.reshape(b, k) / temp
+    if beta > 0:
+        log_target = log_target + beta * log_anchor
+    log_w = (log_target - log_q).float()
+    w = torch.softmax(log_w, dim=1).to(dtype)
+    ess = (1.0 / w.float().pow(2).sum(1)).mean() / k
+    return Candidates(x, w, ess, log_w)
+
+
+def _pairwise_dist(a: torch.Tensor, b: torch.Tensor, power: float = 1.0, eps: float = 1e-12) -> torch.Tensor:
+    """Euclidean distances (B, N, K) between rows of a (B, N, d) and b (B, K, d), to ``power``, finite gradient at 0."""
+    return ((a.unsqueeze(2) - b.unsqueeze(1)).pow(2).sum(-1) + eps).pow(0.5 * power)
+
+
+def weighted_energy_score(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """Mean over states of ``sum_k w_k mean_m |a_m - y_k| - 1/2 mean_{m != m'} |a_m - a_m'|``.
+
+    ``a``: the policy's samples (B, M, d), reparameterised; ``y``: targets (B, K, d) with weights ``w``
+    (B, K) summing to 1 per state. Its expectation is the energy distance between the policy and the
+    weighted target up to a term free of the policy, so it is minimised by the target itself (a
+    strictly proper scoring rule): mass-covering, and sensitive to mixing proportions.
+    """
+    m = a.shape[1]
+    if m < 2:
+        raise ValueError("the energy score needs at least 2 samples per state")
+    cross = (_pairwise_dist(a, y.detach(), power).mean(1) * w.detach()).sum(1)  # (B,)
+    self_d = _pairwise_dist(a, a, power)
+    off = ~torch.eye(m, dtype=torch.bool)
+    spread = self_d[:, off].mean(1)
+    return (cross - 0.5 * spread).mean()
+
+
+def mixture_nll(cand: Candidates, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Weighted negative log-likelihood of the candidates (pre-squash) under the policy's M-component mixture.
+
+    ``sum_k w_k log (1/M sum_m N(x_k; mean_m, sigma^2))`` per state, averaged over states: the forward KL
+    from the weighted target to the semi-implicit surrogate, up to a constant. With the means held it
+    sets sigma to the bandwidth at which the M components best explain the target.
+    """
+    clip = math.atanh(ATANH_CLIP)
+    x = cand.x.clamp(-clip, clip).detach()
+    return -(semi_implicit_log_prob(x, mean, log_std) * cand.w.detach()).sum(1).mean()
+
+
+def energy_score_direction(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per sample, the unit vector of the weighted energy score's gradient (B, M, d), no graph.
+
+    ``M x`` the score's gradient with respect to sample ``a_m`` is
+    ``sum_k w_k u(a_m - y_k) - 1/(M-1) sum_{m' != m} u(a_m - a_m')`` with ``u(v) = v / |v|``: in 1-D
+    ``2 (F_target(a_m) - F_model(a_m))``, the CDF mismatch at the sample.
+    """
+    m = a.shape[1]
+    a = a.detach()
+    dy = a.unsqueeze(2) - y.detach().unsqueeze(1)  # (B, M, K, d)
+    uy = dy / (dy.pow(2).sum(-1, keepdim=True) + 1e-12).sqrt()
+    da = a.unsqueeze(2) - a.unsqueeze(1)  # (B, M, M, d); the diagonal is 0 and drops out
+    ua = da / (da.pow(2).sum(-1, keepdim=True) + 1e-12).sqrt()
+    g = (uy * w.detach().unsqueeze(1).unsqueeze(-1)).sum(2) - ua.sum(2) / (m - 1)
+    return g / (g.pow(2).sum(-1, keepdim=True).sqrt() + eps)
+
+
+def systematic_resample(w: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` indices per state (B, n) drawn by systematic resampling from the weights (B, K)."""
+    b = w.shape[0]
+    cdf = torch.cumsum(w.float(), dim=1)
+    cdf = cdf / cdf[:, -1:]
+    u = (torch.rand(b, 1) + torch.arange(n).unsqueeze(0)) / n
+    return torch.searchsorted(cdf, u.contiguous()).clamp(max=w.shape[1] - 1)
+
+
+def ot_assignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per state, the permutation ``perm`` (B, N) minimising ``sum_n |x_n - y_perm[n]|^2``.
+
+    ``x``, ``y``: (B, N, d). In 1-D the optimum pairs sorted with sorted (exact); in d > 1 the exact
+    assignment of ``scipy.optimize.linear_sum_assignment`` per state when scipy is installed, otherwise
+    a greedy assignment (cheapest remaining pair first, an approximation).
+    """
+    b, n, d = x.shape
+    if d == 1:
+        ix = torch.argsort(x[..., 0], dim=1)
+        iy = torch.argsort(y[..., 0], dim=1)
+        perm = torch.empty_like(ix)
+        perm.scatter_(1, ix, iy)  # x's r-th smallest takes y's r-th smallest
+        return perm
+    cost = (x.unsqueeze(2) - y.unsqueeze(1)).pow(2).sum(-1)  # (B, N, N)
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:  # pragma: no cover - scipy ships with the test and bench extras
+        return _greedy_assignment(cost)
+    c = cost.detach().double().cpu().numpy()
+    out = torch.empty(b, n, dtype=torch.long)
+    for i in range(b):
+        rows, cols = linear_sum_assignment(c[i])
+        out[i, torch.as_tensor(rows)] = torch.as_tensor(cols)
+    return out.to(x.device)
+
+
+def _greedy_assignment(cost: torch.Tensor) -> torch.Tensor:
+    b, n, _ = cost.shape
+    c = cost.clone()
+    perm = torch.empty(b, n, dtype=torch.long, device=cost.device)
+    rows = torch.arange(b, device=cost.device)
+    for _ in range(n):
+        flat = c.reshape(b, -1).argmin(1)
+        i, j = flat // n, flat % n
+        perm[rows, i] = j
+        c[rows, i, :] = float("inf")
+        c[rows, :, j] = float("inf")
+    return perm
+
+
+def coupled_regression_loss(mean: torch.Tensor, noise: torch.Tensor, cand: Candidates, norm: str = "l1"
+                            ) -> torch.Tensor:
+    """One-step regression of the pre-squash means onto OT-paired samples of the weighted target.
+
+    Per state: draw N (= the number of the policy's noises) targets from the candidates by systematic
+    resampling (``atanh`` of the clipped actions, i.e. the candidates' own pre-squash values, clipped);
+    pair them with the policy's noises ``z_n`` (B, N, d) by the optimal assignment for the cost
+    ``|z - y|^2`` (the monotone, Brenier coupling: sorting in 1-D); the loss is the distance of each
+    ``mean(s, z_n)`` (B, N, d) to its partner, Euclidean (``l1``: the map learns the partners' geometric
+    median, which switches sharply between modes) or squared (``l2``: their mean, which puts the noises
+    whose partner is uncertain between the modes).
+    """
+    b, n, d = mean.shape
+    idx = systematic_resample(cand.w, n)
+    y = torch.gather(cand.x, 1, idx.unsqueeze(-1).expand(b, n, d))
+    clip = math.atanh(ATANH_CLIP)
+    y = y.clamp(-clip, clip).detach()
+    perm = ot_assignment(noise.detach(), y)
+    y_pair = torch.gather(y, 1, perm.unsqueeze(-1).expand(b, n, d))
+    if norm == "l2":
+        return 0.5 * (mean - y_pair).pow(2).sum(-1).mean()
+    return ((mean - y_pair).pow(2).sum(-1) + 1e-12).sqrt().mean()
+
+
+__all__ = ["Candidates", "coupled_regression_loss", "fit_candidates", "ot_assignment", "systematic_resample",
+           "weighted_energy_score"]
