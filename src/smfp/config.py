@@ -103,10 +103,10 @@ RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "label", "lo
                      "checkpoint.keep_checkpoints"}
 RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change the method
 # Fields added after runs were first saved, with the value that reproduces what those runs did.
-ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "reparam", "update.fit_loss": "energy", "update.fit_coef": 10.0,
-                "update.fit_anchor": 16, "update.fit_local": 8, "update.fit_uniform": 8, "update.fit_local_scale": 2.0,
-                "update.hybrid_coef": 1.0, "policy.noise_scale": 1.0, "policy.learn_noise_scale": False,
-                "update.md_warmup": False}
+ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "reparam", "update.fit_loss": "coupled",
+                "update.fit_coef": 10.0, "update.fit_anchor": 16, "update.fit_local": 8, "update.fit_uniform": 8,
+                "update.fit_local_scale": 2.0, "update.hybrid_coef": 1.0, "update.hybrid_gate": True,
+                "policy.noise_scale": 1.0, "policy.learn_noise_scale": False, "update.md_warmup": False}
 
 
 def changed_fields(saved: dict, cfg: "TrainConfig") -> list[str]:
@@ -192,23 +192,24 @@ class UpdateConfig:
     actor_update: Literal["reparam", "fit", "hybrid"] = doc(
         "actor update: reparam (the reparameterised mirror-descent loss), fit (fit the one-step map to the "
         "mirror-descent step's closed-form target pi_k^(lambda/(alpha+lambda)) exp(Q/(alpha+lambda)) by a "
-        "mass-covering loss on importance-weighted candidate actions; mixture policies), hybrid (fit plus "
-        "--hybrid-coef x the reparameterised loss); see docs/method.md", default="reparam")
-    fit_loss: Literal["energy", "coupled"] = doc(
-        "loss of the fit update: energy (weighted energy score of the policy's samples against the weighted "
-        "candidates) or coupled (regress the pre-squash map onto importance-resampled targets paired with its "
-        "noises by a per-state optimal-transport assignment)", default="energy")
-    fit_coef: float = doc("fit update: weight of the fit loss (energy score or coupled regression) in the actor loss",
-                          default=10.0)
-    fit_anchor: int = doc("fit update: candidates per state drawn from the anchor's components", default=16)
-    fit_local: int = doc("fit update: candidates per state drawn around the policy's own components (std widened "
-                         "by --fit-local-scale)", default=8)
-    fit_uniform: int = doc("fit update: candidates per state uniform on the action box", default=8)
-    fit_local_scale: float = doc("fit update: std of the local candidates as a multiple of the policy's sigma",
-                                 default=2.0)
-    hybrid_coef: float = doc("hybrid update: weight of the reparameterised mirror-descent loss (divided by "
-                             "alpha + lambda, i.e. the reverse KL to the step's target) beside the fit loss",
-                             default=1.0)
+        "mass-covering loss on importance-weighted candidate actions; mixture policies), hybrid (the fit plus "
+        "--hybrid-coef x the reverse KL to that target); see docs/method.md", default="reparam")
+    fit_loss: Literal["coupled", "energy"] = doc(
+        "loss of the fit/hybrid update: coupled (regress the pre-squash map onto importance-resampled targets "
+        "paired with its noises by a per-state optimal-transport assignment; sigma by the energy score) or "
+        "energy (weighted energy score of the policy's samples against the weighted candidates)",
+        default="coupled")
+    fit_coef: float = doc("fit/hybrid update: weight of the fit loss in the actor loss", default=10.0)
+    fit_anchor: int = doc("fit/hybrid update: candidates per state drawn from the anchor's components", default=16)
+    fit_local: int = doc("fit/hybrid update: candidates per state drawn around the policy's own components (std "
+                         "widened by --fit-local-scale)", default=8)
+    fit_uniform: int = doc("fit/hybrid update: candidates per state uniform on the action box", default=8)
+    fit_local_scale: float = doc("fit/hybrid update: std of the local candidates as a multiple of the policy's "
+                                 "sigma", default=2.0)
+    hybrid_coef: float = doc("hybrid update: weight of the reverse KL to the step's target (the reparameterised "
+                             "loss divided by alpha + lambda) beside the fit loss", default=1.0)
+    hybrid_gate: bool = doc("hybrid update with the coupled loss: drop the reverse KL's gradient at a sample whose "
+                            "descent direction points away from the sample's coupled target", default=True)
     md_warmup: bool = doc("mirror-descent warm-up: lambda = 0 until the policy's entropy first reaches its target, "
                           "then the anchor starts from the policy as it is", default=False)
     anchor_period: int = doc("copy the actor into the anchor every N updates", default=1000)

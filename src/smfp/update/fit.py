@@ -2,23 +2,23 @@
 
 One entropic mirror-descent step has the closed form
 ``p*(a) ~ pi_k(a)^(lambda/(alpha+lambda)) exp(Q(a)/(alpha+lambda))`` (``lambda = 0``: SAC's
-``exp(Q/alpha)``). Instead of following the reparameterised (reverse-KL) gradient, which is local
-and blind to mixing proportions, the ``fit`` update scores candidate actions by that target and fits
-the policy to them with a mass-covering loss:
+``exp(Q/alpha)``). Instead of only following the reparameterised (reverse-KL) gradient, which is
+local and blind to mixing proportions, the ``fit`` update scores candidate actions by that target and
+fits the policy to them with a mass-covering loss (docs/method.md, "The fit update"):
 
-* **candidates** per state (``fit_candidates``): samples of the anchor's components (its M
-  components at the step's noises), local perturbations of the policy's own components (their
-  means with the output noise widened by ``local_scale``) and points uniform on the box; their
-  mixture density ``q`` is known, so self-normalised importance weights ``w ~ p*/q`` turn them into a
-  weighted sample of ``p*`` (the anchor's log-density from the same semi-implicit M-component table as
-  the entropy surrogate);
-* **losses**: a weighted energy score (``weighted_energy_score``: strictly proper, so minimised by
-  ``p*`` itself, and it trains the output noise sigma through the reparameterised samples), or a
-  coupled one-step regression (``coupled_regression_loss``: resample targets by the weights, pair each
-  with one of the policy's noises by a per-state optimal-transport assignment, regress the pre-squash
-  mean onto it; sigma by maximum likelihood of the pairing's residual).
+* **candidates** per state (``fit_candidates``): samples of the anchor's components (its M components
+  at the step's noises), local perturbations of the policy's own components (their means with the
+  output noise widened ``local_scale`` times) and points uniform on the box. Their mixture density
+  ``q`` is known, so self-normalised importance weights ``w ~ p*/q`` make them a weighted sample of
+  ``p*``; the anchor's log-density comes from the same semi-implicit M-component table as the
+  entropy surrogate.
+* **losses**: the coupled one-step regression (``coupled_regression_loss``: resample N targets per
+  state by the weights, pair them with the policy's N noises by the optimal assignment for
+  ``|z - y|^2``, pull each pre-squash mean ``mean(s, z_n)`` toward its partner), or the weighted
+  energy score of the policy's samples (``weighted_energy_score``, strictly proper: minimised by
+  ``p*`` itself).
 
-Everything here is a function of tensors (no state); ``Learner.actor_step`` composes them.
+Everything here is a function of tensors (no state); ``smfp.update.losses.fit_actor_loss`` composes them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 import torch
 
-from smfp.policies.distributions import LOG_2, gaussian_log_prob, semi_implicit_log_prob, tanh_log_det
+from smfp.policies.distributions import LOG_2, semi_implicit_log_prob, tanh_log_det
 
 ATANH_CLIP = 1.0 - 1e-4  # targets are clipped to |a| <= this before atanh (|x| <= ~4.95)
 
@@ -42,11 +42,6 @@ class Candidates:
     w: torch.Tensor
     ess: torch.Tensor  # mean over states of 1 / sum w^2, as a fraction of K
     log_w: torch.Tensor  # unnormalised log-weights (B, K): log p*(a) - log q(a), up to a per-state constant
-
-
-def _mixture_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log of the equal-weight mixture of the Gaussians ``N(mean_m, std_m^2)`` at every point of ``x`` (B, K, d)."""
-    return semi_implicit_log_prob(x, mean, log_std)
 
 
 def _pick_components(b: int, n: int, m: int) -> torch.Tensor:
@@ -101,13 +96,13 @@ def fit_candidates(q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], o
     x = torch.cat(parts, dim=1)  # (B, K, d)
     k = x.shape[1]
     log_det = tanh_log_det(x).sum(-1)  # density of a = tanh(x): pre-squash density minus this
-    log_anchor = _mixture_log_prob(x, a_mean, a_log_std) - log_det
+    log_anchor = semi_implicit_log_prob(x, a_mean, a_log_std) - log_det
     terms = []
     for kind, n in kinds:
         if kind == "anchor":
             dens = log_anchor
         elif kind == "local":
-            dens = _mixture_log_prob(x, p_mean, loc_log_std) - log_det
+            dens = semi_implicit_log_prob(x, p_mean, loc_log_std) - log_det
         else:
             dens = torch.full_like(log_anchor, -d * LOG_2)
         terms.append(dens + math.log(n / k))
@@ -122,12 +117,12 @@ def fit_candidates(q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], o
     return Candidates(x, w, ess, log_w)
 
 
-def _pairwise_dist(a: torch.Tensor, b: torch.Tensor, power: float = 1.0, eps: float = 1e-12) -> torch.Tensor:
-    """Euclidean distances (B, N, K) between rows of a (B, N, d) and b (B, K, d), to ``power``, finite gradient at 0."""
-    return ((a.unsqueeze(2) - b.unsqueeze(1)).pow(2).sum(-1) + eps).pow(0.5 * power)
+def _pairwise_dist(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Euclidean distances (B, N, K) between rows of a (B, N, d) and b (B, K, d), with a finite gradient at 0."""
+    return ((a.unsqueeze(2) - b.unsqueeze(1)).pow(2).sum(-1) + eps).sqrt()
 
 
-def weighted_energy_score(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+def weighted_energy_score(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Mean over states of ``sum_k w_k mean_m |a_m - y_k| - 1/2 mean_{m != m'} |a_m - a_m'|``.
 
     ``a``: the policy's samples (B, M, d), reparameterised; ``y``: targets (B, K, d) with weights ``w``
@@ -138,40 +133,11 @@ def weighted_energy_score(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, pow
     m = a.shape[1]
     if m < 2:
         raise ValueError("the energy score needs at least 2 samples per state")
-    cross = (_pairwise_dist(a, y.detach(), power).mean(1) * w.detach()).sum(1)  # (B,)
-    self_d = _pairwise_dist(a, a, power)
+    cross = (_pairwise_dist(a, y.detach()).mean(1) * w.detach()).sum(1)  # (B,)
+    self_d = _pairwise_dist(a, a)
     off = ~torch.eye(m, dtype=torch.bool)
     spread = self_d[:, off].mean(1)
     return (cross - 0.5 * spread).mean()
-
-
-def mixture_nll(cand: Candidates, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """Weighted negative log-likelihood of the candidates (pre-squash) under the policy's M-component mixture.
-
-    ``sum_k w_k log (1/M sum_m N(x_k; mean_m, sigma^2))`` per state, averaged over states: the forward KL
-    from the weighted target to the semi-implicit surrogate, up to a constant. With the means held it
-    sets sigma to the bandwidth at which the M components best explain the target.
-    """
-    clip = math.atanh(ATANH_CLIP)
-    x = cand.x.clamp(-clip, clip).detach()
-    return -(semi_implicit_log_prob(x, mean, log_std) * cand.w.detach()).sum(1).mean()
-
-
-def energy_score_direction(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per sample, the unit vector of the weighted energy score's gradient (B, M, d), no graph.
-
-    ``M x`` the score's gradient with respect to sample ``a_m`` is
-    ``sum_k w_k u(a_m - y_k) - 1/(M-1) sum_{m' != m} u(a_m - a_m')`` with ``u(v) = v / |v|``: in 1-D
-    ``2 (F_target(a_m) - F_model(a_m))``, the CDF mismatch at the sample.
-    """
-    m = a.shape[1]
-    a = a.detach()
-    dy = a.unsqueeze(2) - y.detach().unsqueeze(1)  # (B, M, K, d)
-    uy = dy / (dy.pow(2).sum(-1, keepdim=True) + 1e-12).sqrt()
-    da = a.unsqueeze(2) - a.unsqueeze(1)  # (B, M, M, d); the diagonal is 0 and drops out
-    ua = da / (da.pow(2).sum(-1, keepdim=True) + 1e-12).sqrt()
-    g = (uy * w.detach().unsqueeze(1).unsqueeze(-1)).sum(2) - ua.sum(2) / (m - 1)
-    return g / (g.pow(2).sum(-1, keepdim=True).sqrt() + eps)
 
 
 def systematic_resample(w: torch.Tensor, n: int) -> torch.Tensor:
@@ -187,8 +153,9 @@ def ot_assignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per state, the permutation ``perm`` (B, N) minimising ``sum_n |x_n - y_perm[n]|^2``.
 
     ``x``, ``y``: (B, N, d). In 1-D the optimum pairs sorted with sorted (exact); in d > 1 the exact
-    assignment of ``scipy.optimize.linear_sum_assignment`` per state when scipy is installed, otherwise
-    a greedy assignment (cheapest remaining pair first, an approximation).
+    assignment of ``scipy.optimize.linear_sum_assignment`` per state when scipy is installed (it comes
+    with the ``test`` and ``sweep`` extras), otherwise a greedy assignment improved by pairwise swaps (a
+    local optimum; measured on random 8 x 8 problems in 6-D: within ~1% of the optimum's cost).
     """
     b, n, d = x.shape
     if d == 1:
@@ -210,7 +177,8 @@ def ot_assignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out.to(x.device)
 
 
-def _greedy_assignment(cost: torch.Tensor) -> torch.Tensor:
+def _greedy_assignment(cost: torch.Tensor, max_swaps: int = 64) -> torch.Tensor:
+    """Cheapest remaining pair first, then pairwise swaps while one lowers the cost (a local optimum)."""
     b, n, _ = cost.shape
     c = cost.clone()
     perm = torch.empty(b, n, dtype=torch.long, device=cost.device)
@@ -221,31 +189,48 @@ def _greedy_assignment(cost: torch.Tensor) -> torch.Tensor:
         perm[rows, i] = j
         c[rows, i, :] = float("inf")
         c[rows, :, j] = float("inf")
+    for _ in range(max_swaps):
+        own = cost.gather(2, perm.unsqueeze(-1)).squeeze(-1)  # (B, N): cost of each row's partner
+        swapped = cost.gather(2, perm.unsqueeze(1).expand(b, n, n))  # [r, i, j]: row i with row j's partner
+        gain = own.unsqueeze(2) + own.unsqueeze(1) - swapped - swapped.transpose(1, 2)
+        best = gain.reshape(b, -1).max(1)
+        if not bool((best.values > 1e-9).any()):
+            break
+        i, j = best.indices // n, best.indices % n
+        do = best.values > 1e-9
+        pi, pj = perm[rows, i], perm[rows, j]
+        perm[rows, i] = torch.where(do, pj, pi)
+        perm[rows, j] = torch.where(do, pi, pj)
     return perm
 
 
-def coupled_regression_loss(mean: torch.Tensor, noise: torch.Tensor, cand: Candidates, norm: str = "l1"
-                            ) -> torch.Tensor:
+def coupled_regression_loss(mean: torch.Tensor, noise: torch.Tensor, cand: Candidates,
+                            norm: str = "l1") -> tuple[torch.Tensor, torch.Tensor]:
     """One-step regression of the pre-squash means onto OT-paired samples of the weighted target.
 
-    Per state: draw N (= the number of the policy's noises) targets from the candidates by systematic
-    resampling (``atanh`` of the clipped actions, i.e. the candidates' own pre-squash values, clipped);
-    pair them with the policy's noises ``z_n`` (B, N, d) by the optimal assignment for the cost
-    ``|z - y|^2`` (the monotone, Brenier coupling: sorting in 1-D); the loss is the distance of each
-    ``mean(s, z_n)`` (B, N, d) to its partner, Euclidean (``l1``: the map learns the partners' geometric
-    median, which switches sharply between modes) or squared (``l2``: their mean, which puts the noises
-    whose partner is uncertain between the modes).
+    Per state: draw N (= the policy's noises per state) targets from the candidates by systematic
+    resampling (their pre-squash values, clipped to ``|tanh x| <= ATANH_CLIP``); pair them with the
+    noises ``z_n`` (B, N, d) by the optimal assignment for ``|z - y|^2`` (the monotone, Brenier
+    coupling: sorting in 1-D); pull each ``mean(s, z_n)`` (B, N, d) toward its partner. ``l1``: by the
+    Euclidean distance, so the map learns the partners' (geometric) median, which switches sharply
+    between modes; ``l2``: by half the squared distance, so it learns their mean, which puts the
+    noises whose partner is uncertain between the modes. Returns the loss and each mean's displacement
+    to its partner (B, N, d), detached.
     """
     b, n, d = mean.shape
     idx = systematic_resample(cand.w, n)
-    y = torch.gather(cand.x, 1, idx.unsqueeze(-1).expand(b, n, d))
     clip = math.atanh(ATANH_CLIP)
-    y = y.clamp(-clip, clip).detach()
+    y = torch.gather(cand.x, 1, idx.unsqueeze(-1).expand(b, n, d)).clamp(-clip, clip).detach()
     perm = ot_assignment(noise.detach(), y)
     y_pair = torch.gather(y, 1, perm.unsqueeze(-1).expand(b, n, d))
+    delta = y_pair - mean
     if norm == "l2":
-        return 0.5 * (mean - y_pair).pow(2).sum(-1).mean()
-    return ((mean - y_pair).pow(2).sum(-1) + 1e-12).sqrt().mean()
+        loss = 0.5 * delta.pow(2).sum(-1).mean()
+    elif norm == "l1":
+        loss = (delta.pow(2).sum(-1) + 1e-12).sqrt().mean()
+    else:
+        raise ValueError(f"unknown regression norm {norm!r}; choose l1 or l2")
+    return loss, delta.detach()
 
 
 __all__ = ["Candidates", "coupled_regression_loss", "fit_candidates", "ot_assignment", "systematic_resample",

@@ -18,7 +18,7 @@ from torch import nn
 
 from smfp import keys as K
 from smfp.buffer import Batch
-from smfp.config import TrainConfig
+from smfp.config import ConfigError, TrainConfig
 from smfp.critic import QEnsemble
 from smfp.policies import Policy, policy_from_config
 from smfp.policies.distributions import gaussian_log_prob, tanh_log_det
@@ -57,6 +57,22 @@ def tune_allocator() -> None:
         libc.mallopt(m_trim_threshold, 256 << 20)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
+
+
+def check_fit_config(u, policy: Policy) -> None:
+    """The fit/hybrid update's settings make sense for this policy (a ``ConfigError`` otherwise)."""
+    if u.actor_update not in ("reparam", "fit", "hybrid"):
+        raise ConfigError(f"unknown --actor-update {u.actor_update!r}; choose reparam, fit or hybrid")
+    if not policy.is_mixture:
+        raise ConfigError(f"--actor-update {u.actor_update} fits a mixture policy (smfp, flow); "
+                          f"the {policy.kind} policy takes --actor-update reparam")
+    counts = {"--fit-anchor": u.fit_anchor, "--fit-local": u.fit_local, "--fit-uniform": u.fit_uniform}
+    if any(v < 0 for v in counts.values()) or sum(counts.values()) == 0:
+        raise ConfigError(f"--fit-anchor, --fit-local and --fit-uniform must be >= 0 and not all 0, got {counts}")
+    if not u.fit_local_scale > 0:
+        raise ConfigError(f"--fit-local-scale must be positive, got {u.fit_local_scale}")
+    if u.fit_coef < 0 or u.hybrid_coef < 0:
+        raise ConfigError("--fit-coef and --hybrid-coef must be >= 0")
 
 
 def grad_norm(params: list[nn.Parameter], clip: float) -> torch.Tensor:
@@ -99,6 +115,8 @@ class Learner:
         self.entropy_gap = torch.zeros(())
         self.entropy_large_m = torch.zeros(())
         self.matmul_dtype = PRECISIONS[u.precision]
+        if u.actor_update != "reparam":
+            check_fit_config(u, self.policy)
         tune_allocator()
 
     def frozen_min_q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -167,7 +185,7 @@ class Learner:
         obs_a = obs[: self.actor_states]
         alpha, md_lambda = self.alpha, self.md_lambda
         fit = None
-        if u.actor_update == "reparam" or not self.policy.is_mixture:
+        if u.actor_update == "reparam":
             loss_pi, smp, kl, anchor_components = actor_loss(self.policy, q_fn, self.anchor, obs_a, alpha, md_lambda,
                                                              self.components)
         else:  # fit / hybrid (docs/method.md, "The fit update")

@@ -14,7 +14,7 @@ from smfp.buffer import Batch
 from smfp.critic import QEnsemble
 from smfp.policies import Policy
 from smfp.policies.distributions import LOG_2, gaussian_kl, semi_implicit_log_prob, tanh_log_det
-from smfp.update.fit import coupled_regression_loss, fit_candidates, mixture_nll, weighted_energy_score
+from smfp.update.fit import coupled_regression_loss, fit_candidates, weighted_energy_score
 
 
 @torch.no_grad()
@@ -103,61 +103,57 @@ def fit_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], 
                    cfg):
     """The ``fit`` / ``hybrid`` actor loss (docs/method.md, "The fit update"); ``cfg``: ``UpdateConfig``.
 
-    M samples per state from the policy; the anchor's components at the same noises (the shared-noise KL
-    is still computed, for the log and for lambda's tuning); candidate actions weighted by the step's
-    closed-form target (``smfp.update.fit.fit_candidates``); the fit loss of the policy's samples (energy
-    score) or map (coupled regression) against them. ``hybrid`` adds ``cfg.hybrid_coef`` x the
-    reparameterised loss of ``actor_loss`` divided by ``alpha + lambda`` (the reverse KL to the step's
-    target, up to a constant). Returns (loss, sample, kl, anchor components or None, {"ess": ...}).
+    M samples per state from the policy and the anchor's components at the same noises (the shared-noise
+    KL to them is still returned, for the log and lambda's tuning); candidate actions weighted by the
+    step's closed-form target ``p* ~ pi_k^(lambda/(alpha+lambda)) exp(Q/(alpha+lambda))``
+    (``smfp.update.fit.fit_candidates``); then ``cfg.fit_coef`` x the fit loss:
+
+    * ``coupled``: the map ``mean(s, z)`` regressed (Euclidean distance) onto OT-paired resampled
+      targets, and sigma by the energy score of the samples with the means held;
+    * ``energy``: the weighted energy score of the samples (map and sigma).
+
+    ``hybrid`` adds ``cfg.hybrid_coef`` x the reverse KL to ``p*`` through the samples,
+    ``E[(alpha+lambda) log pi_hat - lambda log pi_k_hat - Q] / (alpha+lambda)`` (the anchor's marginal
+    log-density from its M-component table, not the shared-noise KL); with the coupled loss and
+    ``cfg.hybrid_gate`` the reverse KL's gradient at a sample is dropped when its descent direction points
+    away from the sample's partner (it would hold the sample in the basin the fit is moving it out of).
+    Returns (loss, sample, kl, anchor components or None, {"ess": ...}).
     """
-    import os
     smp = policy.sample(obs, components)
-    hybrid = cfg.actor_update == "hybrid"
     kl = torch.zeros((), dtype=obs.dtype)
     anchor_components = None
     if anchor is not None:
         with torch.no_grad():
             anchor_components = anchor.components(obs, smp.noise)
-        with torch.set_grad_enabled(hybrid and torch.is_grad_enabled()):
             kl = gaussian_kl(smp.mean, smp.log_std, *anchor_components).mean()
     cand = fit_candidates(q_fn, obs, alpha, md_lambda, anchor_components, (smp.mean.detach(), smp.log_std.detach()),
                           cfg.fit_anchor, cfg.fit_local, cfg.fit_uniform, cfg.fit_local_scale)
+    y = torch.tanh(cand.x)
+    delta = None
     if cfg.fit_loss == "energy":
-        # the map learns from the energy score with sigma held (the map alone could carry the whole target and
-        # sigma would shrink to nothing, breaking the entropy surrogate); sigma learns by weighted maximum
-        # likelihood of the candidates under the M-component mixture (means held): the surrogate's bandwidth
-        import os
-        if os.environ.get("FIT_SIGMA", "energy") == "nll":
-            x = smp.mean + (smp.pre_squash - smp.mean).detach()
-            loss = weighted_energy_score(torch.tanh(x), torch.tanh(cand.x), cand.w)
-            loss = cfg.fit_coef * loss + mixture_nll(cand, smp.mean.detach(), smp.log_std)
-        else:
-            if os.environ.get("FIT_NORM", "0") == "1":
-                from smfp.update.fit import energy_score_direction
-                ghat = energy_score_direction(smp.action, torch.tanh(cand.x), cand.w)
-                loss = cfg.fit_coef * (ghat * smp.action).sum(-1).mean()
-            elif os.environ.get("FIT_SPACE", "act") == "act":
-                loss = cfg.fit_coef * weighted_energy_score(smp.action, torch.tanh(cand.x), cand.w,
-                                                            float(os.environ.get("FIT_POWER", "1")))
-            else:
-                loss = cfg.fit_coef * weighted_energy_score(smp.pre_squash, cand.x.clamp(-4.0, 4.0), cand.w,
-                                                            float(os.environ.get("FIT_POWER", "1")))
+        loss = cfg.fit_coef * weighted_energy_score(smp.action, y, cand.w)
     elif cfg.fit_loss == "coupled":
-        import os
-        # the map by the coupled regression, sigma by the energy score of the samples with the means held
-        loss = cfg.fit_coef * coupled_regression_loss(smp.mean, smp.noise, cand, os.environ.get("CNORM", "l1"))
-        x = smp.mean.detach() + (smp.pre_squash - smp.mean).detach() / smp.log_std.detach().exp() * smp.log_std.exp()
-        loss = loss + cfg.fit_coef * weighted_energy_score(torch.tanh(x), torch.tanh(cand.x), cand.w)
+        fit, delta = coupled_regression_loss(smp.mean, smp.noise, cand)
+        std = smp.log_std.exp()
+        xi = ((smp.pre_squash - smp.mean) / std).detach()
+        x_sigma = smp.mean.detach() + std * xi  # the samples with the means held: sigma's fit
+        loss = cfg.fit_coef * (fit + weighted_energy_score(torch.tanh(x_sigma), y, cand.w))
     else:
-        raise ValueError(f"unknown fit loss {cfg.fit_loss!r}")
-    if hybrid and cfg.hybrid_coef > 0:
+        raise ValueError(f"unknown fit loss {cfg.fit_loss!r}; choose coupled or energy")
+    if cfg.actor_update == "hybrid" and cfg.hybrid_coef > 0:
         b, m, d = smp.action.shape
+        x = smp.pre_squash
         obs_rep = obs.unsqueeze(1).expand(b, m, obs.shape[-1]).reshape(b * m, -1)
         q = q_fn(obs_rep, smp.action.reshape(b * m, d)).reshape(b, m)
-        if anchor_components is not None and os.environ.get("HYB_KL", "marginal") == "marginal":
-            log_anchor = semi_implicit_log_prob(smp.pre_squash, *anchor_components) - tanh_log_det(smp.pre_squash).sum(-1)
-            reverse = ((alpha + md_lambda) * smp.log_prob - md_lambda * log_anchor - q).mean()
-        else:
-            reverse = (alpha * smp.log_prob - q).mean() + md_lambda * kl
-        loss = loss + cfg.hybrid_coef * reverse / (alpha + md_lambda)
-    return loss, smp, kl.detach(), anchor_components, {"ess": cand.ess}
+        reverse = (alpha + md_lambda) * smp.log_prob - q
+        if anchor_components is not None:
+            reverse = reverse - md_lambda * (semi_implicit_log_prob(x, *anchor_components) - tanh_log_det(x).sum(-1))
+        if cfg.hybrid_gate and delta is not None and x.requires_grad:
+            # With the coupled loss only the reverse KL reaches the samples x (the fit acts on the means, sigma's
+            # fit on a copy of the samples), so the gradient arriving at x is the reverse KL's pathwise one: a hook
+            # zeroes it for the samples whose descent direction points away from their partner (no extra pass).
+            def gate(grad: torch.Tensor, toward: torch.Tensor = delta) -> torch.Tensor:
+                return grad * ((-grad * toward).sum(-1, keepdim=True) >= 0).to(grad.dtype)
+            x.register_hook(gate)
+        loss = loss + cfg.hybrid_coef * reverse.mean() / (alpha + md_lambda)
+    return loss, smp, kl, anchor_components, {"ess": cand.ess}
