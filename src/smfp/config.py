@@ -108,14 +108,18 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "update.fit_local_scale": 2.0, "update.hybrid_coef": 1.0, "update.hybrid_gate": True,
                 "policy.noise_scale": 1.0, "policy.learn_noise_scale": False, "update.md_warmup": False}
 
+# The fit/hybrid update's settings are never read by the reparameterised update (SAC's and today's default).
+INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_")
+
 
 def changed_fields(saved: dict, cfg: "TrainConfig") -> list[str]:
     """Flattened fields in which a saved run's config (``flatten_config``-ed) differs from ``cfg``, other than
     those a resume may change; a field the saved run predates counts with its ``ADDED_FIELDS`` value."""
     old = {**ADDED_FIELDS, **saved}
     new = flatten_config(cfg.to_dict())
+    inert = INERT_UNDER_REPARAM if old.get("update.actor_update") == new.get("update.actor_update") == "reparam" else ()
     return sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
-                  and not k.startswith(RESUMABLE_PREFIXES) and old.get(k) != new.get(k))
+                  and not k.startswith(RESUMABLE_PREFIXES) and not k.startswith(inert) and old.get(k) != new.get(k))
 
 
 class ConfigError(ValueError):
