@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import select
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 from hypothesis import event
 from hypothesis.control import currently_in_test_context
 
-from conftest import REPO
+from conftest import REPO, error_line
 
 CALL_TIMEOUT = 90  # seconds; every valid input here finishes in a few
 
@@ -113,20 +112,17 @@ def worker(tmp_path_factory):
     w.close()
 
 
-ERROR_LINE = re.compile(r"^smfp( [\w-]+)*: error: \S")
-
-
 def check_outcome(argv: list[str], code: int, stderr: str) -> str:
     """Works, or fails with exactly one error line (the last), nothing else but ``smfp:`` messages."""
     assert "Traceback" not in stderr, f"smfp {argv!r}:\n{stderr}"
     if code == 0:
         _event("works")
         return "ok"
-    assert isinstance(code, int) and code != 0
+    try:
+        error_line(code, stderr, after_messages=True)
+    except AssertionError as exc:
+        raise AssertionError(f"smfp {argv!r}: {exc}") from None
     lines = stderr.splitlines()
-    errors = [line for line in lines if ERROR_LINE.match(line)]
-    assert len(errors) == 1 and lines and errors[0] == lines[-1], f"not one error line for smfp {argv!r}:\n{stderr}"
-    assert all(line.startswith("smfp") for line in lines), f"stray output for smfp {argv!r}:\n{stderr}"
     _event(f"exit {code}: {'after start' if len(lines) > 1 else 'before start'}")
     return "error"
 

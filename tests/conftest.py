@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -35,47 +35,9 @@ def _seeded_global_rngs():
 TINY_FLAGS = ["--hidden", "32", "32", "--critic-hidden", "32", "32", "--batch-size", "32", "--no-progress",
               "--threads", "1"]
 
-ENV_MODULE = "smfp_test_envs"
-ENV_MODULE_SOURCE = '''
-"""Tiny Box-action tasks for the tests (registered on import)."""
-import gymnasium as gym
-import numpy as np
-from gymnasium import spaces
-
-
-class EchoEnv(gym.Env):
-    """Observation ``[t, raw action[0], raw action[1]]``: it echoes the action the task received.
-
-    The action box is asymmetric ([-2, 2] x [0, 10]) so that a rescaling bug shows. Reward 1 per
-    step. ``terminate_at``: terminate at that step; ``nan_at``: observation NaN from that step on.
-    """
-
-    def __init__(self, terminate_at=None, nan_at=None):
-        self.action_space = spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32))
-        self.observation_space = spaces.Box(-np.inf, np.inf, (3,), np.float32)
-        self.terminate_at, self.nan_at = terminate_at, nan_at
-        self.t = 0
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.zeros(3, np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        a = np.asarray(action, dtype=np.float64)
-        obs = np.array([self.t, a[0], a[1]], dtype=np.float32)
-        if self.nan_at is not None and self.t >= self.nan_at:
-            obs[0] = np.nan
-        terminated = self.terminate_at is not None and self.t >= self.terminate_at
-        return obs, 1.0, terminated, False, {}
-
-
-gym.register("SmfpTestEcho-v0", entry_point=__name__ + ":EchoEnv", max_episode_steps=10)
-gym.register("SmfpTestTerminal-v0", entry_point=__name__ + ":EchoEnv", max_episode_steps=10,
-             kwargs={"terminate_at": 4})
-gym.register("SmfpTestNaN-v0", entry_point=__name__ + ":EchoEnv", max_episode_steps=10, kwargs={"nan_at": 3})
-'''
+ENV_MODULE = "smfp_test_envs"  # tests/envs/smfp_test_envs.py: every test task, registered on import
+ENV_MODULE_DIR = REPO / "tests" / "envs"
+sys.path.insert(0, str(ENV_MODULE_DIR))  # in-process runs import it as a user's module would be
 
 
 def smfp_command() -> list[str]:
@@ -84,13 +46,9 @@ def smfp_command() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def env_module_dir(tmp_path_factory) -> Path:
-    """A folder holding ``smfp_test_envs.py``, importable in this process and in subprocesses."""
-    folder = tmp_path_factory.mktemp("user_envs")
-    (folder / f"{ENV_MODULE}.py").write_text(textwrap.dedent(ENV_MODULE_SOURCE))
-    sys.path.insert(0, str(folder))
-    yield folder
-    sys.path.remove(str(folder))
+def env_module_dir() -> Path:
+    """The folder of ``smfp_test_envs.py`` (on ``sys.path`` in this process); pass it as ``pythonpath`` to the CLI."""
+    return ENV_MODULE_DIR
 
 
 def run_cli(*args: str, cwd: Path | None = None, pythonpath: Path | None = None,
@@ -103,15 +61,32 @@ def run_cli(*args: str, cwd: Path | None = None, pythonpath: Path | None = None,
                           text=True, timeout=timeout)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """Non-zero exit, stderr exactly one non-empty line (naming the problem), no traceback."""
-    assert proc.returncode != 0, f"expected failure, got rc=0\nstdout={proc.stdout}\nstderr={proc.stderr}"
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].strip(), f"stderr is not one line:\n{proc.stderr}"
+# What a user sees when a command fails: "smfp[ SUBCOMMAND]: error: WHAT; FIX" (smfp.cli.main.fail).
+ERROR_LINE = re.compile(r"^smfp( [\w-]+)*: error: \S")
+
+
+def error_line(code, stderr: str, *needles: str, stdout: str = "", after_messages: bool = False) -> str:
+    """The one error of a failed command, checked: a non-zero exit, no traceback, one error line (the
+    only stderr line, or with ``after_messages`` the last one after the run's own ``smfp`` messages)
+    that names the problem (every needle in it, case-insensitive). Returns the line."""
+    where = f"exit {code!r}\nstdout={stdout}\nstderr={stderr}"
+    assert isinstance(code, int) and code != 0, f"expected a failure, got {where}"
+    assert "Traceback" not in stderr and "Traceback" not in stdout, where
+    lines = stderr.splitlines()
+    assert lines and ERROR_LINE.match(lines[-1]), f"the last stderr line is not an error line: {where}"
+    if after_messages:
+        assert sum(bool(ERROR_LINE.match(line)) for line in lines) == 1, f"more than one error line: {where}"
+        assert all(line.startswith("smfp") for line in lines), f"stray output: {where}"
+    else:
+        assert len(lines) == 1, f"stderr is not one line: {where}"
     for needle in needles:
-        assert needle.lower() in lines[0].lower(), f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
+        assert needle.lower() in lines[-1].lower(), f"{needle!r} not in {lines[-1]!r}"
+    return lines[-1]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """``error_line`` of a CLI subprocess."""
+    return error_line(proc.returncode, proc.stderr, *needles, stdout=proc.stdout)
 
 
 def tiny_config(run_dir: Path, env: str = "Pendulum-v1", total_steps: int = 1200, seed: int = 0,
@@ -159,15 +134,11 @@ def assert_same_state(a, b, where: str = "state") -> None:
 
 
 def one_line_error_in_process(argv: list[str], capsys, *needles: str) -> str:
-    """``smfp.cli.main.main`` in this process (no interpreter start-up): one stderr line, non-zero exit."""
+    """``error_line`` of ``smfp.cli.main.main`` run in this process (no interpreter start-up)."""
     from smfp.cli.main import main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(argv)
-    assert exc.value.code not in (0, None)
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1, lines
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), lines[0]
-    return lines[0]
+    out, err = capsys.readouterr()
+    return error_line(exc.value.code, err, *needles, stdout=out)

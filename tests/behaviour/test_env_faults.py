@@ -6,9 +6,6 @@ the environment. The environments are user modules loaded with the ``module:Env-
 
 from __future__ import annotations
 
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 
@@ -16,70 +13,9 @@ from conftest import tiny_config
 from smfp.cli.main import main
 from smfp.envs import EnvError, make_env
 from smfp.training.loop import TrainingDiverged, train
+from smfp_test_envs import FAULT_AT  # tests/envs, on sys.path from conftest
 
-MODULE = "smfp_fault_envs"
-SOURCE = '''
-import gymnasium as gym
-import numpy as np
-from gymnasium import spaces
-
-
-class FaultyEnv(gym.Env):
-    """A well-behaved 3-d task until its ``at``-th step (counted across episodes), then ``fault``."""
-
-    def __init__(self, fault="none", at=1):
-        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-        self.observation_space = spaces.Box(-np.inf, np.inf, (3,), np.float32)
-        self.fault, self.at, self.count = fault, at, 0
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        if self.fault == "reset_shape":
-            return np.zeros(4, np.float32), {}
-        return np.zeros(3, np.float32), {}
-
-    def step(self, action):
-        self.count += 1
-        obs, reward = np.full(3, 0.1 * self.count, np.float32), 1.0
-        if self.count >= self.at:
-            f = self.fault
-            if f == "nan_obs":
-                obs[1] = np.nan
-            elif f == "inf_obs":
-                obs[2] = -np.inf
-            elif f == "nan_reward":
-                reward = float("nan")
-            elif f == "inf_reward":
-                reward = np.float32(np.inf)
-            elif f == "shape":
-                obs = np.zeros(5, np.float32)
-            elif f == "ragged":
-                obs = [1.0, [2.0, 3.0]]
-            elif f == "text_obs":
-                obs = np.array(["a", "b", "c"])
-            elif f == "none_reward":
-                reward = None
-            elif f == "vector_reward":
-                reward = np.ones(3)
-        return obs, reward, False, False, {}
-
-
-for fault in ("nan_obs", "inf_obs", "nan_reward", "inf_reward", "shape", "ragged", "text_obs", "none_reward",
-              "vector_reward", "reset_shape", "none"):
-    gym.register(f"SmfpFault-{fault}-v0", entry_point=__name__ + ":FaultyEnv", max_episode_steps=10,
-                 kwargs={"fault": fault, "at": 23})
-'''
-FAULT_AT = 23  # past two episode resets (episodes are 10 steps long)
-
-
-@pytest.fixture(scope="module")
-def fault_module(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fault_envs")
-    (folder / f"{MODULE}.py").write_text(textwrap.dedent(SOURCE))
-    sys.path.insert(0, str(folder))
-    yield folder
-    sys.path.remove(str(folder))
-
+MODULE = "smfp_test_envs"
 
 CASES = {  # fault: (step reported, words in the message)
     "nan_obs": (FAULT_AT, "non-finite observation"),
@@ -96,7 +32,7 @@ CASES = {  # fault: (step reported, words in the message)
 
 
 @pytest.mark.parametrize("fault", sorted(CASES))
-def test_faulty_env_is_reported_with_step_and_env_id_during_training(tmp_path, fault_module, fault):
+def test_faulty_env_is_reported_with_step_and_env_id_during_training(tmp_path, env_module_dir, fault):
     env_id = f"{MODULE}:SmfpFault-{fault}-v0"
     cfg = tiny_config(tmp_path / "run", env=env_id, total_steps=60, learning_starts=1000, log_every=10,
                       eval_every=0, checkpoint_every=0)
@@ -109,7 +45,7 @@ def test_faulty_env_is_reported_with_step_and_env_id_during_training(tmp_path, f
     assert "\n" not in msg
 
 
-def test_healthy_variant_trains(tmp_path, fault_module):
+def test_healthy_variant_trains(tmp_path, env_module_dir):
     """Control: the same task without a fault trains to the end."""
     cfg = tiny_config(tmp_path / "run", env=f"{MODULE}:SmfpFault-none-v0", total_steps=60, learning_starts=20,
                       log_every=10, eval_every=0, checkpoint_every=0)
@@ -117,7 +53,7 @@ def test_healthy_variant_trains(tmp_path, fault_module):
     assert train(cfg).step == 60
 
 
-def test_faulty_env_through_the_cli_is_one_line(tmp_path, fault_module, capsys):
+def test_faulty_env_through_the_cli_is_one_line(tmp_path, env_module_dir, capsys):
     """``smfp train`` (its entry point, in-process: the module is importable here) reports it as one line."""
     env_id = f"{MODULE}:SmfpFault-inf_reward-v0"
     try:
@@ -133,7 +69,7 @@ def test_faulty_env_through_the_cli_is_one_line(tmp_path, fault_module, capsys):
     assert all(line.startswith("smfp: ") for line in lines) and sum("error" in line for line in lines) == 1
 
 
-def test_env_check_also_guards_evaluation_envs(fault_module):
+def test_env_check_also_guards_evaluation_envs(env_module_dir):
     env = make_env(f"{MODULE}:SmfpFault-nan_obs-v0", seed=0)
     for _ in range(FAULT_AT - 1):
         env.step(np.zeros(1, np.float32))

@@ -144,47 +144,11 @@ def test_assess_state_on_a_gaussian_policy_is_one_mode_with_exact_entropy():
 # --- smfp inspect on trained runs -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def bandit_env_module(tmp_path_factory):
-    """A one-step task with one best action (0.5, -0.5): a unimodal bandit, as a user module."""
-    import sys
-    import textwrap
-
-    folder = tmp_path_factory.mktemp("bandit_env")
-    (folder / "smfp_test_bandit.py").write_text(textwrap.dedent('''
-        import gymnasium as gym
-        import numpy as np
-        from gymnasium import spaces
-
-
-        class Bandit(gym.Env):
-            def __init__(self):
-                self.observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-                self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-
-            def reset(self, seed=None, options=None):
-                super().reset(seed=seed)
-                return np.zeros(1, np.float32), {}
-
-            def step(self, action):
-                a = np.asarray(action, dtype=np.float64)
-                reward = -20.0 * float(np.sum((a - np.array([0.5, -0.5])) ** 2))
-                return np.zeros(1, np.float32), reward, True, False, {}
-
-
-        if "SmfpTestBandit-v0" not in gym.registry:
-            gym.register("SmfpTestBandit-v0", entry_point=__name__ + ":Bandit", max_episode_steps=1)
-    '''))
-    sys.path.insert(0, str(folder))
-    yield folder
-    sys.path.remove(str(folder))
-
-
-@pytest.fixture(scope="module")
-def bandit_run(tmp_path_factory, bandit_env_module):
+def bandit_run(tmp_path_factory, env_module_dir):
     from smfp.training.loop import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "smfp-bandit"
-    cfg = tiny_config(run_dir, env="smfp_test_bandit:SmfpTestBandit-v0", total_steps=1500, learning_starts=200,
+    cfg = tiny_config(run_dir, env="smfp_test_envs:SmfpTestBandit-v0", total_steps=1500, learning_starts=200,
                       eval_every=0, checkpoint_every=0)
     cfg.algo = "smfp"
     cfg.update.gamma = 0.0
@@ -212,10 +176,10 @@ def test_inspect_finds_one_mode_for_a_policy_trained_on_a_unimodal_bandit(bandit
     assert (bandit_run / "inspect.png").stat().st_size > 1000
 
 
-def test_inspect_cli_json_and_default_probe_states(bandit_run, bandit_env_module, tmp_path):
+def test_inspect_cli_json_and_default_probe_states(bandit_run, env_module_dir, tmp_path):
     png = tmp_path / "probe.png"
     proc = run_cli("inspect", bandit_run, "--samples", "300", "--states", "3", "--json", "--out", png,
-                   pythonpath=bandit_env_module)
+                   pythonpath=env_module_dir)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert set(out) >= {"states", "verdict", "png", "train_entropy"}
@@ -227,7 +191,7 @@ def test_inspect_cli_json_and_default_probe_states(bandit_run, bandit_env_module
     for s in out["states"]:
         assert set(s) >= {"target_modes", "target_masses", "tv_to_target"} and s["target_modes"] == 1
     text = run_cli("inspect", bandit_run, "--state", "0", "--samples", "200", "--out", png, "--plot", tmp_path / "t",
-                   pythonpath=bandit_env_module)
+                   pythonpath=env_module_dir)
     assert text.returncode == 0 and "verdict: unimodal" in text.stdout and "figure:" in text.stdout
     assert "task: the critic's target is unimodal" in text.stdout
     assert (tmp_path / "t" / "target_state0.png").stat().st_size > 1000
@@ -240,8 +204,8 @@ def test_inspect_cli_json_and_default_probe_states(bandit_run, bandit_env_module
     (["--min-mass", "1.5"], "--min-mass"),
     (["--alpha", "0"], "--alpha must be a positive number"),
 ])
-def test_inspect_user_mistakes_are_one_line(bandit_run, bandit_env_module, args, needle):
-    proc = run_cli("inspect", bandit_run, *args, pythonpath=bandit_env_module)
+def test_inspect_user_mistakes_are_one_line(bandit_run, env_module_dir, args, needle):
+    proc = run_cli("inspect", bandit_run, *args, pythonpath=env_module_dir)
     assert_one_line_error(proc, needle)
 
 

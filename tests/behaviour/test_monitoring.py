@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -30,64 +28,8 @@ from smfp.monitor.alarms import AlarmMonitor, kl_watch
 from smfp.storage.checkpoint import list_checkpoints, load_checkpoint
 from smfp.training.loop import train
 
-HEALTH_ENVS = '''
-    """One-step tasks from a fixed state that provoke training-health alarms."""
-    import gymnasium as gym
-    import numpy as np
-    from gymnasium import spaces
-
-
-    class OneState(gym.Env):
-        def __init__(self, kind="quadratic", switch_at=0, bad_from=0, bad_to=0, scale=1.0, period=800):
-            self.observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-            self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-            self.kind, self.switch_at, self.scale, self.period = kind, switch_at, scale, period
-            self.bad_from, self.bad_to = bad_from, bad_to
-            self.steps = 0  # environment steps taken by this instance (the training env's clock)
-
-        def reset(self, seed=None, options=None):
-            super().reset(seed=seed)
-            return np.zeros(1, np.float32), {}
-
-        def step(self, action):
-            self.steps += 1
-            a = np.asarray(action, dtype=np.float64)
-            if self.kind == "push":  # the best action is at the bounds
-                reward = 5.0 * float(a.sum())
-            elif self.kind == "switch" and self.steps <= self.switch_at:  # two peaks in a[0], at +-0.6
-                bump = lambda c: np.exp(-0.5 * ((a[0] - c) / 0.2) ** 2)
-                reward = 2.0 * max(bump(0.6), bump(-0.6)) - a[1] ** 2
-            elif self.kind == "switch":  # then one sharp peak: the soft-optimal policy is one narrow Gaussian
-                reward = -200.0 * ((a[0] - 0.6) ** 2 + a[1] ** 2)
-            elif self.kind == "drift":  # the best action keeps moving: a policy must follow it
-                reward = -10.0 * float(np.sum((a - 0.7 * np.sin(2 * np.pi * self.steps / self.period)) ** 2))
-            else:  # "quadratic": best action 0
-                reward = -float(np.sum(a ** 2))
-            if self.bad_from < self.steps <= self.bad_to:
-                reward = 3e19  # finite, but its squared TD error overflows float32: the losses are not finite
-            return np.zeros(1, np.float32), self.scale * float(reward), True, False, {}
-
-
-    for name, kwargs in {"Push": {"kind": "push"}, "Switch": {"kind": "switch", "switch_at": 2500},
-                         "Drift": {"kind": "drift"},
-                         "Blowup": {"bad_from": 500, "bad_to": 530}, "Huge": {"scale": 1e6}}.items():
-        if f"SmfpHealth{name}-v0" not in gym.registry:
-            gym.register(f"SmfpHealth{name}-v0", entry_point=__name__ + ":OneState", max_episode_steps=1,
-                         kwargs=kwargs)
-'''
-
-
-@pytest.fixture(scope="module")
-def health_envs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("health_envs")
-    (folder / "smfp_test_health.py").write_text(textwrap.dedent(HEALTH_ENVS))
-    sys.path.insert(0, str(folder))
-    yield folder
-    sys.path.remove(str(folder))
-
-
 def _one_state(run_dir, name: str, total_steps: int, **kw):
-    cfg = tiny_config(run_dir, env=f"smfp_test_health:SmfpHealth{name}-v0", total_steps=total_steps,
+    cfg = tiny_config(run_dir, env=f"smfp_test_envs:SmfpHealth{name}-v0", total_steps=total_steps,
                       eval_every=0, log_every=100, **kw)
     cfg.update.gamma = 0.0
     return cfg
@@ -178,7 +120,7 @@ def test_a_healthy_short_run_raises_no_alarm(tmp_path):
     assert any("health/modes" in r for r in rows)  # the probe ran, so mode collapse was watched
 
 
-def test_rewards_on_a_wild_scale_raise_exploding_gradients(tmp_path, health_envs):
+def test_rewards_on_a_wild_scale_raise_exploding_gradients(tmp_path, env_module_dir):
     alerts = _train(_one_state(tmp_path / "r", "Huge", 800))
     assert [a["alarm"] for a in alerts] == ["exploding_gradients"], alerts
     assert alerts[0]["value"] > AlarmConfig().grad_norm_max
@@ -193,7 +135,7 @@ def test_forced_tiny_output_noise_raises_entropy_collapse(tmp_path):
     assert alerts[0]["value"] < -1.0 - 1.0 and alerts[0]["step"] >= 200 + 3 * 100
 
 
-def test_best_action_at_the_bounds_raises_saturation(tmp_path, health_envs):
+def test_best_action_at_the_bounds_raises_saturation(tmp_path, env_module_dir):
     cfg = _one_state(tmp_path / "r", "Push", 1500)
     cfg.update.alpha, cfg.update.autotune_alpha, cfg.update.actor_lr = 0.01, False, 3e-3
     alerts = _train(cfg)
@@ -213,7 +155,7 @@ def _drift(run_dir, md_lambda: float):
     return cfg
 
 
-def test_a_tiny_mirror_descent_weight_raises_kl_too_large(tmp_path, health_envs):
+def test_a_tiny_mirror_descent_weight_raises_kl_too_large(tmp_path, env_module_dir):
     # lambda = 0.001 alpha: the KL reached 80-480 nats after the first anchor period (limit: 10 x 1 nat
     # per action dimension = 20); with lambda = 10 alpha it stayed below 7
     alerts = _train(_drift(tmp_path / "r", 1e-3))
@@ -246,7 +188,7 @@ def test_the_kl_alarm_watches_no_row_of_the_first_anchor_period(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_good_actions_becoming_one_sharp_one_raises_mode_collapse(tmp_path, health_envs):
+def test_two_good_actions_becoming_one_sharp_one_raises_mode_collapse(tmp_path, env_module_dir):
     """The entropy gap (mixture surrogate minus conditional entropy) only vanishes when the component
     means coincide to well within the output noise sigma. With sigma free to shrink, splitting a narrow
     peak between sigma and the spread of the means costs almost nothing, so the gap drifted around
@@ -274,7 +216,7 @@ def test_two_good_actions_becoming_one_sharp_one_raises_mode_collapse(tmp_path, 
     assert collapses and all(a["step"] > 2500 for a in collapses), (alerts, modes)  # only after the switch
 
 
-def test_injected_non_finite_losses_are_skipped_then_the_last_good_checkpoint_is_restored(tmp_path, health_envs,
+def test_injected_non_finite_losses_are_skipped_then_the_last_good_checkpoint_is_restored(tmp_path, env_module_dir,
                                                                                           capfd):
     run = tmp_path / "r"
     cfg = _one_state(run, "Blowup", 1500, checkpoint_every=300)
@@ -313,7 +255,7 @@ def _tensors(obj):
             yield from _tensors(v)
 
 
-def test_report_overlays_runs_and_marks_their_alarms(tmp_path, health_envs):
+def test_report_overlays_runs_and_marks_their_alarms(tmp_path, env_module_dir):
     runs = []
     for name, env in (("huge", "Huge"), ("calm", "Push")):
         cfg = _one_state(tmp_path / name, env, 700)

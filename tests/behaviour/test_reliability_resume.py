@@ -7,15 +7,13 @@
 - the health probe's states and schedule are in the checkpoint;
 - ``train`` closes its metrics file, TensorBoard writer and both environments however it ends.
 
-The tasks are one-step, one-state bandits: their episodes end every step and their reset draws
+The tasks are one-step, one-state env_module_dir: their episodes end every step and their reset draws
 nothing, so an interrupted-and-resumed run must train exactly like an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,52 +26,8 @@ from smfp.storage.checkpoint import CheckpointWriteError, list_checkpoints, load
 from smfp.training.loop import MIN_RECOVERY_LR_FRACTION, TrainingDiverged, run_training, train
 from smfp.training.run import open_run
 
-ENVS = '''
-    """One-state, one-step tasks for the resume tests."""
-    import gymnasium as gym
-    import numpy as np
-    from gymnasium import spaces
-
-
-    class Bandit(gym.Env):
-        def __init__(self, push=False, bad_from=0, bad_to=0):
-            self.observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-            self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-            self.push, self.bad_from, self.bad_to = push, bad_from, bad_to
-            self.steps = 0  # steps of this instance: a resumed run starts a new clock
-
-        def reset(self, seed=None, options=None):
-            super().reset(seed=seed)
-            return np.zeros(1, np.float32), {}
-
-        def step(self, action):
-            self.steps += 1
-            a = np.asarray(action, dtype=np.float64)
-            reward = 5.0 * float(a.sum()) if self.push else -float(np.sum((a - 0.3) ** 2))
-            if self.bad_from < self.steps <= self.bad_to:
-                reward = 3e19  # its squared TD error overflows float32: the updates are not finite
-            return np.zeros(1, np.float32), reward, True, False, {}
-
-
-    for name, kwargs in {"Quadratic": {}, "Push": {"push": True}, "Poison": {"bad_from": 500, "bad_to": 530},
-                         "LongPoison": {"bad_from": 500, "bad_to": 1100},
-                         "EarlyPoison": {"bad_from": 250, "bad_to": 2000}}.items():
-        if f"SmfpResume{name}-v0" not in gym.registry:
-            gym.register(f"SmfpResume{name}-v0", entry_point=__name__ + ":Bandit", max_episode_steps=1, kwargs=kwargs)
-'''
-
-
-@pytest.fixture(scope="module")
-def bandits(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("resume_envs")
-    (folder / "smfp_test_resume.py").write_text(textwrap.dedent(ENVS))
-    sys.path.insert(0, str(folder))
-    yield folder
-    sys.path.remove(str(folder))
-
-
 def _bandit(run_dir: Path, name: str, total_steps: int, **kw):
-    cfg = tiny_config(run_dir, env=f"smfp_test_resume:SmfpResume{name}-v0", total_steps=total_steps,
+    cfg = tiny_config(run_dir, env=f"smfp_test_envs:SmfpResume{name}-v0", total_steps=total_steps,
                       eval_every=0, log_every=100, **kw)
     cfg.update.gamma = 0.0
     cfg.log.tensorboard = False
@@ -128,7 +82,7 @@ def _pushed(cfg):
 
 @pytest.mark.parametrize("task, total, expected", [("Poison", 1300, {"nonfinite_updates"}),
                                                    ("Push", 1500, {"saturation", "entropy_collapse"})])
-def test_a_resumed_run_raises_the_alerts_of_an_uninterrupted_one(tmp_path, bandits, task, total, expected):
+def test_a_resumed_run_raises_the_alerts_of_an_uninterrupted_one(tmp_path, env_module_dir, task, total, expected):
     """Alarms whose condition held at the checkpoint (updates skipped before it, actions pinned at the
     bounds, entropy low for some rows) are not reported again, or late, by the resumed run."""
     settings = _pushed if task == "Push" else lambda cfg: cfg
@@ -148,7 +102,7 @@ def _recoveries(run_dir: Path) -> list[int]:
     return [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("train/recoveries")]
 
 
-def test_each_recovery_sets_the_configured_lr_times_the_factor_to_the_power_of_the_recoveries(tmp_path, bandits):
+def test_each_recovery_sets_the_configured_lr_times_the_factor_to_the_power_of_the_recoveries(tmp_path, env_module_dir):
     base = _bandit(tmp_path / "r", "Poison", 900, checkpoint_every=300)
     base.buffer.buffer_size = 100  # the poisoned transitions of steps 501-530 are gone by step 631
     train(base)
@@ -168,7 +122,7 @@ def test_each_recovery_sets_the_configured_lr_times_the_factor_to_the_power_of_t
     assert load_checkpoint(final)["recoveries"] == m
 
 
-def test_poison_that_stays_in_the_buffer_lowers_the_lr_to_its_floor_not_to_zero(tmp_path, bandits):
+def test_poison_that_stays_in_the_buffer_lowers_the_lr_to_its_floor_not_to_zero(tmp_path, env_module_dir):
     cfg = _bandit(tmp_path / "r", "LongPoison", 1300, checkpoint_every=20)  # 600 steps of poisoned rewards
     cfg.buffer.buffer_size = 100
     train(cfg)
@@ -179,7 +133,7 @@ def test_poison_that_stays_in_the_buffer_lowers_the_lr_to_its_floor_not_to_zero(
     assert load_checkpoint(final)["recoveries"] == n
 
 
-def test_the_recovery_count_survives_a_resume(tmp_path, bandits):
+def test_the_recovery_count_survives_a_resume(tmp_path, env_module_dir):
     cfg = _bandit(tmp_path / "r", "Poison", 1600, checkpoint_every=300)
     cfg.buffer.buffer_size = 100
     _interrupted(cfg, 1000)  # resumes at 900; the resumed env's own clock poisons steps 1401-1430 again
@@ -191,7 +145,7 @@ def test_the_recovery_count_survives_a_resume(tmp_path, bandits):
     assert load_checkpoint(final)["recoveries"] == len(steps)
 
 
-def test_a_checkpoint_without_a_recovery_count_still_resumes(tmp_path, bandits):
+def test_a_checkpoint_without_a_recovery_count_still_resumes(tmp_path, env_module_dir):
     """Checkpoints written before the count existed lack the key: they resume with a count of 0."""
     cfg = _bandit(tmp_path / "r", "Quadratic", 400, checkpoint_every=400)
     train(cfg)
@@ -204,7 +158,7 @@ def test_a_checkpoint_without_a_recovery_count_still_resumes(tmp_path, bandits):
 
 # --- the health probe ----------------------------------------------------------------------------------
 
-def test_a_resumed_run_probes_the_same_states_on_the_same_schedule(tmp_path, bandits):
+def test_a_resumed_run_probes_the_same_states_on_the_same_schedule(tmp_path, env_module_dir):
     # (rewritten against the loop's seams: the probes are the ones open_run built, not recorded by
     # monkeypatching loop.py's HealthProbe; the assertions are unchanged)
     probes: list[HealthProbe] = []
@@ -272,7 +226,7 @@ def _assert_all_closed(made: dict) -> None:
     assert all(s.writer.all_writers is None for s in sinks)  # SummaryWriter.close() drops them
 
 
-def test_divergence_closes_the_metrics_file_the_tensorboard_writer_and_both_envs(tmp_path, bandits):
+def test_divergence_closes_the_metrics_file_the_tensorboard_writer_and_both_envs(tmp_path, env_module_dir):
     cfg = _bandit(tmp_path / "r", "EarlyPoison", 1000, checkpoint_every=600)  # diverges before any checkpoint
     cfg.log.tensorboard = True
     opened: dict = {}
@@ -281,7 +235,7 @@ def test_divergence_closes_the_metrics_file_the_tensorboard_writer_and_both_envs
     _assert_all_closed(opened)
 
 
-def test_a_failed_checkpoint_write_closes_them_too(tmp_path, bandits):
+def test_a_failed_checkpoint_write_closes_them_too(tmp_path, env_module_dir):
     def full_disk(run_dir, step, *a, **kw):
         raise CheckpointWriteError(f"cannot write the checkpoint of step {step} (No space left on device)")
 
@@ -293,7 +247,7 @@ def test_a_failed_checkpoint_write_closes_them_too(tmp_path, bandits):
     _assert_all_closed(opened)
 
 
-def test_a_completed_run_closes_them(tmp_path, bandits):
+def test_a_completed_run_closes_them(tmp_path, env_module_dir):
     opened: dict = {}
     _train_watched(_bandit(tmp_path / "r", "Quadratic", 300, checkpoint_every=300), opened)
     _assert_all_closed(opened)

@@ -353,20 +353,21 @@ def test_run_commit_comes_from_the_last_attempt_line_then_provenance_then_unknow
     assert run_commit(d) == "unknown"
 
 
-def test_sweep_attempt_lines_record_the_commit(tmp_path, monkeypatch):
-    """``train_task`` (the body of a sweep's Ray task) writes ``git_commit()`` into its attempt line."""
+def test_sweep_attempt_lines_record_the_commit(tmp_path):
+    """``train_task`` (the body of a sweep's Ray task) writes ``git_commit()`` into its attempt line.
+    (Rewritten from monkeypatching ``train`` and ``git_commit``: the trainer is passed in, the commit is the
+    checkout's real one; the assertions are unchanged.)"""
     from types import SimpleNamespace
 
+    from smfp.provenance import git_commit
     from smfp.sweep.grid import read_attempts
     from smfp.sweep.runner import train_task
 
     cfg = TrainConfig(algo="sac", total_steps=10, run_dir=str(tmp_path / "run"))
-    monkeypatch.setattr("smfp.training.loop.train",
-                        lambda c, callback=None: SimpleNamespace(step=c.total_steps, final_eval=None))
-    monkeypatch.setattr("smfp.provenance.git_commit", lambda path=None: "c" * 40)
-    train_task(cfg.to_dict(), "sweep-1")
+    train_task(cfg.to_dict(), "sweep-1",
+               train_fn=lambda c, callback=None: SimpleNamespace(step=c.total_steps, final_eval=None))
     (attempt,) = read_attempts(tmp_path / "run")
-    assert attempt["commit"] == "c" * 40 and attempt["sweep"] == "sweep-1"
+    assert attempt["commit"] == git_commit() and attempt["sweep"] == "sweep-1"
 
 
 def test_csv_has_one_row_per_complete_run_and_mode_and_keeps_rows_of_other_runs(tmp_path):

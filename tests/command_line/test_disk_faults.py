@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import load_weights_only
+from conftest import error_line, load_weights_only
 import smfp.storage.atomic as atomic_mod
 import smfp.storage.checkpoint as ckpt_mod
 from smfp.cli.main import main
@@ -43,17 +43,8 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def assert_one_error_line(code: int, err: str, *needles: str) -> str:
-    """Non-zero exit; the error is one line, the last one on stderr; no traceback. (Lines before
-    it are the run's own progress messages, which all start with ``smfp:``.)"""
-    assert code not in (0, None), err
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    errors = [line for line in lines if line.startswith("smfp: error:")]
-    assert len(errors) == 1 and errors[0] == lines[-1], err
-    assert all(line.startswith("smfp: ") for line in lines), err
-    for needle in needles:
-        assert needle.lower() in errors[0].lower(), f"{needle!r} not in {errors[0]!r}"
-    return errors[0]
+    """The error is one line, the last on stderr, after the run's own ``smfp`` progress messages."""
+    return error_line(code, err, *needles, after_messages=True)
 
 
 def test_run_dir_under_a_regular_file_is_refused_before_training(tmp_path, capsys):

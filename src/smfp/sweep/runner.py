@@ -57,8 +57,10 @@ def _redirect_output(path: Path):
             os.close(saved[1])
 
 
-def train_task(config: dict, sweep_id: str) -> dict:
-    """Body of one Ray task (also callable directly): train one run with resume semantics."""
+def train_task(config: dict, sweep_id: str, train_fn: Optional[Callable] = None) -> dict:
+    """Body of one Ray task (also callable directly): train one run with resume semantics.
+
+    ``train_fn(cfg, callback=...)``: the trainer (default ``smfp.training.loop.train``)."""
     from smfp.config import TrainConfig
     from smfp.provenance import git_commit
     from smfp.storage.atomic import atomic_write_text
@@ -87,7 +89,7 @@ def train_task(config: dict, sweep_id: str) -> dict:
 
     heartbeat(start_step, {})
     with _redirect_output(run_dir / LOG_FILE):
-        result = train(cfg, callback=heartbeat)
+        result = (train_fn or train)(cfg, callback=heartbeat)
     if result.step < cfg.total_steps:
         raise RunInterrupted(f"stopped at step {result.step} of {cfg.total_steps}")
     heartbeat(result.step, {})
