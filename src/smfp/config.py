@@ -97,6 +97,9 @@ def set_leaf(obj, path: tuple[str, ...], value):
     return dataclasses.replace(obj, **{path[0]: set_leaf(getattr(obj, path[0]), path[1:], value)})
 
 
+# --multimodal: random steps before the first update, enough to visit every basin of a small task (MultiGoal).
+MULTIMODAL_WARMUP = 10_000
+
 # Fields that may differ when a run is resumed or a sweep continued (they do not change the method).
 RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "label", "log.progress", "update.precision",
                      "eval.eval_every", "eval.eval_episodes", "checkpoint.checkpoint_every",
@@ -106,7 +109,9 @@ RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change t
 ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "reparam", "update.fit_loss": "coupled",
                 "update.fit_coef": 10.0, "update.fit_anchor": 16, "update.fit_local": 8, "update.fit_uniform": 8,
                 "update.fit_local_scale": 2.0, "update.hybrid_coef": 1.0, "update.hybrid_gate": True,
-                "policy.noise_scale": 1.0, "policy.learn_noise_scale": False, "update.md_warmup": False}
+                "policy.noise_scale": 1.0, "policy.learn_noise_scale": False, "update.md_warmup": False,
+                "update.value_backup": "policy", "update.backup_policy_samples": 8, "update.backup_uniform_samples": 32,
+                "multimodal": False}
 
 # The fit/hybrid update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_")
@@ -214,6 +219,14 @@ class UpdateConfig:
                              "loss divided by alpha + lambda) beside the fit loss", default=1.0)
     hybrid_gate: bool = doc("hybrid update with the coupled loss: drop the reverse KL's gradient at a sample whose "
                             "descent direction points away from the sample's coupled target", default=True)
+    value_backup: Literal["policy", "soft-optimal"] = doc(
+        "critic target's next-state value: policy (E_pi[min Qbar - alpha log pi], SAC's) or soft-optimal "
+        "(alpha log of the integral of exp(min Qbar / alpha) over the action box, by importance sampling from "
+        "the policy and the box: Soft Q-Learning's; the value of every good action, not only those the policy "
+        "has found); see docs/method.md", default="policy")
+    backup_policy_samples: int = doc("soft-optimal backup: candidates per next state from the policy", default=8)
+    backup_uniform_samples: int = doc("soft-optimal backup: candidates per next state uniform on the action box",
+                                      default=32)
     md_warmup: bool = doc("mirror-descent warm-up: lambda = 0 until the policy's entropy first reaches its target, "
                           "then the anchor starts from the policy as it is", default=False)
     anchor_period: int = doc("copy the actor into the anchor every N updates", default=1000)
@@ -287,6 +300,9 @@ class TrainConfig:
     threads: int = doc("torch CPU threads (1 is fastest for these network sizes)", default=1)
     label: Optional[str] = doc("name of this variant in `smfp aggregate` tables and curves, e.g. smfp-lam0 for an "
                                "ablation (none: the algo)", default=None)
+    multimodal: bool = doc("settings for tasks whose critic targets have several modes (`smfp inspect` says so): "
+                           "the temperature fixed at --alpha (not tuned), the soft-optimal value backup, and at "
+                           f"least {MULTIMODAL_WARMUP} steps of random actions first; see docs/demo.md", default=False)
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -320,6 +336,14 @@ class TrainConfig:
             raise ConfigError("--lambda-per-alpha and --autotune-lambda both set lambda; choose one")
         if not md and (u.md_lambda != 0.0 or u.autotune_lambda):
             raise ConfigError(f"--algo {cfg.algo} has no mirror-descent term; use --algo mdpo to set --md-lambda")
+        if cfg.multimodal:
+            u.autotune_alpha = False
+            u.value_backup = "soft-optimal"
+            u.learning_starts = max(u.learning_starts, MULTIMODAL_WARMUP)
+        if u.value_backup == "soft-optimal" and (u.backup_policy_samples < 1 or u.backup_uniform_samples < 0):
+            raise ConfigError("the soft-optimal backup needs --backup-policy-samples >= 1 and "
+                              f"--backup-uniform-samples >= 0, got {u.backup_policy_samples} and "
+                              f"{u.backup_uniform_samples}")
         if cfg.run_dir is None:
             cfg.run_dir = f"runs/{cfg.algo}-{cfg.env.env.replace('/', '_').replace(':', '_')}-s{cfg.seed}"
         cfg.validate()

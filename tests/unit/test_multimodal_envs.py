@@ -199,3 +199,24 @@ def test_import_smfp_registers_the_builtin_tasks():
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_a_blocked_goal_cannot_be_reached_and_the_others_still_can():
+    from smfp.envs.multimodal import GOALS
+
+    env = MultiGoalEnv(blocked_goal=0)  # right, at (5, 0)
+    env.reset(seed=0)
+    for _ in range(20):  # straight at it: the obstacle stops the agent 2 units short
+        _, _, terminated, _, info = env.step(np.array([1.0, 0.0], np.float32))
+        assert not terminated and info["goal"] == -1
+    assert 2.0 <= np.linalg.norm(env.pos - GOALS[0]) < 3.0
+    env.reset(seed=0)
+    goals = []
+    for _ in range(20):  # another goal is reached as before
+        _, _, terminated, _, info = env.step(np.array([0.0, 1.0], np.float32))
+        if terminated:
+            goals.append(info["goal"])
+            break
+    assert goals == [2]
+    with pytest.raises(ValueError, match="blocked_goal"):
+        MultiGoalEnv(blocked_goal=4)

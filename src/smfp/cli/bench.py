@@ -53,6 +53,22 @@ def cmd_bench_sb3(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_multigoal(args: argparse.Namespace) -> int:
+    from smfp.bench.acceptance.multigoal import MultiGoalOptions, run_multigoal
+    from smfp.sweep.grid import SweepError, parse_seeds
+
+    try:
+        seeds = parse_seeds(args.seeds)
+    except SweepError as exc:
+        fail(str(exc))
+    opts = MultiGoalOptions(out=args.out, seeds=seeds, algos=[a for a in args.algos.split(",") if a],
+                            settings=[s for s in args.settings.split(",") if s], steps=args.steps, alpha=args.alpha,
+                            episodes=args.episodes)
+    run_multigoal(opts, say=lambda line: print(line, flush=True))
+    print(f"table: {args.out}/multigoal.md")
+    return 0
+
+
 def add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: train (update throughput), latency (action selection)")
     bench = p.add_subparsers(dest="bench", parser_class=OneLineParser, metavar="BENCH")
@@ -98,6 +114,19 @@ def add_bench_parser(sub) -> None:
                         "which leaves out time the OS gives to other processes (use on a shared, busy machine)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=main_latency)
+
+    b = bench.add_parser("multigoal", help="MultiGoal evidence: goals reached, TV to the critic's target, blocked-goal "
+                                           "success, per algo, setting (default / --multimodal) and seed")
+    b.add_argument("--out", required=True, metavar="DIR", help="folder of the runs and multigoal.{json,md}; finished "
+                                                                "runs in it are evaluated again, not retrained")
+    b.add_argument("--seeds", default="0-4", help="comma-separated seeds or ranges (default: 0-4)")
+    b.add_argument("--algos", default="sac,smfp", help="comma-separated algorithms (default: sac,smfp)")
+    b.add_argument("--settings", default="default,multimodal", help="default and/or multimodal (default: both)")
+    b.add_argument("--steps", type=int, default=30_000, help="environment steps per run (default: 30000)")
+    b.add_argument("--alpha", type=float, default=10.0, help="the fixed temperature of --multimodal (default: 10, "
+                                                             "Soft Q-Learning's 1 at reward scale 0.1)")
+    b.add_argument("--episodes", type=int, default=100, help="episodes per evaluation (default: 100)")
+    b.set_defaults(func=cmd_bench_multigoal)
 
     from smfp.bench.sb3_reference import OPTIONS
 

@@ -72,18 +72,19 @@ def _import_prefix(env_id: str) -> None:
 
 
 def make_env(env_id: str, seed: int | None = None, max_episode_steps: int | None = None,
-             render_mode: str | None = None) -> gym.Env:
-    """A checked, [-1, 1]-action, statistics-recording env, reset-seeded with ``seed``."""
+             render_mode: str | None = None, env_kwargs: dict | None = None) -> gym.Env:
+    """A checked, [-1, 1]-action, statistics-recording env, reset-seeded with ``seed``; ``env_kwargs`` go to
+    the task's constructor (over its registered ones)."""
     _import_prefix(env_id)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gymnasium's dtype/precision notices are not the user's concern
-        return _make_checked(env_id, seed, max_episode_steps, render_mode)
+        return _make_checked(env_id, seed, max_episode_steps, render_mode, env_kwargs or {})
 
 
-def _make_checked(env_id, seed, max_episode_steps, render_mode) -> gym.Env:
+def _make_checked(env_id, seed, max_episode_steps, render_mode, env_kwargs) -> gym.Env:
     try:
         # render_mode only when asked for: passing render_mode=None breaks envs whose __init__ lacks it
-        extra = {"render_mode": render_mode} if render_mode is not None else {}
+        extra = {"render_mode": render_mode, **env_kwargs} if render_mode is not None else dict(env_kwargs)
         env = gym.make(env_id, max_episode_steps=max_episode_steps, **extra)
     except gym.error.Error as exc:
         raise EnvError(f"unknown or unavailable env {env_id!r} ({type(exc).__name__}: {exc}); "

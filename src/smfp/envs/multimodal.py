@@ -68,11 +68,16 @@ class MultiGoalEnv(gym.Env):
 
     def __init__(self, render_mode: str | None = None, action_cost: float = 30.0, distance_cost: float = 1.0,
                  goal_reward: float = 10.0, goal_radius: float = 1.0, init_std: float = 0.1,
-                 reward_scale: float = 1.0, explore_starts: float = 0.0, explore_std: float = 2.0):
+                 reward_scale: float = 1.0, explore_starts: float = 0.0, explore_std: float = 2.0,
+                 blocked_goal: int | None = None, block_radius: float = 2.0):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode {render_mode!r} is not supported; use 'rgb_array'")
         if not 0.0 <= explore_starts <= 1.0:
             raise ValueError(f"explore_starts is a probability, got {explore_starts}")
+        if blocked_goal is not None and blocked_goal not in range(len(GOALS)):
+            raise ValueError(f"blocked_goal is a goal index 0-{len(GOALS) - 1} ({', '.join(GOAL_NAMES)}), got {blocked_goal}")
+        # The blocked-goal test: an obstacle (a disc of block_radius around that goal) that no move may enter.
+        self.blocked_goal, self.block_radius = blocked_goal, block_radius
         self.render_mode = render_mode
         self.explore_starts, self.explore_std = explore_starts, explore_std
         self.action_cost, self.distance_cost = action_cost, distance_cost
@@ -100,7 +105,9 @@ class MultiGoalEnv(gym.Env):
 
     def step(self, action):
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
-        self.pos = np.clip(self.pos + a, -self.bound, self.bound)
+        new = np.clip(self.pos + a, -self.bound, self.bound)
+        if self.blocked_goal is None or np.linalg.norm(new - GOALS[self.blocked_goal]) >= self.block_radius:
+            self.pos = new  # otherwise the obstacle stops the move: the agent stays where it was
         self.trail.append(self.pos.copy())
         dists = np.linalg.norm(GOALS - self.pos, axis=1)
         reward = -self.action_cost * float(a @ a) - self.distance_cost * float(dists.min()) ** 2

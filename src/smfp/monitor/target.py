@@ -154,7 +154,7 @@ def target_verdict(reports: list[TargetReport]) -> str:
     ks = sorted({r.modes for r in multi})
     k_text = f"{ks[0]}" if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
     return (f"the critic's target has {k_text} modes at {100.0 * len(multi) / len(reports):.0f}% of probed states "
-            f"({len(multi)}/{len(reports)}): a Gaussian cannot follow it; try --algo smfp")
+            f"({len(multi)}/{len(reports)}): a Gaussian cannot follow it; try --algo smfp --multimodal")
 
 
 def plot_target(report: TargetReport, path, title: str = ""):

@@ -23,7 +23,8 @@ from smfp.critic import QEnsemble
 from smfp.policies import Policy, policy_from_config
 from smfp.policies.distributions import gaussian_log_prob, tanh_log_det
 from smfp.precision import PRECISIONS, matmul_precision
-from smfp.update.losses import actor_loss, critic_loss, fit_actor_loss, md_target_samples, soft_target
+from smfp.update.losses import (actor_loss, critic_loss, fit_actor_loss, md_target_samples, soft_optimal_target,
+                                soft_target)
 
 
 def make_adam(params, lr: float) -> torch.optim.Adam:
@@ -163,7 +164,11 @@ class Learner:
     def critic_step(self, batch: Batch, alpha: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """Regress the ensemble onto the soft target; None (nothing applied) when not finite."""
         u = self.cfg.update
-        target = soft_target(self.policy, self.target_critic, batch, alpha, u.gamma, self.target_components)
+        if u.value_backup == "soft-optimal":
+            target = soft_optimal_target(self.policy, self.target_critic, batch, alpha, u.gamma,
+                                         u.backup_policy_samples, u.backup_uniform_samples)
+        else:
+            target = soft_target(self.policy, self.target_critic, batch, alpha, u.gamma, self.target_components)
         loss_q, q = critic_loss(self.critic, batch, target)
         self.critic_opt.zero_grad(set_to_none=True)
         loss_q.backward()

@@ -30,6 +30,41 @@ def soft_target(policy: Policy, target_critic: QEnsemble, batch: Batch, alpha: t
     return batch.reward + gamma * (1.0 - batch.terminated) * q_next
 
 
+@torch.no_grad()
+def soft_optimal_target(policy: Policy, target_critic: QEnsemble, batch: Batch, alpha: torch.Tensor, gamma: float,
+                        policy_samples: int, uniform_samples: int) -> torch.Tensor:
+    """``y = r + gamma (1 - terminated) V*(s')`` with the soft-optimal value ``V*(s') = alpha log \\int
+    exp(min_j Qbar_j(s', a) / alpha) da`` (Soft Q-Learning's backup; docs/method.md, "The soft-optimal backup").
+
+    The integral over the action box is estimated by importance sampling from ``K = P + U`` candidates
+    per state: ``P`` from the policy and ``U`` uniform on the box, weighted by their deterministic
+    mixture ``q(a) = (P pi_hat(a) + U 2^-d) / K`` (``pi_hat``: the policy's density, the semi-implicit
+    mixture of its P components for a mixture policy). It does not depend on how well the policy has
+    converged, only on the critic: the value of the Boltzmann policy ``exp(Q/alpha)``, which upper-bounds
+    the policy backup ``E_pi[Q - alpha log pi]``.
+    """
+    obs = batch.next_obs
+    b, d = obs.shape[0], policy.act_dim
+    m = policy_samples if policy.is_mixture else 1
+    mean, log_std = policy.components(obs, policy.draw_noise(b, m, obs))
+    mean_k = mean.expand(b, policy_samples, d) if m == 1 else mean
+    x_policy = mean_k + torch.exp(log_std) * torch.randn_like(mean_k)  # (B, P, d)
+    edge = 1.0 - 1e-6  # atanh(+-1) is infinite
+    u = (torch.rand(b, uniform_samples, d, dtype=obs.dtype, device=obs.device) * 2.0 - 1.0).clamp(-edge, edge)
+    x = torch.cat([x_policy, torch.atanh(u)], dim=1)  # (B, K, d) pre-squash
+    log_pi = semi_implicit_log_prob(x, mean, log_std) - tanh_log_det(x).sum(-1)  # (B, K) on the box
+    k = policy_samples + uniform_samples
+    log_q = log_pi + math.log(policy_samples)  # P >= 1 (config check)
+    if uniform_samples:
+        log_q = torch.logaddexp(log_q, torch.full_like(log_q, math.log(uniform_samples) - d * LOG_2))
+    log_q = log_q - math.log(k)
+    a = torch.cat([torch.tanh(x_policy), u], dim=1)
+    obs_rep = obs.unsqueeze(1).expand(b, k, obs.shape[-1]).reshape(b * k, -1)
+    q = target_critic(obs_rep, a.reshape(b * k, d)).min(dim=0).values.reshape(b, k)
+    v = alpha * (torch.logsumexp(q / alpha - log_q, dim=1) - math.log(k))
+    return batch.reward + gamma * (1.0 - batch.terminated) * v
+
+
 def critic_loss(critic: QEnsemble, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over ensemble members of the mean squared TD error; also returns Q (E, B)."""
     q = critic(batch.obs, batch.action)

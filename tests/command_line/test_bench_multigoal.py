@@ -1,0 +1,39 @@
+"""``smfp bench multigoal``: the MultiGoal evidence table (issue "Assess multimodality"), end to end on a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+
+
+def test_multigoal_bench_trains_evaluates_and_writes_its_table(tmp_path):
+    out = tmp_path / "mg"
+    proc = run_cli("bench", "multigoal", "--out", out, "--seeds", "0", "--algos", "sac,smfp", "--settings", "default",
+                   "--steps", "800", "--episodes", "4", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "multigoal.json").read_text())
+    assert [(r["setting"], r["algo"], r["seed"]) for r in rows] == [("default", "sac", 0), ("default", "smfp", 0)]
+    for r in rows:
+        assert sum(r["goal_counts"].values()) == r["reached"] <= 4
+        assert 0.0 <= r["goal_entropy"] <= math.log(4) + 1e-9
+        assert 0.0 <= r["tv_origin"] <= 1.0 and 0.0 <= r["tv_(2.5, 2.5)"] <= 1.0 and r["target_modes_origin"] >= 1
+        assert r["blocked_goal"] in ("right", "left", "up", "down") and 0 <= r["blocked_success"] <= 4
+    assert (out / "multigoal.md").read_text().count("\n") == 2 + len(rows)
+    again = run_cli("bench", "multigoal", "--out", out, "--seeds", "0", "--algos", "sac", "--settings", "default",
+                    "--steps", "800", "--episodes", "4", timeout=600)
+    assert again.returncode == 0, again.stderr  # a finished run is evaluated again, not retrained
+    assert json.loads((out / "multigoal.json").read_text())[0]["step"] == 800
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--seeds", "x"], "--seeds"),
+    (["--settings", "fancy"], "unknown setting"),
+    (["--algos", "ppo"], "unknown algo"),
+    (["--alpha", "0"], "must be positive"),
+])
+def test_multigoal_bench_mistakes_are_one_line(tmp_path, args, needle):
+    assert_one_line_error(run_cli("bench", "multigoal", "--out", tmp_path / "mg", *args), needle)
