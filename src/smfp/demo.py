@@ -77,12 +77,11 @@ def demo_config(task: str, algo: str, seed: int, steps: Optional[int], run_dir: 
 
 # --- evaluation --------------------------------------------------------------------------------------
 
-def rollouts(agent, env_id: str, episodes: int, seed: int, mode: str = "sample",
-             env_kwargs: dict | None = None) -> list[dict]:
+def rollouts(agent, env_id: str, episodes: int, seed: int, mode: str = "sample") -> list[dict]:
     """Episodes from the start state with stochastic actions; keeps the path and the final info."""
     from smfp.envs import make_env
 
-    env = make_env(env_id, env_kwargs=env_kwargs)
+    env = make_env(env_id)
     out = []
     try:
         for i in range(episodes):

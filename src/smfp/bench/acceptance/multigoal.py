@@ -71,15 +71,25 @@ def evaluate(run_dir: Path, episodes: int, eval_seed: int) -> dict:
     """Goals, target TVs and the blocked-goal test of the run's latest checkpoint."""
     import torch
 
-    from smfp.agent import load_agent
-    from smfp.demo import rollouts
+    from smfp.agent import load_agent, run_episodes
+    from smfp.envs import make_env
     from smfp.envs.multimodal import GOAL_NAMES
     from smfp.monitor.modes import sample_actions
     from smfp.monitor.target import POLICY_SAMPLES, assess_target
 
     agent = load_agent(run_dir)
+
+    def reached(seed: int, **env_kwargs) -> list[int]:
+        """The goal index each of ``episodes`` sampled episodes ended in (-1: none)."""
+        env = make_env(ENV, env_kwargs=env_kwargs)
+        try:
+            eps = run_episodes(lambda o: agent.act_normalized(o, "sample"), env, episodes, seed)
+        finally:
+            env.close()
+        return [int(e["info"].get("goal", -1)) for e in eps]
+
     torch.manual_seed(eval_seed)
-    goals = [int(e["info"].get("goal", -1)) for e in rollouts(agent, ENV, episodes, eval_seed)]
+    goals = reached(eval_seed)
     counts = [goals.count(g) for g in range(len(GOAL_NAMES))]
     row = {"goal_counts": dict(zip(GOAL_NAMES, counts)), "reached": sum(counts),
            "goals_10pct": sum(c >= 0.1 * episodes for c in counts), "goal_entropy": round(goal_entropy(counts), 4),
@@ -92,8 +102,7 @@ def evaluate(run_dir: Path, episodes: int, eval_seed: int) -> dict:
         row[f"tv_{name}"], row[f"target_modes_{name}"] = rep.tv_to_target, rep.modes
     blocked = int(np.argmax(counts))
     torch.manual_seed(eval_seed + 1)
-    after = [int(e["info"].get("goal", -1)) for e in rollouts(
-        agent, ENV, episodes, eval_seed + episodes, env_kwargs={"blocked_goal": blocked, "block_radius": BLOCK_RADIUS})]
+    after = reached(eval_seed + episodes, blocked_goal=blocked, block_radius=BLOCK_RADIUS)
     row["blocked_goal"] = GOAL_NAMES[blocked]
     row["blocked_success"] = sum(g >= 0 for g in after)
     return row
