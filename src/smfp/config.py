@@ -131,6 +131,13 @@ class ConfigError(ValueError):
     """A user-facing configuration mistake (reported as one line, no traceback)."""
 
 
+def check_choices(values, allowed, what: str) -> None:
+    """A ``ConfigError`` naming the first of ``values`` not in ``allowed`` (e.g. what="algo")."""
+    for v in values:
+        if v not in allowed:
+            raise ConfigError(f"unknown {what} {v!r}; choose from {', '.join(allowed)}")
+
+
 @dataclass
 class EnvConfig:
     env: str = doc("Gymnasium id with a continuous Box action space; 'module:Env-vN' imports module first",

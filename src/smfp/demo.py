@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from smfp.config import ALGOS, ConfigError, TrainConfig
+from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices
 from smfp.storage.rundir import RunDir
 
 TASKS = {"multigoal": "smfp/MultiGoal-v0", "hallway": "smfp/Hallway-v0"}
@@ -249,12 +249,8 @@ def run_demo(opts: DemoOptions) -> dict:
     from smfp.monitor.modes import assess_state
     from smfp.training.loop import train
 
-    for t in opts.tasks:
-        if t not in TASKS:
-            raise ConfigError(f"unknown demo task {t!r}; choose from {', '.join(TASKS)}")
-    for a in opts.algos:
-        if a not in ALGOS:
-            raise ConfigError(f"unknown algo {a!r}; choose from {', '.join(ALGOS)}")
+    check_choices(opts.tasks, TASKS, "demo task")
+    check_choices(opts.algos, ALGOS, "algo")
     if opts.episodes <= 0:
         raise ConfigError(f"--episodes must be positive, got {opts.episodes}")
     if opts.steps is not None and opts.steps <= 0:

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from smfp.config import ALGOS, ConfigError, TrainConfig
+from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices
 
 ENV = "smfp/MultiGoal-v0"
 SETTINGS = ("default", "multimodal")
@@ -112,12 +112,8 @@ def run_multigoal(opts: MultiGoalOptions, say: Callable[[str], None] = print) ->
     from smfp.storage.rundir import RunDir
     from smfp.training.loop import train
 
-    for a in opts.algos:
-        if a not in ALGOS:
-            raise ConfigError(f"unknown algo {a!r}; choose from {', '.join(ALGOS)}")
-    for s in opts.settings:
-        if s not in SETTINGS:
-            raise ConfigError(f"unknown setting {s!r}; choose from {', '.join(SETTINGS)}")
+    check_choices(opts.algos, ALGOS, "algo")
+    check_choices(opts.settings, SETTINGS, "setting")
     if opts.steps <= 0 or opts.episodes <= 0 or not opts.alpha > 0:
         raise ConfigError("--steps, --episodes and --alpha must be positive")
     out = Path(opts.out)
