@@ -247,7 +247,7 @@ def _progress_callback(label: str, total: int) -> Callable[[int, dict], None]:
 def run_demo(opts: DemoOptions) -> dict:
     from smfp.agent import load_agent
     from smfp.monitor.modes import assess_state
-    from smfp.training.loop import train
+    from smfp.training.loop import train_or_stop
 
     check_choices(opts.tasks, TASKS, "demo task")
     check_choices(opts.algos, ALGOS, "algo")
@@ -277,7 +277,7 @@ def run_demo(opts: DemoOptions) -> dict:
                 label = f"[{task} {algo} seed {seed}]"
                 _say(f"{label} training {cfg.total_steps} steps -> {run_dir}")
                 t0 = time.perf_counter()
-                train(cfg, callback=_progress_callback(label, cfg.total_steps))
+                train_or_stop(cfg, callback=_progress_callback(label, cfg.total_steps))
                 train_s = time.perf_counter() - t0
                 agent = load_agent(run_dir)
                 eps = rollouts(agent, TASKS[task], opts.episodes, opts.eval_seed)

@@ -117,3 +117,24 @@ def test_interrupted_then_resumed_run_logs_the_rows_of_an_uninterrupted_one(tmp_
         if step <= stopped:  # logged by the first process before the stop: same seed, same numbers
             assert {k: v for k, v in row.items() if k != "train/sps"} == \
                    {k: v for k, v in want.items() if k != "train/sps"}, f"step {step} differs before the stop"
+
+
+def test_a_signal_stops_a_command_that_trains_several_runs(tmp_path):
+    """``smfp bench multigoal`` (like the demo) trains one run after another: SIGTERM during the first run ends
+    the command with 143 and one error line, instead of evaluating the half-trained run and starting the next."""
+    out = tmp_path / "mg"
+    first = out / "default" / "sac-s0"
+    proc = _popen(["bench", "multigoal", "--out", str(out), "--seeds", "0", "--algos", "sac,smfp", "--settings",
+                   "default", "--steps", "1000000", "--episodes", "2"], tmp_path / "stderr")
+    deadline = time.monotonic() + 120
+    while not (first / "metrics.jsonl").exists() or _last_logged(first) < 1:
+        assert proc.poll() is None, (tmp_path / "stderr").read_text()
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    err = (tmp_path / "stderr").read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("smfp: error: stopped by SIGTERM at step "), err
+    assert not (out / "default" / "smfp-s0").exists() and not (out / "multigoal.json").exists()
+    assert list_checkpoints(first), "the stopped run keeps its checkpoint"

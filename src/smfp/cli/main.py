@@ -154,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("smfp: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from smfp.training.loop import TrainingStopped
+
+        if not isinstance(exc, TrainingStopped):
+            raise
+        print(f"smfp: error: {exc}", file=sys.stderr, flush=True)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

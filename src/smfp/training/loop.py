@@ -31,12 +31,32 @@ class TrainResult:
     stop_signal: Optional[int] = None  # the signal (SIGINT/SIGTERM) that stopped it early, if any
 
 
+class TrainingStopped(Exception):
+    """A signal stopped one run of a command that trains several (the demo, ``smfp bench multigoal``): the
+    command stops too, with the signal's exit status, instead of going on to the next run."""
+
+    def __init__(self, result: TrainResult):
+        import signal
+
+        self.signum = int(result.stop_signal)
+        super().__init__(f"stopped by {signal.Signals(self.signum).name} at step {result.step} of the run in "
+                         f"{result.run_dir} (its checkpoint was written)")
+
+
 def train(cfg, callback: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
     """Train according to ``cfg``; ``callback(step, row)`` receives every metrics row."""
     with open_run(cfg) as run:
         if callback is not None:
             run.logger.subscribe(callback)
         return run_training(run)
+
+
+def train_or_stop(cfg, callback: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
+    """``train``, raising ``TrainingStopped`` when a signal stopped the run early."""
+    result = train(cfg, callback)
+    if result.stop_signal is not None:
+        raise TrainingStopped(result)
+    return result
 
 
 def run_training(run: Run) -> TrainResult:
@@ -135,5 +155,5 @@ def checkpoint(run: Run) -> None:
                         extra)
 
 
-__all__ = ["MIN_RECOVERY_LR_FRACTION", "TrainResult", "TrainingDiverged", "checkpoint", "evaluate_now",
+__all__ = ["MIN_RECOVERY_LR_FRACTION", "TrainResult", "TrainingDiverged", "TrainingStopped", "train_or_stop", "checkpoint", "evaluate_now",
            "log_training_row", "prepare_run_dir", "recovery_lr_factor", "run_training", "train", "update"]

@@ -110,7 +110,7 @@ def evaluate(run_dir: Path, episodes: int, eval_seed: int) -> dict:
 
 def run_multigoal(opts: MultiGoalOptions, say: Callable[[str], None] = print) -> list[dict]:
     from smfp.storage.rundir import RunDir
-    from smfp.training.loop import train
+    from smfp.training.loop import train_or_stop
 
     check_choices(opts.algos, ALGOS, "algo")
     check_choices(opts.settings, SETTINGS, "setting")
@@ -125,7 +125,7 @@ def run_multigoal(opts: MultiGoalOptions, say: Callable[[str], None] = print) ->
                 cfg = run_config(setting, algo, seed, opts.steps, opts.alpha, run_dir)
                 cfg.resume = RunDir(run_dir).config.exists()
                 t0 = time.perf_counter()
-                train(cfg)
+                train_or_stop(cfg)
                 row = {"setting": setting, "algo": algo, "seed": seed, "train_seconds": round(time.perf_counter() - t0),
                        **evaluate(run_dir, opts.episodes, opts.eval_seed)}
                 rows.append(row)
