@@ -111,7 +111,7 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "update.fit_local_scale": 2.0, "update.hybrid_coef": 1.0, "update.hybrid_gate": True,
                 "policy.noise_scale": 1.0, "policy.learn_noise_scale": False, "update.md_warmup": False,
                 "update.value_backup": "policy", "update.backup_policy_samples": 8, "update.backup_uniform_samples": 32,
-                "multimodal": False}
+                "multimodal": False, "policy.q_states": 0}
 
 # The fit/hybrid update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_")
@@ -154,6 +154,8 @@ class PolicyConfig:
     components: int = doc("M, mixture components of the semi-implicit log-density surrogate (1 = conditional)",
                           default=8)
     actor_states: int = doc("states per actor update (each with M actions); 0: batch_size // M", default=0)
+    q_states: int = doc("states whose one fresh action carries the actor's Q term (the entropy and KL terms stay on "
+                        "--actor-states x M); 0: the Q term on the --actor-states x M actions", default=0)
     target_components: int = doc("M used for the entropy term of the critic target; 0: same as --components",
                                  default=0)
     meanflow_coef: float = doc("weight of the MeanFlow self-consistency loss (0 disables it)", default=1.0)
@@ -376,7 +378,7 @@ class TrainConfig:
         non_negative = {
             "--learning-starts": self.update.learning_starts, "--eval-every": self.eval.eval_every,
             "--checkpoint-every": self.checkpoint.checkpoint_every, "--actor-states": self.policy.actor_states,
-            "--target-components": self.policy.target_components, "--grad-clip": self.update.grad_clip,
+            "--q-states": self.policy.q_states, "--target-components": self.policy.target_components, "--grad-clip": self.update.grad_clip,
             "--meanflow-coef": self.policy.meanflow_coef, "--entropy-gap-every": self.update.entropy_gap_every, "--cover-coef": self.update.cover_coef,
             "--cover-uniform": self.update.cover_uniform, "--md-lambda": self.update.md_lambda or 0.0,
             "--alpha": self.update.alpha, "--anchor-tau": self.update.anchor_tau,
@@ -387,6 +389,12 @@ class TrainConfig:
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.policy.q_states and self.update.actor_update != "reparam":
+            raise ConfigError("--q-states applies to --actor-update reparam; the fit/hybrid update scores its own "
+                              "candidates")
+        if self.policy.q_states > self.update.batch_size:
+            raise ConfigError(f"--q-states ({self.policy.q_states}) must not exceed --batch-size "
+                              f"({self.update.batch_size}): the Q term's states come from the batch")
         if self.seed >= 2**32:  # numpy, torch and gymnasium all accept seeds below 2**32
             raise ConfigError(f"--seed must be below 2**32, got {self.seed}")
         for name, value in {"--gamma": self.update.gamma, "--tau": self.update.tau,

@@ -191,8 +191,9 @@ class Learner:
         alpha, md_lambda = self.alpha, self.md_lambda
         fit = None
         if u.actor_update == "reparam":
+            q_obs = obs[: p.q_states] if p.q_states > 0 else None
             loss_pi, smp, kl, anchor_components = actor_loss(self.policy, q_fn, self.anchor, obs_a, alpha, md_lambda,
-                                                             self.components)
+                                                             self.components, q_obs)
         else:  # fit / hybrid (docs/method.md, "The fit update")
             loss_pi, smp, kl, anchor_components, fit = fit_actor_loss(
                 self.policy, q_fn, self.anchor, obs_a, alpha, md_lambda, self.components, u)

@@ -72,19 +72,26 @@ def critic_loss(critic: QEnsemble, batch: Batch, target: torch.Tensor) -> tuple[
 
 
 def actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], anchor: Policy | None,
-               obs: torch.Tensor, alpha: torch.Tensor | float, md_lambda: torch.Tensor | float, components: int):
+               obs: torch.Tensor, alpha: torch.Tensor | float, md_lambda: torch.Tensor | float, components: int,
+               q_obs: torch.Tensor | None = None):
     """Entropic mirror-descent actor loss (section 5), reparameterised through the sampler.
 
     ``E[alpha log pi_hat(a|s) - min_j Q_j(s, a)] + lambda E_z[KL(N(mu(s,z), s^2) || N(mu_k(s,z), s_k^2))]``,
     with the anchor evaluated at the same noises ``z``. ``q_fn(obs, act) -> (N,)`` is the value the
     actor climbs (the critic ensemble's min with frozen weights, or a known Q in tests).
+    ``q_obs`` (``--q-states``): the Q term on one fresh action at each of these states instead of on the
+    M actions of ``obs`` (the same expectation, over more states for the same critic rows); the entropy
+    and KL terms stay on ``obs`` x M.
     Returns (loss, sample, kl, anchor components at the sample's noises or None).
     """
     smp = policy.sample(obs, components)
-    b, m, d = smp.action.shape
-    obs_rep = obs.unsqueeze(1).expand(b, m, obs.shape[-1]).reshape(b * m, -1)
-    q = q_fn(obs_rep, smp.action.reshape(b * m, d)).reshape(b, m)
-    loss = (alpha * smp.log_prob - q).mean()
+    if q_obs is None:
+        b, m, d = smp.action.shape
+        obs_rep = obs.unsqueeze(1).expand(b, m, obs.shape[-1]).reshape(b * m, -1)
+        q = q_fn(obs_rep, smp.action.reshape(b * m, d))
+    else:
+        q = q_fn(q_obs, policy.sample(q_obs, 1).action[:, 0])
+    loss = alpha * smp.log_prob.mean() - q.mean()
     kl = torch.zeros((), dtype=obs.dtype)
     anchor_components = None
     if anchor is not None:
