@@ -111,7 +111,8 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "update.fit_local_scale": 2.0, "update.hybrid_coef": 1.0, "update.hybrid_gate": True,
                 "policy.noise_scale": 1.0, "policy.learn_noise_scale": False, "update.md_warmup": False,
                 "update.value_backup": "policy", "update.backup_policy_samples": 8, "update.backup_uniform_samples": 32,
-                "multimodal": False, "policy.q_states": 0}
+                "multimodal": False, "policy.q_states": 0,
+                "update.fit_noises": 0}
 
 # The fit/hybrid update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_")
@@ -218,6 +219,8 @@ class UpdateConfig:
         "energy (weighted energy score of the policy's samples against the weighted candidates)",
         default="coupled")
     fit_coef: float = doc("fit/hybrid update: weight of the fit loss in the actor loss", default=10.0)
+    fit_noises: int = doc("fit/hybrid update: fresh noises per state for the fit loss (map passes, no critic rows; the "
+                          "reverse-KL gate is off with them); 0: the fit uses the M samples", default=0)
     fit_anchor: int = doc("fit/hybrid update: candidates per state drawn from the anchor's components", default=16)
     fit_local: int = doc("fit/hybrid update: candidates per state drawn around the policy's own components (std "
                          "widened by --fit-local-scale)", default=8)

@@ -197,10 +197,11 @@ def _learner(algo="smfp", **update):
     return Learner(cfg.resolved(), obs_dim=3, act_dim=2)
 
 
-@pytest.mark.parametrize("update,loss", [("fit", "coupled"), ("fit", "energy"), ("hybrid", "coupled"),
-                                         ("hybrid", "energy")])
-def test_fit_actor_step_is_finite_and_logs_the_ess(update, loss):
-    learner = _learner(actor_update=update, fit_loss=loss)
+@pytest.mark.parametrize("update,loss,noises", [("fit", "coupled", 0), ("fit", "energy", 0), ("hybrid", "coupled", 0),
+                                                ("hybrid", "energy", 0), ("hybrid", "coupled", 16),
+                                                ("fit", "energy", 16)])
+def test_fit_actor_step_is_finite_and_logs_the_ess(update, loss, noises):
+    learner = _learner(actor_update=update, fit_loss=loss, fit_noises=noises)
     q = lambda obs, a: -((a - 0.3) ** 2).sum(-1)  # noqa: E731
     before = [p.detach().clone() for p in learner.policy.parameters()]
     out = learner.actor_step(torch.randn(64, 3), q)
@@ -215,3 +216,5 @@ def test_reparam_stays_the_default_and_fit_needs_a_mixture_policy():
         _learner("sac", actor_update="fit")
     with pytest.raises(ConfigError, match="--fit-anchor"):
         _learner(actor_update="fit", fit_anchor=0, fit_local=0, fit_uniform=0)
+    with pytest.raises(ConfigError, match="--fit-noises"):
+        _learner(actor_update="fit", fit_noises=1)

@@ -70,6 +70,8 @@ def check_fit_config(u, policy: Policy) -> None:
     counts = {"--fit-anchor": u.fit_anchor, "--fit-local": u.fit_local, "--fit-uniform": u.fit_uniform}
     if any(v < 0 for v in counts.values()) or sum(counts.values()) == 0:
         raise ConfigError(f"--fit-anchor, --fit-local and --fit-uniform must be >= 0 and not all 0, got {counts}")
+    if u.fit_noises < 0 or u.fit_noises == 1:
+        raise ConfigError(f"--fit-noises must be 0 (the M samples) or at least 2, got {u.fit_noises}")
     if not u.fit_local_scale > 0:
         raise ConfigError(f"--fit-local-scale must be positive, got {u.fit_local_scale}")
     if u.fit_coef < 0 or u.hybrid_coef < 0:

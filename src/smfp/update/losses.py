@@ -172,14 +172,23 @@ def fit_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], 
                           cfg.fit_anchor, cfg.fit_local, cfg.fit_uniform, cfg.fit_local_scale)
     y = torch.tanh(cand.x)
     delta = None
+    # The fit's own draws: the M samples, or --fit-noises N fresh ones (map passes only: no critic rows)
+    if cfg.fit_noises > 0:
+        fit_noise = policy.draw_noise(obs.shape[0], cfg.fit_noises, obs)
+        fit_mean, fit_log_std = policy.components(obs, fit_noise)
+        fit_x = fit_mean + fit_log_std.exp() * torch.randn_like(fit_mean)
+    else:
+        fit_noise, fit_mean, fit_log_std, fit_x = smp.noise, smp.mean, smp.log_std, smp.pre_squash
     if cfg.fit_loss == "energy":
-        loss = cfg.fit_coef * weighted_energy_score(smp.action, y, cand.w)
+        loss = cfg.fit_coef * weighted_energy_score(torch.tanh(fit_x), y, cand.w)
     elif cfg.fit_loss == "coupled":
-        fit, delta = coupled_regression_loss(smp.mean, smp.noise, cand)
-        std = smp.log_std.exp()
-        xi = ((smp.pre_squash - smp.mean) / std).detach()
-        x_sigma = smp.mean.detach() + std * xi  # the samples with the means held: sigma's fit
+        fit, delta = coupled_regression_loss(fit_mean, fit_noise, cand)
+        std = fit_log_std.exp()
+        xi = ((fit_x - fit_mean) / std).detach()
+        x_sigma = fit_mean.detach() + std * xi  # the samples with the means held: sigma's fit
         loss = cfg.fit_coef * (fit + weighted_energy_score(torch.tanh(x_sigma), y, cand.w))
+        if cfg.fit_noises > 0:
+            delta = None  # the gate needs each reverse-KL sample's own partner
     else:
         raise ValueError(f"unknown fit loss {cfg.fit_loss!r}; choose coupled or energy")
     if cfg.actor_update == "hybrid" and cfg.hybrid_coef > 0:
