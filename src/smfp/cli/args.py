@@ -16,7 +16,12 @@ from smfp.config import leaf_fields, set_leaf
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a mistake as one line on stderr and exits 2."""
+    """argparse that reports a mistake as one line on stderr and exits 2, and takes only whole option names
+    (argparse's prefix matching let ``smfp bench bandit --alpha 0.3`` silently set --alpha-lr)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")

@@ -8,7 +8,7 @@ import json
 import sys
 
 from smfp.cli.args import OneLineParser, add_dataclass_args, build_dataclass, fail
-from smfp.config import ALGOS, TrainConfig, leaf_fields
+from smfp.config import ALGOS, ConfigError, TrainConfig, leaf_fields
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
@@ -21,8 +21,13 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# The suite's cases fix alpha; every other policy and update setting may be varied (a candidate's rows).
+BANDIT_OVERRIDES = {f.name for path, f, _ in leaf_fields() if path[0] in ("policy", "update")} - {
+    "alpha", "autotune_alpha", "learning_starts", "updates_per_step"}
+
+
 def cmd_bench_bandit(args: argparse.Namespace) -> int:
-    from smfp.bench.acceptance.suite import format_row, run_suite
+    from smfp.bench.acceptance.suite import CASES, format_row, run_suite
 
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -35,8 +40,25 @@ def cmd_bench_bandit(args: argparse.Namespace) -> int:
         fail(f"--algos expects a comma-separated subset of {','.join(ALGOS)}, got {args.algos!r}")
     if not 1 <= args.steps <= 5000:
         fail(f"--steps must be in 1..5000 (the suite's budget), got {args.steps}")
+    known = {c.target.lower() for c in CASES}
+    cases = [c.strip().lower() for c in args.cases.split(",") if c.strip()] if args.cases else None
+    if cases is not None and (not cases or any(c not in known for c in cases)):
+        fail(f"--cases expects comma-separated case names from: {', '.join(sorted(known))}; got {args.cases!r}")
+    given = {k: v for k, v in vars(args).items() if k in BANDIT_OVERRIDES}
+
+    def overrides(cfg: TrainConfig) -> None:
+        changed = build_dataclass(TrainConfig, given, base=cfg)
+        cfg.policy, cfg.update = changed.policy, changed.update
+
     progress = None if args.json else (lambda row: print(format_row(row), flush=True))
-    report = run_suite(seeds, algos, args.steps, fast_only=args.fast, progress=progress)
+    if given and not args.json:
+        print("settings: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items()), flush=True)
+    try:
+        report = run_suite(seeds, algos, args.steps, fast_only=args.fast, progress=progress,
+                           overrides=overrides if given else None, cases=cases)
+    except ConfigError as exc:
+        fail(str(exc))
+    report["settings"] = given
     if args.json:
         print(json.dumps(report))
     else:
@@ -92,6 +114,9 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--steps", type=int, default=5000, help="actor updates per case (at most 5000)")
     b.add_argument("--fast", action="store_true", help="only the fast cases (the ones the test suite runs)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--cases", default=None, help="comma-separated case names (default: all), e.g. "
+                                                 "'five peaks (2-D),unequal 3:1'; every temperature of each")
+    add_dataclass_args(b, TrainConfig, skip=tuple(f.name for _, f, _ in leaf_fields() if f.name not in BANDIT_OVERRIDES))
     b.set_defaults(func=cmd_bench_bandit)
 
     from smfp.bench.speed.latency import BACKENDS, CLOCKS, main_latency

@@ -170,10 +170,13 @@ def score(q: KnownQ, alpha: float, actions: torch.Tensor) -> dict:
 
 def run_suite(seeds: Sequence[int] = (0, 1, 2), algos: Sequence[str] = ("smfp", "sac"), steps: int = 5000,
               fast_only: bool = False, progress: Optional[Callable[[dict], None]] = None,
-              overrides: Optional[Callable[[TrainConfig], None]] = None) -> dict:
+              overrides: Optional[Callable[[TrainConfig], None]] = None,
+              cases: Optional[Sequence[str]] = None) -> dict:
+    """Every case (or those whose target is in ``cases``, case-insensitive) x algo x seed."""
     results = []
+    wanted = None if cases is None else {c.lower() for c in cases}
     for case in CASES:
-        if fast_only and not case.fast:
+        if fast_only and not case.fast or wanted is not None and case.target.lower() not in wanted:
             continue
         for algo in algos:
             for seed in seeds:
