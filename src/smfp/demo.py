@@ -116,6 +116,18 @@ def summarize(task: str, eps: list[dict]) -> dict:
     return s
 
 
+def multigoal_checks(agent, summ: dict, start_obs: np.ndarray, episodes: int, seed: int) -> dict:
+    """The blocked-goal test and the critic's own target at the start (``smfp.monitor.multigoal``)."""
+    from smfp.monitor.multigoal import blocked_goal_test, target_at
+
+    out = blocked_goal_test(lambda o: agent.act_normalized(o, "sample"), summ["goal_counts"], episodes,
+                            seed + episodes)
+    if agent.critic is not None and agent.alpha:
+        t = target_at(agent.policy, agent.critic, agent.alpha, start_obs, seed)
+        out.update(target_modes_start=t["target_modes"], tv_to_target_start=t["tv_to_target"])
+    return out
+
+
 # --- figures ------------------------------------------------------------------------------------------
 
 def _plt():
@@ -284,6 +296,8 @@ def run_demo(opts: DemoOptions) -> dict:
                 summ = summarize(task, eps)
                 start_obs = np.asarray(PROBE_STATES[task][0][1], dtype=np.float32)
                 rep = assess_state(agent.policy, start_obs, opts.samples)
+                if task == "multigoal":
+                    summ.update(multigoal_checks(agent, summ, start_obs, opts.episodes, opts.eval_seed))
                 summ.update(entropy_start=rep.entropy, modes_start=rep.modes, train_seconds=train_s,
                             steps=cfg.total_steps)
                 results["tasks"][task].setdefault(algo, {})[seed] = summ
@@ -311,6 +325,11 @@ def format_summary(task: str, s: dict) -> str:
     if task == "multigoal":
         counts = " ".join(f"{k} {v}" for k, v in s["goal_counts"].items())
         text = f"goals reached {s['reached']}/{s['episodes']}, distinct {s['distinct']} ({counts})"
+        if "blocked_goal" in s:
+            text += f"; {s['blocked_goal']} blocked: {s['blocked_success']}/{s['episodes']} reach another goal"
+        if "target_modes_start" in s:
+            text += (f"; the critic's target at the start has {s['target_modes_start']} mode(s), "
+                     f"policy TV to it {s['tv_to_target_start']:.2f}")
     else:
         text = (f"success {s['success']}/{s['episodes']}, collisions {s['collision']}, "
                 f"routes up {s['routes']['up']} / down {s['routes']['down']}")
@@ -327,7 +346,8 @@ def format_table(results: dict, episodes: int) -> str:
             from smfp.envs.multimodal import GOAL_NAMES
 
             head = (f"  {'algo':<6}{'seed':>5}{'reached':>9}{'distinct':>9}"
-                    + "".join(f"{g:>7}" for g in GOAL_NAMES) + f"{'entropy':>9}{'modes':>7}")
+                    + "".join(f"{g:>7}" for g in GOAL_NAMES) + f"{'blocked':>9}{'tgt modes':>10}{'TV':>6}"
+                    + f"{'entropy':>9}{'modes':>7}")
         else:
             head = (f"  {'algo':<6}{'seed':>5}{'success':>9}{'collide':>9}{'up':>6}{'down':>6}"
                     f"{'entropy':>9}{'modes':>7}")
@@ -336,11 +356,16 @@ def format_table(results: dict, episodes: int) -> str:
             for seed, s in by_seed.items():
                 if task == "multigoal":
                     row = (f"  {algo:<6}{seed:>5}{s['reached']:>9}{s['distinct']:>9}"
-                           + "".join(f"{s['goal_counts'][g]:>7}" for g in GOAL_NAMES))
+                           + "".join(f"{s['goal_counts'][g]:>7}" for g in GOAL_NAMES)
+                           + f"{s.get('blocked_success', '-'):>9}{s.get('target_modes_start', '-'):>10}"
+                           + (f"{s['tv_to_target_start']:>6.2f}" if "tv_to_target_start" in s else f"{'-':>6}"))
                 else:
                     row = (f"  {algo:<6}{seed:>5}{s['success']:>9}{s['collision']:>9}"
                            f"{s['routes']['up']:>6}{s['routes']['down']:>6}")
                 lines.append(row + f"{s['entropy_start']:>9.2f}{s['modes_start']:>7}")
     lines.append("entropy: of the action at the start state (nats, [-1, 1]^d units); "
                  "modes: mode count there (smfp.monitor.modes rule)")
+    if "multigoal" in results["tasks"]:
+        lines.append("blocked: episodes that reach a goal with the run's most reached goal walled off; tgt modes / "
+                     "TV: the critic's target exp(Q/alpha) at the start, its modes and the policy's TV to it")
     return "\n".join(lines)

@@ -220,3 +220,28 @@ def test_a_blocked_goal_cannot_be_reached_and_the_others_still_can():
     assert goals == [2]
     with pytest.raises(ValueError, match="blocked_goal"):
         MultiGoalEnv(blocked_goal=4)
+
+
+def test_multigoal_checks_count_goals_and_run_the_blocked_goal_test():
+    import math
+
+    from smfp.monitor.multigoal import blocked_goal_test, goal_counts, goal_entropy, goals_reached
+
+    right = lambda obs: np.array([1.0, 0.0], np.float32)  # noqa: E731
+    counts = goal_counts(goals_reached(right, 3, seed=0))
+    assert counts == {"right": 3, "left": 0, "up": 0, "down": 0}
+    assert goal_entropy(list(counts.values())) == 0.0 and goal_entropy([5, 5, 5, 5]) == pytest.approx(math.log(4))
+    assert goal_entropy([0, 0, 0, 0]) == 0.0
+    # a policy that only knows one way fails when it is blocked; one that turns toward another goal succeeds
+    assert blocked_goal_test(right, counts, 3, seed=0) == {"blocked_goal": "right", "blocked_success": 0}
+
+    turned = {"yes": False}
+
+    def detour(obs):  # right until x > 1.5 (the obstacle stops it at 2), then toward the upper goal for the rest
+        if np.linalg.norm(obs) < 0.5:
+            turned["yes"] = False  # a new episode
+        turned["yes"] = turned["yes"] or obs[0] > 1.5
+        if not turned["yes"]:
+            return np.array([1.0, 0.0], np.float32)
+        return np.clip(np.array([0.0, 5.0]) - obs, -1.0, 1.0).astype(np.float32)
+    assert blocked_goal_test(detour, counts, 3, seed=0)["blocked_success"] == 3

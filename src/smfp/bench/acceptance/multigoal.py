@@ -25,14 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 
 from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices
+from smfp.monitor.multigoal import ENV, blocked_goal_test, goal_counts, goal_entropy, goals_reached, target_at
 
-ENV = "smfp/MultiGoal-v0"
 SETTINGS = ("default", "multimodal")
 PROBES = {"origin": (0.0, 0.0), "(2.5, 2.5)": (2.5, 2.5)}
-BLOCK_RADIUS = 2.0
 
 
 @dataclass
@@ -59,52 +57,27 @@ def run_config(setting: str, algo: str, seed: int, steps: int, alpha: float, run
     return cfg
 
 
-def goal_entropy(counts: Sequence[int]) -> float:
-    total = sum(counts)
-    if total == 0:
-        return 0.0
-    p = np.asarray([c / total for c in counts if c > 0])
-    return float(-(p * np.log(p)).sum())
-
-
 def evaluate(run_dir: Path, episodes: int, eval_seed: int) -> dict:
     """Goals, target TVs and the blocked-goal test of the run's latest checkpoint."""
     import torch
 
-    from smfp.agent import load_agent, run_episodes
-    from smfp.envs import make_env
-    from smfp.envs.multimodal import GOAL_NAMES
-    from smfp.monitor.modes import sample_actions
-    from smfp.monitor.target import POLICY_SAMPLES, assess_target
+    from smfp.agent import load_agent
 
     agent = load_agent(run_dir)
 
-    def reached(seed: int, **env_kwargs) -> list[int]:
-        """The goal index each of ``episodes`` sampled episodes ended in (-1: none)."""
-        env = make_env(ENV, env_kwargs=env_kwargs)
-        try:
-            eps = run_episodes(lambda o: agent.act_normalized(o, "sample"), env, episodes, seed)
-        finally:
-            env.close()
-        return [int(e["info"].get("goal", -1)) for e in eps]
+    def act(obs):
+        return agent.act_normalized(obs, "sample")
 
     torch.manual_seed(eval_seed)
-    goals = reached(eval_seed)
-    counts = [goals.count(g) for g in range(len(GOAL_NAMES))]
-    row = {"goal_counts": dict(zip(GOAL_NAMES, counts)), "reached": sum(counts),
-           "goals_10pct": sum(c >= 0.1 * episodes for c in counts), "goal_entropy": round(goal_entropy(counts), 4),
-           "alpha": agent.alpha, "step": agent.step}
-    rng = np.random.default_rng(eval_seed)
+    counts = goal_counts(goals_reached(act, episodes, eval_seed))
+    row = {"goal_counts": counts, "reached": sum(counts.values()),
+           "goals_10pct": sum(c >= 0.1 * episodes for c in counts.values()),
+           "goal_entropy": round(goal_entropy(list(counts.values())), 4), "alpha": agent.alpha, "step": agent.step}
     for name, state in PROBES.items():
-        obs = np.asarray(state, dtype=np.float32)
-        rep = assess_target(agent.policy, agent.critic, obs, agent.alpha, rng,
-                            sample_actions(agent.policy, obs, POLICY_SAMPLES)[0], policy_modes=0)
-        row[f"tv_{name}"], row[f"target_modes_{name}"] = rep.tv_to_target, rep.modes
-    blocked = int(np.argmax(counts))
+        t = target_at(agent.policy, agent.critic, agent.alpha, state, eval_seed)
+        row[f"tv_{name}"], row[f"target_modes_{name}"] = t["tv_to_target"], t["target_modes"]
     torch.manual_seed(eval_seed + 1)
-    after = reached(eval_seed + episodes, blocked_goal=blocked, block_radius=BLOCK_RADIUS)
-    row["blocked_goal"] = GOAL_NAMES[blocked]
-    row["blocked_success"] = sum(g >= 0 for g in after)
+    row.update(blocked_goal_test(act, counts, episodes, eval_seed + episodes))
     return row
 
 
@@ -156,4 +129,4 @@ def write(out: Path, rows: list[dict]) -> None:
     atomic_write_text(out / "multigoal.md", "\n".join(lines) + "\n")
 
 
-__all__ = ["MultiGoalOptions", "SETTINGS", "evaluate", "goal_entropy", "run_config", "run_multigoal"]
+__all__ = ["MultiGoalOptions", "SETTINGS", "evaluate", "run_config", "run_multigoal"]
