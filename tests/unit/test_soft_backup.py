@@ -93,3 +93,14 @@ def test_a_backup_without_policy_samples_is_a_config_error():
     cfg.update.value_backup, cfg.update.backup_policy_samples = "soft-optimal", 0
     with pytest.raises(ConfigError, match="--backup-policy-samples"):
         cfg.resolved()
+
+
+def test_the_backup_warns_above_four_action_dimensions(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("train", "--algo", "sac", "--env", "HalfCheetah-v5", "--multimodal", "--total-steps", "20",
+                   "--learning-starts", "10", "--hidden", "16", "--critic-hidden", "16", "--eval-episodes", "1",
+                   "--run-dir", tmp_path / "run", "--no-progress", "--no-tensorboard")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("smfp: warning:")]
+    assert len(warnings) == 1 and "6-D action box" in warnings[0]

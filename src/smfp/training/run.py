@@ -62,6 +62,9 @@ def open_run(cfg: TrainConfig) -> Iterator[Run]:
         yield _open(cfg.resolved(), closing)
 
 
+SOFT_BACKUP_MAX_DIM = 4  # past this the uniform candidates of the soft-optimal backup cover the box too thinly
+
+
 def _open(cfg: TrainConfig, closing: contextlib.ExitStack) -> Run:
     torch.set_num_threads(cfg.threads)
     env = closing.enter_context(contextlib.closing(
@@ -84,6 +87,12 @@ def _open(cfg: TrainConfig, closing: contextlib.ExitStack) -> Run:
                        + (f"; skipped {len(damaged)} damaged newer checkpoint(s): {damaged[0]}" if damaged else "")
                        + ("; --resume found no checkpoint, starting from step 0" if cfg.resume and ckpt is None
                           else "") + ")")
+    act_dim = run.learner.act_dim
+    if cfg.update.value_backup == "soft-optimal" and act_dim > SOFT_BACKUP_MAX_DIM:
+        run.logger.message(f"smfp: warning: the soft-optimal backup (--multimodal) estimates an integral over a "
+                           f"{act_dim}-D action box from {cfg.update.backup_uniform_samples} uniform and "
+                           f"{cfg.update.backup_policy_samples} policy candidates: above {SOFT_BACKUP_MAX_DIM}-D "
+                           "the uniform ones rarely land near a peak and the estimate is noisy (docs/method.md)")
     run.collector.reset(seed=cfg.seed + run.start_step)
     return run
 
