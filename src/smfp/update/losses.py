@@ -92,14 +92,20 @@ def actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], torc
     else:
         q = q_fn(q_obs, policy.sample(q_obs, 1).action[:, 0])
     loss = alpha * smp.log_prob.mean() - q.mean()
-    kl = torch.zeros((), dtype=obs.dtype)
-    anchor_components = None
+    anchor_components, kl = anchor_kl(anchor, obs, smp)
     if anchor is not None:
-        with torch.no_grad():
-            anchor_components = anchor.components(obs, smp.noise)
-        kl = gaussian_kl(smp.mean, smp.log_std, *anchor_components).mean()
         loss = loss + md_lambda * kl
     return loss, smp, kl, anchor_components
+
+
+def anchor_kl(anchor: Policy | None, obs: torch.Tensor, smp) -> tuple[tuple | None, torch.Tensor]:
+    """The anchor's components at the sample's noises (no gradient) and the shared-noise KL of the sample's
+    components to them, ``E_z[KL(N(mu(s,z), s^2) || N(mu_k(s,z), s_k^2))]`` (0 and None without an anchor)."""
+    if anchor is None:
+        return None, torch.zeros((), dtype=obs.dtype)
+    with torch.no_grad():
+        components = anchor.components(obs, smp.noise)
+    return components, gaussian_kl(smp.mean, smp.log_std, *components).mean()
 
 
 @torch.no_grad()
@@ -162,12 +168,8 @@ def fit_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], 
     Returns (loss, sample, kl, anchor components or None, {"ess": ...}).
     """
     smp = policy.sample(obs, components)
-    kl = torch.zeros((), dtype=obs.dtype)
-    anchor_components = None
-    if anchor is not None:
-        with torch.no_grad():
-            anchor_components = anchor.components(obs, smp.noise)
-            kl = gaussian_kl(smp.mean, smp.log_std, *anchor_components).mean()
+    anchor_components, kl = anchor_kl(anchor, obs, smp)
+    kl = kl.detach()  # logged and used to tune lambda; the fit's own terms move the policy
     cand = fit_candidates(q_fn, obs, alpha, md_lambda, anchor_components, (smp.mean.detach(), smp.log_std.detach()),
                           cfg.fit_anchor, cfg.fit_local, cfg.fit_uniform, cfg.fit_local_scale)
     y = torch.tanh(cand.x)
