@@ -26,7 +26,12 @@ def test_multigoal_bench_trains_evaluates_and_writes_its_table(tmp_path):
     again = run_cli("bench", "multigoal", "--out", out, "--seeds", "0", "--algos", "sac", "--settings", "default",
                     "--steps", "800", "--episodes", "4", timeout=600)
     assert again.returncode == 0, again.stderr  # a finished run is evaluated again, not retrained
-    assert json.loads((out / "multigoal.json").read_text())[0]["step"] == 800
+    table = json.loads((out / "multigoal.json").read_text())
+    assert [(r["algo"], r["step"]) for r in table] == [("sac", 800), ("smfp", 800)]  # smfp's row stays
+    (out / "multigoal.json").write_text("[1, 2]")
+    broken = run_cli("bench", "multigoal", "--out", out, "--seeds", "0", "--algos", "sac", "--settings", "default",
+                     "--steps", "800", "--episodes", "1")
+    assert_one_line_error(broken, "MultiGoal table", "multigoal.json")
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -13,7 +13,8 @@ four goals, raw rewards), then, from the latest checkpoint:
 
 Settings: ``default`` (each algorithm's defaults) and ``multimodal`` (``--multimodal`` with ``--alpha``,
 default 10: Soft Q-Learning's temperature 1 at reward scale 0.1, the peers' choice on this task). A run
-already finished in ``out`` is evaluated again, not retrained (``smfp train --resume`` semantics).
+already finished in ``out`` is evaluated again, not retrained (``smfp train --resume`` semantics), and the
+rows of ``out/multigoal.json`` for other seeds, settings or algorithms stay in it.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def run_multigoal(opts: MultiGoalOptions, say: Callable[[str], None] = print) ->
     if opts.steps <= 0 or opts.episodes <= 0 or not opts.alpha > 0:
         raise ConfigError("--steps, --episodes and --alpha must be positive")
     out = Path(opts.out)
+    table = {(r["setting"], r["algo"], r["seed"]): r for r in previous_rows(out)}  # other seeds' rows stay
     rows = []
     for seed in opts.seeds:
         for setting in opts.settings:
@@ -102,9 +104,25 @@ def run_multigoal(opts: MultiGoalOptions, say: Callable[[str], None] = print) ->
                 row = {"setting": setting, "algo": algo, "seed": seed, "train_seconds": round(time.perf_counter() - t0),
                        **evaluate(run_dir, opts.episodes, opts.eval_seed)}
                 rows.append(row)
+                table[(setting, algo, seed)] = row
                 say(format_row(row))
-                write(out, rows)
+                write(out, [table[k] for k in sorted(table, key=lambda k: (k[2], SETTINGS.index(k[0]), k[1]))])
     return rows
+
+
+def previous_rows(out: Path) -> list[dict]:
+    """The rows of an earlier ``multigoal.json`` in ``out`` (none if there is none)."""
+    from smfp.storage.userfiles import reading
+
+    path = out / "multigoal.json"
+    if not path.exists():
+        return []
+    with reading(path, "the MultiGoal table", "move it away or choose another --out"):
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and {"setting", "algo", "seed"} <= set(r)
+                                                 and r["setting"] in SETTINGS for r in rows):
+            raise ValueError("expected a list of rows with setting, algo and seed")
+        return rows
 
 
 def format_row(r: dict) -> str:
