@@ -31,10 +31,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def cmd_train(args: argparse.Namespace) -> int:
     """0 when the run reached --total-steps; 128 + the signal's number (130 SIGINT, 143 SIGTERM) when a signal
     stopped it early: the summary is still printed and the final checkpoint written, but the run is not done."""
-    import signal
-
-    from smfp.storage.checkpoint import list_checkpoints
-    from smfp.training.loop import train
+    from smfp.training.loop import stop_report, train
 
     cfg = build_dataclass(TrainConfig, vars(args))
     result = train(cfg)
@@ -45,15 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps(summary), flush=True)
     if result.stop_signal is None:
         return 0
-    name, step = signal.Signals(result.stop_signal).name, result.step
-    newest = max((s for s, _ in list_checkpoints(result.run_dir)), default=None)
-    if newest == step:
-        saved = f"a checkpoint of step {step} was written"
-    else:  # the loop refuses to checkpoint a learner holding non-finite values
-        saved = f"no checkpoint of step {step} could be written (" + (
-            f"the newest is of step {newest})" if newest is not None else "there is none)")
-    print(f"smfp: error: stopped by {name} at step {step}; {saved}; continue with --resume", file=sys.stderr,
-          flush=True)
+    print(f"smfp: error: {stop_report(result)}; continue with --resume", file=sys.stderr, flush=True)
     return 128 + result.stop_signal
 
 

@@ -31,16 +31,30 @@ class TrainResult:
     stop_signal: Optional[int] = None  # the signal (SIGINT/SIGTERM) that stopped it early, if any
 
 
+def stop_report(result: TrainResult) -> str:
+    """What a signal left behind: "stopped by SIGTERM at step N; a checkpoint of step N was written" (or which
+    checkpoint is the newest: the loop refuses to checkpoint a learner holding non-finite values)."""
+    import signal
+
+    from smfp.storage.checkpoint import list_checkpoints
+
+    name, step = signal.Signals(result.stop_signal).name, result.step
+    newest = max((s for s, _ in list_checkpoints(result.run_dir)), default=None)
+    if newest == step:
+        saved = f"a checkpoint of step {step} was written"
+    else:
+        saved = f"no checkpoint of step {step} could be written (" + (
+            f"the newest is of step {newest})" if newest is not None else "there is none)")
+    return f"stopped by {name} at step {step}; {saved}"
+
+
 class TrainingStopped(Exception):
     """A signal stopped one run of a command that trains several (the demo, ``smfp bench multigoal``): the
     command stops too, with the signal's exit status, instead of going on to the next run."""
 
     def __init__(self, result: TrainResult):
-        import signal
-
         self.signum = int(result.stop_signal)
-        super().__init__(f"stopped by {signal.Signals(self.signum).name} at step {result.step} of the run in "
-                         f"{result.run_dir} (its checkpoint was written)")
+        super().__init__(f"{stop_report(result)} ({result.run_dir})")
 
 
 def train(cfg, callback: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
@@ -155,5 +169,5 @@ def checkpoint(run: Run) -> None:
                         extra)
 
 
-__all__ = ["MIN_RECOVERY_LR_FRACTION", "TrainResult", "TrainingDiverged", "TrainingStopped", "train_or_stop", "checkpoint", "evaluate_now",
+__all__ = ["MIN_RECOVERY_LR_FRACTION", "TrainResult", "TrainingDiverged", "TrainingStopped", "stop_report", "train_or_stop", "checkpoint", "evaluate_now",
            "log_training_row", "prepare_run_dir", "recovery_lr_factor", "run_training", "train", "update"]

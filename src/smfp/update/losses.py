@@ -168,8 +168,8 @@ def fit_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], 
     Returns (loss, sample, kl, anchor components or None, {"ess": ...}).
     """
     smp = policy.sample(obs, components)
-    anchor_components, kl = anchor_kl(anchor, obs, smp)
-    kl = kl.detach()  # logged and used to tune lambda; the fit's own terms move the policy
+    with torch.no_grad():  # the KL is logged and tunes lambda; the fit's own terms move the policy
+        anchor_components, kl = anchor_kl(anchor, obs, smp)
     cand = fit_candidates(q_fn, obs, alpha, md_lambda, anchor_components, (smp.mean.detach(), smp.log_std.detach()),
                           cfg.fit_anchor, cfg.fit_local, cfg.fit_uniform, cfg.fit_local_scale)
     y = torch.tanh(cand.x)

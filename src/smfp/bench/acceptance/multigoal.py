@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-
 from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices
 from smfp.monitor.multigoal import ENV, blocked_goal_test, goal_counts, goal_entropy, goals_reached, target_at
 
