@@ -112,10 +112,10 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "policy.noise_scale": 1.0, "policy.learn_noise_scale": False, "update.md_warmup": False,
                 "update.value_backup": "policy", "update.backup_policy_samples": 8, "update.backup_uniform_samples": 32,
                 "multimodal": False, "policy.q_states": 0,
-                "update.fit_noises": 0}
+                "update.fit_noises": 0, "policy.heads": 1, "update.em_per_head": 4, "update.em_bandwidth": 0.1}
 
-# The fit/hybrid update's settings are never read by the reparameterised update (SAC's and today's default).
-INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_")
+# The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
+INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_", "update.em_")
 
 
 def changed_fields(saved: dict, cfg: "TrainConfig") -> list[str]:
@@ -171,6 +171,9 @@ class PolicyConfig:
                              "--learn-noise-scale); 0: the policy is a Gaussian on SMFP's own networks", default=1.0)
     learn_noise_scale: bool = doc("learn kappa per action dimension with the actor (logged as train/kappa_mean)",
                                   default=False)
+    heads: int = doc("K, heads of the SMFP policy: a discrete latent c ~ p(c|s) beside the noise z, so that a mode's "
+                     "mass is a learned probability, not a share of a connected noise space (1: none; K > 1 needs "
+                     "--actor-update em); see docs/method.md", default=1)
 
 
 @dataclass
@@ -208,11 +211,13 @@ class UpdateConfig:
     cover_per_state: int = doc("target samples per state kept by the mass-covering term", default=4)
     cover_uniform: int = doc("uniform proposals per state of the mass-covering term (beside one per anchor component)",
                              default=8)
-    actor_update: Literal["reparam", "fit", "hybrid"] = doc(
+    actor_update: Literal["reparam", "fit", "hybrid", "em"] = doc(
         "actor update: reparam (the reparameterised mirror-descent loss), fit (fit the one-step map to the "
         "mirror-descent step's closed-form target pi_k^(lambda/(alpha+lambda)) exp(Q/(alpha+lambda)) by a "
         "mass-covering loss on importance-weighted candidate actions; mixture policies), hybrid (the fit plus "
-        "--hybrid-coef x the reverse KL to that target); see docs/method.md", default="reparam")
+        "--hybrid-coef x the reverse KL to that target), em (an EM step toward that target for a --heads policy: "
+        "head masses from the candidates' responsibilities, each head's map by the coupled regression, sigma by "
+        "--hybrid-coef x the reverse KL); see docs/method.md", default="reparam")
     fit_loss: Literal["coupled", "energy"] = doc(
         "loss of the fit/hybrid update: coupled (regress the pre-squash map onto importance-resampled targets "
         "paired with its noises by a per-state optimal-transport assignment; sigma by the energy score) or "
@@ -229,6 +234,10 @@ class UpdateConfig:
                                  "sigma", default=2.0)
     hybrid_coef: float = doc("hybrid update: weight of the reverse KL to the step's target (the reparameterised "
                              "loss divided by alpha + lambda) beside the fit loss", default=1.0)
+    em_per_head: int = doc("em update: noises per head for each state's fit (map passes only, no critic rows)",
+                           default=4)
+    em_bandwidth: float = doc("em update: kernel width (pre-squash units) of the heads' responsibilities for the "
+                              "candidates; narrower than the modes' spacing, so that heads specialise", default=0.1)
     hybrid_gate: bool = doc("hybrid update with the coupled loss: drop the reverse KL's gradient at a sample whose "
                             "descent direction points away from the sample's coupled target", default=True)
     value_backup: Literal["policy", "soft-optimal"] = doc(
@@ -395,6 +404,16 @@ class TrainConfig:
         if self.policy.q_states and self.update.actor_update != "reparam":
             raise ConfigError("--q-states applies to --actor-update reparam; the fit/hybrid update scores its own "
                               "candidates")
+        if self.policy.heads < 1:
+            raise ConfigError(f"--heads must be >= 1, got {self.policy.heads}")
+        if self.policy.heads > 1 and self.spec.policy != "smfp":
+            raise ConfigError(f"--heads applies to --algo smfp (the {self.spec.policy} policy has no heads); drop it")
+        if self.policy.heads > 1 and self.update.actor_update != "em":
+            raise ConfigError(f"--heads {self.policy.heads} needs --actor-update em (the only update that learns the "
+                              f"heads' probabilities)")
+        if self.update.actor_update == "em" and (self.update.em_per_head < 1 or not self.update.em_bandwidth > 0):
+            raise ConfigError(f"--em-per-head must be >= 1 and --em-bandwidth positive, got {self.update.em_per_head} "
+                              f"and {self.update.em_bandwidth}")
         if self.policy.q_states > self.update.batch_size:
             raise ConfigError(f"--q-states ({self.policy.q_states}) must not exceed --batch-size "
                               f"({self.update.batch_size}): the Q term's states come from the batch")

@@ -27,6 +27,7 @@ GRAD_NORM_ACTOR = "train/grad_norm_actor"
 GRAD_NORM_CRITIC = "train/grad_norm_critic"
 SKIPPED_UPDATES = "train/skipped_updates"
 COVER_ESS = "train/cover_ess"
+HEADS_EFFECTIVE = "train/heads_effective"  # em update: exp(entropy) of the target's mean head masses
 FIT_ESS = "train/fit_ess"  # effective sample size of the fit update's weighted candidates (fraction of them)
 RECOVERIES = "train/recoveries"
 KAPPA_MEAN = "train/kappa_mean"

@@ -235,6 +235,9 @@ def build_actor(policy: Policy, low, high, mode: str = "sample", steps: Optional
     steps = default_steps(policy) if steps is None else int(steps)
     if steps < 1:
         raise ExportError(f"steps must be positive, got {steps}")
+    if getattr(policy, "heads", 1) > 1:
+        raise ExportError(f"this policy has {policy.heads} heads (--heads), whose choice the exported actors do not "
+                          f"draw yet; deploy it with smfp's own Agent (smfp.agent) instead")
     if not policy.is_mixture:
         actor = GaussianSampleActor(policy, low, high) if mode == "sample" else GaussianMeanActor(policy, low, high)
     elif mode == "sample":

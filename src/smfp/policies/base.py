@@ -205,12 +205,21 @@ class TransportPolicy(Policy):
 
     def __init__(self, obs_dim: int, act_dim: int, time_dim: int, hidden: tuple[int, ...] = (256, 256),
                  sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0,
-                 noise_scale: float = 1.0, learn_noise_scale: bool = False):
+                 noise_scale: float = 1.0, learn_noise_scale: bool = False, heads: int = 1):
         super().__init__(obs_dim, act_dim, log_std_min, log_std_max)
+        if int(heads) < 1:
+            raise ValueError(f"heads must be >= 1, got {heads}")
         self.hidden = tuple(hidden)
         self.sigma_hidden = tuple(sigma_hidden)
-        setattr(self, self.generator_name, mlp(obs_dim + act_dim + time_dim, self.hidden, act_dim, act=nn.SiLU))
-        self.sigma_net = mlp(obs_dim, self.sigma_hidden, act_dim)
+        # heads > 1: a discrete latent c ~ softmax(logits(s)) beside z (docs/method.md, "Heads"). The noise is then
+        # [z, one_hot(c)] (noise_dim = d + K), the generator reads the one-hot after its time inputs, and the
+        # state-only network gives the K logits after the d log-stds.
+        self.heads = int(heads)
+        latent = self.heads if self.heads > 1 else 0
+        self.noise_dim = act_dim + latent
+        setattr(self, self.generator_name,
+                mlp(obs_dim + act_dim + time_dim + latent, self.hidden, act_dim, act=nn.SiLU))
+        self.sigma_net = mlp(obs_dim, self.sigma_hidden, act_dim + latent)
         # kappa: the prior is z ~ N(0, diag(kappa^2)), written kappa * eps with eps ~ N(0, I) so that every user of
         # the noise (sampler, surrogate, anchor, critic target, best-of-n, export) draws eps and the transport
         # scales it. kappa = 0 makes the policy a Gaussian on its own networks (the control of docs/method.md).
@@ -234,18 +243,53 @@ class TransportPolicy(Policy):
 
     # --- shared -------------------------------------------------------------------------
     def log_std(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.bound_log_std(self.sigma_net(obs))
+        return self.bound_log_std(self.sigma_net(obs)[..., : self.act_dim])
+
+    def head_log_probs(self, obs: torch.Tensor) -> torch.Tensor:
+        """``log p(c | s)`` of the K heads (B, K); one head: zeros (B, 1)."""
+        if self.heads == 1:
+            return obs.new_zeros(obs.shape[0], 1)
+        return torch.log_softmax(self.sigma_net(obs)[..., self.act_dim:].float(), dim=-1).to(obs.dtype)
+
+    def draw_noise(self, batch: int, m: int, like: torch.Tensor, generator=None) -> torch.Tensor:
+        """``eps ~ N(0, I)``, and with heads the one-hot of ``c ~ p(c | s)`` for each of the M draws (``like``: the
+        states then, (batch, o))."""
+        if self.heads == 1:
+            return super().draw_noise(batch, m, like, generator)
+        z = torch.randn(batch, m, self.act_dim, dtype=like.dtype, device=like.device, generator=generator)
+        with torch.no_grad():
+            probs = self.head_log_probs(like).float().exp()
+        c = torch.multinomial(probs, m, replacement=True, generator=generator)  # (B, M)
+        return torch.cat([z, F.one_hot(c, self.heads).to(z.dtype)], dim=-1)
+
+    def head_layout(self, batch: int, per_head: int, like: torch.Tensor) -> torch.Tensor:
+        """Noises with every head present (the EM fit's layout): (B, K * per_head, d_z), head-major blocks
+        (draw ``j`` belongs to head ``j // per_head``); one head: ``per_head`` plain draws."""
+        z = torch.randn(batch, self.heads * per_head, self.act_dim, dtype=like.dtype, device=like.device)
+        if self.heads == 1:
+            return z
+        c = torch.arange(self.heads, device=z.device).repeat_interleave(per_head)
+        one_hot = F.one_hot(c, self.heads).to(z.dtype).expand(batch, -1, -1)
+        return torch.cat([z, one_hot], dim=-1)
+
+    def split_noise(self, noise: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(z, one_hot(c))`` of a noise tensor; the one-hot is None for a one-head policy."""
+        if self.heads == 1:
+            return noise, None
+        return noise[..., : self.act_dim], noise[..., self.act_dim:]
 
     def transport(self, obs: torch.Tensor, noise: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
-        """Map noise (B, M, d) to pre-squash means (B, M, d) in ``steps`` jumps (default: the class's own)."""
+        """Map noise (B, M, d_z) to pre-squash means (B, M, d) in ``steps`` jumps (default: the class's own)."""
         k = self.default_steps if steps is None else int(steps)
         b, m, _ = noise.shape
         s = obs.unsqueeze(1).expand(b, m, obs.shape[-1])
-        x = noise * self.kappa.to(noise.dtype) if self.learn_noise_scale or self.noise_scale != 1.0 else noise
+        x, latent = self.split_noise(noise)
+        x = x * self.kappa.to(x.dtype) if self.learn_noise_scale or self.noise_scale != 1.0 else x
+        extra = [] if latent is None else [latent]
         for i in range(k):
             times, dt = self.step_times(i, k)
             t = x.new_tensor(times).expand(b, m, len(times))
-            x = x - dt * self.generator_net(torch.cat([s, x, t], dim=-1))
+            x = x - dt * self.generator_net(torch.cat([s, x, t, *extra], dim=-1))
         return x
 
     def component_means(self, obs, noise):

@@ -22,17 +22,19 @@ class SMFPPolicy(TransportPolicy):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256),
                  sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0,
-                 noise_scale: float = 1.0, learn_noise_scale: bool = False):
+                 noise_scale: float = 1.0, learn_noise_scale: bool = False, heads: int = 1):
         super().__init__(obs_dim, act_dim, 2, hidden, sigma_hidden, log_std_min, log_std_max, noise_scale,
-                         learn_noise_scale)
+                         learn_noise_scale, heads)
 
     def step_times(self, i: int, steps: int) -> tuple[list[float], float]:
         t, r = 1.0 - i / steps, 1.0 - (i + 1) / steps
         return [t, t - r], t - r
 
-    def u(self, obs: torch.Tensor, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Average velocity ``u(z, r, t | s)`` with ``h = t - r``; obs (..., o), z (..., d), t/h (..., 1)."""
-        return self.generator_net(torch.cat([obs, z, t, h], dim=-1))
+    def u(self, obs: torch.Tensor, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor,
+          latent: torch.Tensor | None = None) -> torch.Tensor:
+        """Average velocity ``u(z, r, t | s, c)`` with ``h = t - r``; obs (..., o), z (..., d), t/h (..., 1), the
+        head's one-hot ``latent`` (..., K) with heads."""
+        return self.generator_net(torch.cat([obs, z, t, h] + ([] if latent is None else [latent]), dim=-1))
 
     @float32_matmuls  # the JVP stays in float32
     def meanflow_loss(self, obs: torch.Tensor, r_neq_t: float = 0.5, weight_eps: float = 1e-3,
@@ -48,13 +50,14 @@ class SMFPPolicy(TransportPolicy):
         noise onto the data's distribution, modes and their masses included.
         """
         b = obs.shape[0]
-        noise = torch.randn(b, 1, self.act_dim, dtype=obs.dtype)
+        noise = self.draw_noise(b, 1, obs)  # with heads, c ~ p(c | s): the identity holds for every head
         if data is None:
             with torch.no_grad():
                 x_hat = self.transport(obs, noise, steps=1).squeeze(1)
         else:
             x_hat = data.detach().to(obs.dtype)
-        z = noise.squeeze(1) * self.kappa.to(obs.dtype)  # the t = 1 end of the transport (kappa-scaled, as there)
+        eps, latent = self.split_noise(noise.squeeze(1))
+        z = eps * self.kappa.to(obs.dtype)  # the t = 1 end of the transport (kappa-scaled, as there)
         times = torch.sigmoid(torch.randn(b, 2, dtype=obs.dtype) * 1.0 - 0.4)
         t = times.max(dim=1, keepdim=True).values
         r = times.min(dim=1, keepdim=True).values
@@ -63,7 +66,7 @@ class SMFPPolicy(TransportPolicy):
         h = t - r
         z_t = (1.0 - t) * x_hat + t * z
         v = z - x_hat
-        u_pred, du_dt = jvp(lambda zt, tt, hh: self.u(obs, zt, tt, hh), (z_t, t, h),
+        u_pred, du_dt = jvp(lambda zt, tt, hh: self.u(obs, zt, tt, hh, latent), (z_t, t, h),
                             (v, torch.ones_like(t), torch.ones_like(h)))
         target = (v - h * du_dt).detach()
         sq = (u_pred - target).pow(2).sum(-1)
@@ -79,9 +82,10 @@ class SMFPPolicy(TransportPolicy):
     @classmethod
     def from_config(cls, obs_dim: int, act_dim: int, cfg) -> "SMFPPolicy":
         return cls(obs_dim, act_dim, hidden=cfg.hidden, sigma_hidden=cfg.sigma_hidden, log_std_min=cfg.log_std_min,
-                   log_std_max=cfg.log_std_max, noise_scale=cfg.noise_scale, learn_noise_scale=cfg.learn_noise_scale)
+                   log_std_max=cfg.log_std_max, noise_scale=cfg.noise_scale, learn_noise_scale=cfg.learn_noise_scale,
+                   heads=cfg.heads)
 
     def init_kwargs(self) -> dict:
         return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=self.hidden, sigma_hidden=self.sigma_hidden,
                     log_std_min=self.log_std_min, log_std_max=self.log_std_max, noise_scale=self.noise_scale,
-                    learn_noise_scale=self.learn_noise_scale)
+                    learn_noise_scale=self.learn_noise_scale, heads=self.heads)

@@ -23,6 +23,7 @@ Everything here is a function of tensors (no state); ``smfp.update.losses.fit_ac
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -155,7 +156,9 @@ def ot_assignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     ``x``, ``y``: (B, N, d). In 1-D the optimum pairs sorted with sorted (exact); in d > 1 the exact
     assignment of ``scipy.optimize.linear_sum_assignment`` per state when scipy is installed (it comes
     with the ``test`` and ``sweep`` extras), otherwise a greedy assignment improved by pairwise swaps (a
-    local optimum; measured on random 8 x 8 problems in 6-D: within ~1% of the optimum's cost).
+    local optimum; measured on random 8 x 8 problems in 6-D: within ~1% of the optimum's cost). Up to
+    ``BRUTE_FORCE_MAX`` points per state (the em update's heads), every permutation is scored at once: exact, and
+    no Python loop over states.
     """
     b, n, d = x.shape
     if d == 1:
@@ -165,6 +168,10 @@ def ot_assignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         perm.scatter_(1, ix, iy)  # x's r-th smallest takes y's r-th smallest
         return perm
     cost = (x.unsqueeze(2) - y.unsqueeze(1)).pow(2).sum(-1)  # (B, N, N)
+    if n <= BRUTE_FORCE_MAX:
+        perms = _permutations(n, cost.device)  # (P, N)
+        total = cost.gather(2, perms.t().unsqueeze(0).expand(b, n, perms.shape[0])).sum(1)  # (B, P)
+        return perms[total.argmin(1)]
     try:
         from scipy.optimize import linear_sum_assignment
     except ImportError:  # pragma: no cover - scipy ships with the test and bench extras
@@ -175,6 +182,13 @@ def ot_assignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         rows, cols = linear_sum_assignment(c[i])
         out[i, torch.as_tensor(rows)] = torch.as_tensor(cols)
     return out.to(x.device)
+
+
+BRUTE_FORCE_MAX = 5  # 120 permutations
+
+
+def _permutations(n: int, device) -> torch.Tensor:
+    return torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long, device=device)
 
 
 def _greedy_assignment(cost: torch.Tensor, max_swaps: int = 64) -> torch.Tensor:
@@ -233,5 +247,46 @@ def coupled_regression_loss(mean: torch.Tensor, noise: torch.Tensor, cand: Candi
     return loss, delta.detach()
 
 
-__all__ = ["Candidates", "coupled_regression_loss", "fit_candidates", "ot_assignment", "systematic_resample",
-           "weighted_energy_score"]
+def head_responsibilities(cand: Candidates, mean: torch.Tensor, log_p: torch.Tensor, per_head: int,
+                          bandwidth: float) -> torch.Tensor:
+    """``r[b, k, c]``: the share of candidate ``k`` that head ``c`` explains, (B, Kc, K).
+
+    ``mean``: the heads' pre-squash means (B, K * per_head, d) in head-major blocks (``Policy.head_layout``);
+    ``log_p``: ``log p(c | s)`` (B, K). Each head's density at a candidate is its components' kernel mixture
+    with the fixed width ``bandwidth`` (not the policy's sigma: a wide sigma early in training would give every
+    head every candidate, and identical heads never specialise).
+    """
+    b, n, d = mean.shape
+    k = log_p.shape[1]
+    sq = torch.cdist(cand.x, mean).pow(2)  # (B, Kc, K * per_head); the kernel's normaliser is the same for all
+    per = torch.logsumexp((-0.5 / bandwidth ** 2) * sq.reshape(b, -1, k, per_head), dim=3)  # (B, Kc, K)
+    return torch.softmax(per + log_p.unsqueeze(1), dim=2)
+
+
+def em_fit_loss(mean: torch.Tensor, noise: torch.Tensor, log_p: torch.Tensor, cand: Candidates, per_head: int,
+                bandwidth: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The EM step toward the weighted target for a policy with K heads (docs/method.md, "Heads").
+
+    E-step: the responsibilities ``r`` of the heads for the candidates (``head_responsibilities``, held). M-step,
+    as two losses: the heads' probabilities by the cross-entropy ``-sum_c m_c log p_c`` to the target's masses
+    ``m_c = sum_k w_k r_kc`` (its minimum is ``p = m``), and each head's map by the coupled regression
+    (``coupled_regression_loss``) onto targets resampled from its own share ``w_k r_kc`` and paired with the
+    head's noises ``z`` (B, K * per_head, d). Returns (map loss, probability loss, masses (B, K)).
+    """
+    b, n, d = mean.shape
+    k = log_p.shape[1]
+    with torch.no_grad():
+        r = head_responsibilities(cand, mean.detach(), log_p.detach(), per_head, bandwidth)
+        share = cand.w.unsqueeze(2) * r  # (B, Kc, K)
+        masses = share.sum(1)
+        w_head = share.permute(0, 2, 1).reshape(b * k, -1) + 1e-30  # a head no candidate reaches draws evenly
+        w_head = w_head / w_head.sum(1, keepdim=True)
+    x_head = cand.x.unsqueeze(1).expand(b, k, *cand.x.shape[1:]).reshape(b * k, *cand.x.shape[1:])
+    per = Candidates(x_head, w_head, cand.ess, w_head.log())
+    fit, _ = coupled_regression_loss(mean.reshape(b * k, per_head, d), noise.reshape(b * k, per_head, d), per)
+    probs = -(masses * log_p).sum(1).mean()
+    return fit, probs, masses
+
+
+__all__ = ["Candidates", "coupled_regression_loss", "em_fit_loss", "fit_candidates", "head_responsibilities",
+           "ot_assignment", "systematic_resample", "weighted_energy_score"]

@@ -23,8 +23,8 @@ from smfp.critic import QEnsemble
 from smfp.policies import Policy, policy_from_config
 from smfp.policies.distributions import gaussian_log_prob, tanh_log_det
 from smfp.precision import PRECISIONS, matmul_precision
-from smfp.update.losses import (actor_loss, critic_loss, fit_actor_loss, md_target_samples, soft_optimal_target,
-                                soft_target)
+from smfp.update.losses import (actor_loss, critic_loss, em_actor_loss, fit_actor_loss, md_target_samples,
+                                soft_optimal_target, soft_target)
 
 
 def make_adam(params, lr: float) -> torch.optim.Adam:
@@ -62,8 +62,8 @@ def tune_allocator() -> None:
 
 def check_fit_config(u, policy: Policy) -> None:
     """The fit/hybrid update's settings make sense for this policy (a ``ConfigError`` otherwise)."""
-    if u.actor_update not in ("reparam", "fit", "hybrid"):
-        raise ConfigError(f"unknown --actor-update {u.actor_update!r}; choose reparam, fit or hybrid")
+    if u.actor_update not in ("reparam", "fit", "hybrid", "em"):
+        raise ConfigError(f"unknown --actor-update {u.actor_update!r}; choose reparam, fit, hybrid or em")
     if not policy.is_mixture:
         raise ConfigError(f"--actor-update {u.actor_update} fits a mixture policy (smfp, flow); "
                           f"the {policy.kind} policy takes --actor-update reparam")
@@ -196,6 +196,9 @@ class Learner:
             q_obs = obs[: p.q_states] if p.q_states > 0 else None
             loss_pi, smp, kl, anchor_components = actor_loss(self.policy, q_fn, self.anchor, obs_a, alpha, md_lambda,
                                                              self.components, q_obs)
+        elif u.actor_update == "em":  # docs/method.md, "Heads"
+            loss_pi, smp, kl, anchor_components, fit = em_actor_loss(
+                self.policy, q_fn, self.anchor, obs_a, alpha, md_lambda, self.components, u)
         else:  # fit / hybrid (docs/method.md, "The fit update")
             loss_pi, smp, kl, anchor_components, fit = fit_actor_loss(
                 self.policy, q_fn, self.anchor, obs_a, alpha, md_lambda, self.components, u)
@@ -289,6 +292,9 @@ class Learner:
             metrics[K.ENTROPY_GAP] = self.entropy_gap
         if actor.get("fit") is not None:
             metrics[K.FIT_ESS] = actor["fit"]["ess"]
+            if "head_masses" in actor["fit"]:
+                m = actor["fit"]["head_masses"].clamp_min(1e-12)
+                metrics[K.HEADS_EFFECTIVE] = torch.exp(-(m * m.log()).sum())
         if actor["cover"] is not None:
             metrics[K.LOSS_COVER] = actor["cover"]["loss"]
             metrics[K.COVER_ESS] = actor["cover"]["ess"]

@@ -14,7 +14,7 @@ from smfp.buffer import Batch
 from smfp.critic import QEnsemble
 from smfp.policies import Policy
 from smfp.policies.distributions import LOG_2, gaussian_kl, semi_implicit_log_prob, tanh_log_det
-from smfp.update.fit import coupled_regression_loss, fit_candidates, weighted_energy_score
+from smfp.update.fit import coupled_regression_loss, em_fit_loss, fit_candidates, weighted_energy_score
 
 
 @torch.no_grad()
@@ -210,3 +210,44 @@ def fit_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], 
             x.register_hook(gate)
         loss = loss + cfg.hybrid_coef * reverse.mean() / (alpha + md_lambda)
     return loss, smp, kl, anchor_components, {"ess": cand.ess}
+
+
+def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], anchor: Policy | None,
+                  obs: torch.Tensor, alpha: torch.Tensor | float, md_lambda: torch.Tensor | float, components: int,
+                  cfg):
+    """The ``em`` actor loss (docs/method.md, "Heads"); ``cfg``: ``UpdateConfig``.
+
+    M samples per state (heads drawn from ``p(c|s)``) give the proposals and the logged entropy and KL (the
+    shared-noise KL of the components plus the KL of the heads' probabilities); candidates weighted by the
+    step's target ``p* ~ pi_k^(lambda/(alpha+lambda)) exp(Q/(alpha+lambda))`` as in the fit update; then
+    ``cfg.fit_coef`` x each head's coupled regression + the cross-entropy of the heads' probabilities to the
+    target's masses (``smfp.update.fit.em_fit_loss``, on ``cfg.em_per_head`` noises of every head) +
+    ``cfg.hybrid_coef`` x the reverse KL to ``p*`` with the means held, which sets sigma only (the map follows
+    the fit alone: the reverse KL's pathwise pull on the means makes every head cover every mode).
+    Returns (loss, sample, kl, anchor components or None, {"ess": ..., "head_masses": ...}).
+    """
+    with torch.no_grad():
+        smp = policy.sample(obs, components)
+        anchor_components, kl = anchor_kl(anchor, obs, smp)
+        if anchor is not None and getattr(policy, "heads", 1) > 1:
+            log_p, log_p_k = policy.head_log_probs(obs), anchor.head_log_probs(obs)
+            kl = kl + (log_p.exp() * (log_p - log_p_k)).sum(1).mean()
+    cand = fit_candidates(q_fn, obs, alpha, md_lambda, anchor_components, (smp.mean, smp.log_std),
+                          cfg.fit_anchor, cfg.fit_local, cfg.fit_uniform, cfg.fit_local_scale)
+    b, m, d = smp.mean.shape
+    layout = policy.head_layout(b, cfg.em_per_head, obs)
+    mean = policy.component_means(obs, layout)
+    log_p = policy.head_log_probs(obs)
+    fit, probs, masses = em_fit_loss(mean, layout[..., :d], log_p, cand, cfg.em_per_head, cfg.em_bandwidth)
+    loss = cfg.fit_coef * fit + probs
+    if cfg.hybrid_coef > 0:
+        log_std = policy.log_std(obs).unsqueeze(1)
+        x = smp.mean + torch.exp(log_std) * torch.randn_like(smp.mean)
+        log_pi = semi_implicit_log_prob(x, smp.mean, log_std) - tanh_log_det(x).sum(-1)
+        obs_rep = obs.unsqueeze(1).expand(b, m, obs.shape[-1]).reshape(b * m, -1)
+        q = q_fn(obs_rep, torch.tanh(x).reshape(b * m, d)).reshape(b, m)
+        reverse = (alpha + md_lambda) * log_pi - q
+        if anchor_components is not None:
+            reverse = reverse - md_lambda * (semi_implicit_log_prob(x, *anchor_components) - tanh_log_det(x).sum(-1))
+        loss = loss + cfg.hybrid_coef * reverse.mean() / (alpha + md_lambda)
+    return loss, smp, kl, anchor_components, {"ess": cand.ess, "head_masses": masses.mean(0)}

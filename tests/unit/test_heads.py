@@ -1,0 +1,155 @@
+"""The heads of an SMFP policy (a discrete latent) and the em update's maths (docs/method.md, "Heads")."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from smfp.config import ConfigError, TrainConfig
+from smfp.export.actor import ExportError, build_actor
+from smfp.policies.smfp import SMFPPolicy
+from smfp.update.fit import Candidates, em_fit_loss, head_responsibilities
+from smfp.update.losses import em_actor_loss
+
+torch.set_num_threads(1)
+
+
+def _policy(heads: int, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> SMFPPolicy:
+    torch.manual_seed(seed)
+    return SMFPPolicy(obs_dim, act_dim, hidden=(32, 32), sigma_hidden=(16,), heads=heads)
+
+
+def test_one_head_is_the_plain_policy_same_parameters_and_draws():
+    plain = SMFPPolicy(3, 2, hidden=(32, 32), sigma_hidden=(16,))
+    one = SMFPPolicy(3, 2, hidden=(32, 32), sigma_hidden=(16,), heads=1)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in one.state_dict().items()}
+    one.load_state_dict(plain.state_dict())
+    obs = torch.randn(5, 3)
+    torch.manual_seed(1)
+    a = plain.sample(obs, 4)
+    torch.manual_seed(1)
+    b = one.sample(obs, 4)
+    assert torch.equal(a.action, b.action) and torch.equal(a.log_prob, b.log_prob)
+    assert one.noise_dim == 2 and torch.equal(one.head_log_probs(obs), torch.zeros(5, 1))
+
+
+def test_heads_draw_their_one_hot_from_the_state_dependent_probabilities():
+    pol = _policy(heads=3)
+    with torch.no_grad():  # logits of state 0 favour head 2, of state 1 head 0
+        last = pol.sigma_net[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        last.weight[2 + 2, 0] = 3.0
+        last.weight[2 + 0, 1] = 3.0
+    obs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    p = pol.head_log_probs(obs).exp()
+    assert torch.allclose(p.sum(1), torch.ones(2))
+    noise = pol.draw_noise(2, 20_000, obs, generator=torch.Generator().manual_seed(0))
+    assert noise.shape == (2, 20_000, 2 + 3)
+    one_hot = noise[..., 2:]
+    assert torch.equal(one_hot.sum(-1), torch.ones(2, 20_000))
+    freq = one_hot.mean(1)
+    assert torch.allclose(freq, p, atol=0.015), (freq, p)
+
+
+def test_the_head_changes_the_action_and_the_layout_holds_every_head_in_blocks():
+    pol = _policy(heads=4)
+    obs = torch.randn(2, 3)
+    layout = pol.head_layout(2, 3, obs)
+    assert layout.shape == (2, 12, 2 + 4)
+    assert torch.equal(layout[0, :, 2:].argmax(-1), torch.arange(4).repeat_interleave(3))
+    same_z = layout.clone()
+    same_z[:, :, :2] = layout[:, :1, :2]  # one z for all 12 draws: only the head differs
+    means = pol.component_means(obs, same_z)
+    per_head = means[:, ::3]  # one draw of each head
+    assert (per_head[:, 1:] - per_head[:, :1]).abs().amax() > 1e-3
+
+
+def test_responsibilities_give_each_candidate_to_the_head_that_sits_on_it():
+    # head 0's draws at -1, head 1's at +1 (1-D, two draws each); candidates at -1, -0.9, +1
+    mean = torch.tensor([[[-1.0], [-1.0], [1.0], [1.0]]])
+    x = torch.tensor([[[-1.0], [-0.9], [1.0]]])
+    w = torch.tensor([[0.3, 0.3, 0.4]])
+    cand = Candidates(x, w, torch.tensor(1.0), w.log())
+    log_p = torch.log(torch.tensor([[0.5, 0.5]]))
+    r = head_responsibilities(cand, mean, log_p, per_head=2, bandwidth=0.1)
+    assert torch.allclose(r, torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]]), atol=1e-6)
+    logits = torch.zeros(1, 2, requires_grad=True)
+    fit, probs, masses = em_fit_loss(mean.clone().requires_grad_(), torch.zeros(1, 4, 1), torch.log_softmax(logits, 1),
+                                     cand, per_head=2, bandwidth=0.1)
+    assert torch.allclose(masses, torch.tensor([[0.6, 0.4]]), atol=1e-6)
+    probs.backward()
+    # the cross-entropy's gradient in the logits is p - m: zero exactly at p = the target's masses
+    assert torch.allclose(logits.grad, torch.tensor([[0.5 - 0.6, 0.5 - 0.4]]), atol=1e-6)
+
+
+def test_each_head_regresses_only_onto_its_own_targets():
+    # two heads, one draw each, at -0.5 and +0.5; candidates at -1 and +1 with equal weight
+    mean = torch.tensor([[[-0.5], [0.5]]], requires_grad=True)
+    x = torch.tensor([[[-1.0], [1.0]]])
+    w = torch.tensor([[0.5, 0.5]])
+    cand = Candidates(x, w, torch.tensor(1.0), w.log())
+    fit, _, _ = em_fit_loss(mean, torch.zeros(1, 2, 1), torch.log(torch.tensor([[0.5, 0.5]])), cand, 1, 0.1)
+    fit.backward()
+    # the l1 regression pulls head 0 toward -1 and head 1 toward +1 (descent = minus the gradient)
+    assert mean.grad[0, 0, 0] > 0 and mean.grad[0, 1, 0] < 0
+    assert math.isclose(float(fit.detach()), 0.5, rel_tol=1e-5)
+
+
+def test_em_loss_moves_the_map_by_the_fit_and_sigma_by_the_reverse_kl():
+    pol = _policy(heads=2, obs_dim=1, act_dim=1)
+    cfg = dataclasses.replace(TrainConfig().update, actor_update="em", fit_anchor=0, fit_local=4, fit_uniform=8)
+    obs = torch.zeros(4, 1)
+    q_fn = lambda o, a: -(a[:, 0] - 0.5).pow(2)  # noqa: E731
+    torch.manual_seed(0)
+    loss, smp, kl, anchor_components, info = em_actor_loss(pol, q_fn, None, obs, 0.2, 0.0, 4, cfg)
+    assert anchor_components is None and float(kl) == 0.0
+    assert info["head_masses"].shape == (2,) and math.isclose(float(info["head_masses"].sum()), 1.0, rel_tol=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in pol.parameters())
+    # without the fit, only the state-only network (sigma and the heads' logits) gets a gradient
+    pol.zero_grad(set_to_none=True)
+    loss, *_ = em_actor_loss(pol, q_fn, None, obs, 0.2, 0.0, 4, dataclasses.replace(cfg, fit_coef=0.0))
+    loss.backward()
+    assert all(p.grad is None or not p.grad.abs().sum() for p in pol.u_net.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in pol.sigma_net.parameters())
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"algo": "smfp", "policy.heads": 4}, "--heads 4 needs --actor-update em"),
+    ({"algo": "sac", "policy.heads": 2, "update.actor_update": "em"}, "--heads applies to --algo smfp"),
+    ({"algo": "smfp", "policy.heads": 0}, "--heads must be >= 1"),
+    ({"algo": "smfp", "update.actor_update": "em", "update.em_per_head": 0}, "--em-per-head must be >= 1"),
+    ({"algo": "smfp", "update.actor_update": "em", "update.em_bandwidth": 0.0}, "--em-bandwidth positive"),
+])
+def test_head_settings_that_cannot_work_are_refused(changes, needle):
+    cfg = TrainConfig(algo=changes.pop("algo"), run_dir="unused")
+    for key, value in changes.items():
+        part, name = key.split(".")
+        setattr(cfg, part, dataclasses.replace(getattr(cfg, part), **{name: value}))
+    with pytest.raises(ConfigError, match=needle.replace("-", r"\-")):
+        cfg.resolved().validate()
+
+
+def test_export_refuses_a_policy_with_heads_in_one_line():
+    with pytest.raises(ExportError, match="has 3 heads") as err:
+        build_actor(_policy(heads=3), [-1.0, -1.0], [1.0, 1.0], "sample")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_small_assignments_are_the_exact_optimum(n):
+    scipy_opt = pytest.importorskip("scipy.optimize")
+    from smfp.update.fit import ot_assignment
+    gen = torch.Generator().manual_seed(n)
+    x, y = torch.randn(50, n, 6, generator=gen), torch.randn(50, n, 6, generator=gen)
+    perm = ot_assignment(x, y)
+    cost = (x.unsqueeze(2) - y.unsqueeze(1)).pow(2).sum(-1)
+    assert torch.equal(perm.sort(1).values, torch.arange(n).expand(50, n))  # a permutation per state
+    for i in range(50):
+        rows, cols = scipy_opt.linear_sum_assignment(cost[i].numpy())
+        assert float(cost[i, torch.arange(n), perm[i]].sum()) == pytest.approx(float(cost[i].numpy()[rows, cols].sum()),
+                                                                               abs=1e-5)
