@@ -22,6 +22,9 @@ def test_a_setting_reaches_the_learner_and_bad_ones_are_one_line():
                    "--actor-update", "fit", "--fit-noises", "1")
     assert_one_line_error(proc, "--fit-noises")
     assert_one_line_error(run_cli("bench", "bandit", "--cases", "seven peaks"), "--cases")
+    assert_one_line_error(run_cli("bench", "bandit", "--threads", "0"), "--threads must be >= 1")
+    assert_one_line_error(run_cli("bench", "bandit", "--seeds", "0", "--algos", "smfp", "--cases", "unimodal",
+                                  "--heads", "2"), "--heads 2 needs --actor-update em")
     # the cases fix alpha, so --alpha is not an option here; a prefix of --alpha-lr is not taken for it either
     assert_one_line_error(run_cli("bench", "bandit", "--alpha", "0.3"), "unrecognized arguments")
     assert_one_line_error(run_cli("train", "--total-step", "10"), "unrecognized arguments")

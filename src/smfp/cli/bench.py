@@ -27,6 +27,8 @@ BANDIT_OVERRIDES = {f.name for path, f, _ in leaf_fields() if path[0] in ("polic
 
 
 def cmd_bench_bandit(args: argparse.Namespace) -> int:
+    import torch
+
     from smfp.bench.acceptance.suite import CASES, format_row, run_suite
 
     try:
@@ -44,6 +46,9 @@ def cmd_bench_bandit(args: argparse.Namespace) -> int:
     cases = [c.strip().lower() for c in args.cases.split(",") if c.strip()] if args.cases else None
     if cases is not None and (not cases or any(c not in known for c in cases)):
         fail(f"--cases expects comma-separated case names from: {', '.join(sorted(known))}; got {args.cases!r}")
+    if args.threads < 1:
+        fail(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)  # small matmuls: one thread is fastest, and leaves the other cores alone
     given = {k: v for k, v in vars(args).items() if k in BANDIT_OVERRIDES}
 
     def overrides(cfg: TrainConfig) -> None:
@@ -116,6 +121,7 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--cases", default=None, help="comma-separated case names (default: all), e.g. "
                                                  "'five peaks (2-D),unequal 3:1'; every temperature of each")
+    b.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     add_dataclass_args(b, TrainConfig, skip=tuple(f.name for _, f, _ in leaf_fields() if f.name not in BANDIT_OVERRIDES))
     b.set_defaults(func=cmd_bench_bandit)
 
