@@ -112,7 +112,8 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "policy.noise_scale": 1.0, "policy.learn_noise_scale": False, "update.md_warmup": False,
                 "update.value_backup": "policy", "update.backup_policy_samples": 8, "update.backup_uniform_samples": 32,
                 "multimodal": False, "policy.q_states": 0,
-                "update.fit_noises": 0, "policy.heads": 1, "update.em_per_head": 4, "update.em_bandwidth": 0.1}
+                "update.fit_noises": 0, "policy.heads": 1, "update.em_per_head": 4, "update.em_bandwidth": 0.1,
+                "update.em_sharpness": 1.0}
 
 # The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_", "update.em_")
@@ -238,6 +239,9 @@ class UpdateConfig:
                            default=4)
     em_bandwidth: float = doc("em update: kernel width (pre-squash units) of the heads' responsibilities for the "
                               "candidates; narrower than the modes' spacing, so that heads specialise", default=0.1)
+    em_sharpness: float = doc("em update: power on the heads' posterior odds in the responsibilities (1: the "
+                              "posterior; > 1 sharper, inf: each candidate to its most likely head), so that a head "
+                              "straddling two modes gives up the one other heads hold", default=1.0)
     hybrid_gate: bool = doc("hybrid update with the coupled loss: drop the reverse KL's gradient at a sample whose "
                             "descent direction points away from the sample's coupled target", default=True)
     value_backup: Literal["policy", "soft-optimal"] = doc(
@@ -411,9 +415,10 @@ class TrainConfig:
         if self.policy.heads > 1 and self.update.actor_update != "em":
             raise ConfigError(f"--heads {self.policy.heads} needs --actor-update em (the only update that learns the "
                               f"heads' probabilities)")
-        if self.update.actor_update == "em" and (self.update.em_per_head < 1 or not self.update.em_bandwidth > 0):
-            raise ConfigError(f"--em-per-head must be >= 1 and --em-bandwidth positive, got {self.update.em_per_head} "
-                              f"and {self.update.em_bandwidth}")
+        if self.update.actor_update == "em" and (self.update.em_per_head < 1 or not self.update.em_bandwidth > 0
+                                                 or not self.update.em_sharpness > 0):
+            raise ConfigError(f"--em-per-head must be >= 1, --em-bandwidth and --em-sharpness positive, got "
+                              f"{self.update.em_per_head}, {self.update.em_bandwidth} and {self.update.em_sharpness}")
         if self.policy.q_states > self.update.batch_size:
             raise ConfigError(f"--q-states ({self.policy.q_states}) must not exceed --batch-size "
                               f"({self.update.batch_size}): the Q term's states come from the batch")

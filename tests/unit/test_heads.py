@@ -123,7 +123,8 @@ def test_em_loss_moves_the_map_by_the_fit_and_sigma_by_the_reverse_kl():
     ({"algo": "sac", "policy.heads": 2, "update.actor_update": "em"}, "--heads applies to --algo smfp"),
     ({"algo": "smfp", "policy.heads": 0}, "--heads must be >= 1"),
     ({"algo": "smfp", "update.actor_update": "em", "update.em_per_head": 0}, "--em-per-head must be >= 1"),
-    ({"algo": "smfp", "update.actor_update": "em", "update.em_bandwidth": 0.0}, "--em-bandwidth positive"),
+    ({"algo": "smfp", "update.actor_update": "em", "update.em_bandwidth": 0.0}, "--em-bandwidth and --em-sharpness"),
+    ({"algo": "smfp", "update.actor_update": "em", "update.em_sharpness": float("nan")}, "--em-sharpness positive"),
 ])
 def test_head_settings_that_cannot_work_are_refused(changes, needle):
     cfg = TrainConfig(algo=changes.pop("algo"), run_dir="unused")
@@ -153,3 +154,15 @@ def test_small_assignments_are_the_exact_optimum(n):
         rows, cols = scipy_opt.linear_sum_assignment(cost[i].numpy())
         assert float(cost[i, torch.arange(n), perm[i]].sum()) == pytest.approx(float(cost[i].numpy()[rows, cols].sum()),
                                                                                abs=1e-5)
+
+
+def test_infinite_sharpness_gives_each_candidate_to_its_most_likely_head():
+    mean = torch.tensor([[[-1.0], [0.2], [1.0], [0.3]]])  # head 0 straddles -1 and +0.2, head 1 sits at +1 and +0.3
+    x = torch.tensor([[[-1.0], [0.25], [0.9]]])
+    w = torch.full((1, 3), 1 / 3)
+    cand = Candidates(x, w, torch.tensor(1.0), w.log())
+    log_p = torch.log(torch.tensor([[0.5, 0.5]]))
+    soft = head_responsibilities(cand, mean, log_p, per_head=2, bandwidth=0.1)
+    hard = head_responsibilities(cand, mean, log_p, per_head=2, bandwidth=0.1, sharpness=float("inf"))
+    assert torch.equal(hard, torch.nn.functional.one_hot(soft.argmax(2), 2).float())
+    assert 0.0 < float(soft[0, 1, 0]) < 1.0 and torch.equal(hard.sum(2), torch.ones(1, 3))

@@ -248,7 +248,7 @@ def coupled_regression_loss(mean: torch.Tensor, noise: torch.Tensor, cand: Candi
 
 
 def head_responsibilities(cand: Candidates, mean: torch.Tensor, log_p: torch.Tensor, per_head: int,
-                          bandwidth: float) -> torch.Tensor:
+                          bandwidth: float, sharpness: float = 1.0) -> torch.Tensor:
     """``r[b, k, c]``: the share of candidate ``k`` that head ``c`` explains, (B, Kc, K).
 
     ``mean``: the heads' pre-squash means (B, K * per_head, d) in head-major blocks (``Policy.head_layout``);
@@ -260,11 +260,14 @@ def head_responsibilities(cand: Candidates, mean: torch.Tensor, log_p: torch.Ten
     k = log_p.shape[1]
     sq = torch.cdist(cand.x, mean).pow(2)  # (B, Kc, K * per_head); the kernel's normaliser is the same for all
     per = torch.logsumexp((-0.5 / bandwidth ** 2) * sq.reshape(b, -1, k, per_head), dim=3)  # (B, Kc, K)
-    return torch.softmax(per + log_p.unsqueeze(1), dim=2)
+    logits = per + log_p.unsqueeze(1)
+    if math.isinf(sharpness):
+        return torch.nn.functional.one_hot(logits.argmax(2), k).to(mean.dtype)
+    return torch.softmax(sharpness * logits, dim=2)
 
 
 def em_fit_loss(mean: torch.Tensor, noise: torch.Tensor, log_p: torch.Tensor, cand: Candidates, per_head: int,
-                bandwidth: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                bandwidth: float, sharpness: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The EM step toward the weighted target for a policy with K heads (docs/method.md, "Heads").
 
     E-step: the responsibilities ``r`` of the heads for the candidates (``head_responsibilities``, held). M-step,
@@ -276,7 +279,7 @@ def em_fit_loss(mean: torch.Tensor, noise: torch.Tensor, log_p: torch.Tensor, ca
     b, n, d = mean.shape
     k = log_p.shape[1]
     with torch.no_grad():
-        r = head_responsibilities(cand, mean.detach(), log_p.detach(), per_head, bandwidth)
+        r = head_responsibilities(cand, mean.detach(), log_p.detach(), per_head, bandwidth, sharpness)
         share = cand.w.unsqueeze(2) * r  # (B, Kc, K)
         masses = share.sum(1)
         w_head = share.permute(0, 2, 1).reshape(b * k, -1) + 1e-30  # a head no candidate reaches draws evenly

@@ -238,7 +238,8 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
     layout = policy.head_layout(b, cfg.em_per_head, obs)
     mean = policy.component_means(obs, layout)
     log_p = policy.head_log_probs(obs)
-    fit, probs, masses = em_fit_loss(mean, layout[..., :d], log_p, cand, cfg.em_per_head, cfg.em_bandwidth)
+    fit, probs, masses = em_fit_loss(mean, layout[..., :d], log_p, cand, cfg.em_per_head, cfg.em_bandwidth,
+                                     cfg.em_sharpness)
     loss = cfg.fit_coef * fit + probs
     if cfg.hybrid_coef > 0:
         log_std = policy.log_std(obs).unsqueeze(1)
