@@ -13,7 +13,7 @@ import torch
 from smfp.buffer import Batch
 from smfp.critic import QEnsemble
 from smfp.policies import Policy
-from smfp.policies.distributions import LOG_2, gaussian_kl, semi_implicit_log_prob, tanh_log_det
+from smfp.policies.distributions import LOG_2, gaussian_kl, gaussian_log_prob, semi_implicit_log_prob, tanh_log_det
 from smfp.update.fit import coupled_regression_loss, em_fit_loss, fit_candidates, weighted_energy_score
 
 
@@ -212,6 +212,16 @@ def fit_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], 
     return loss, smp, kl, anchor_components, {"ess": cand.ess}
 
 
+def _mixture_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
+                      log_w: torch.Tensor | None) -> torch.Tensor:
+    """``log sum_i w_i N(x_j; mean_i, std_i^2)`` for every ``x_j`` (B, N); equal weights when ``log_w`` is None
+    (the semi-implicit surrogate)."""
+    if log_w is None:
+        return semi_implicit_log_prob(x, mean, log_std)
+    table = gaussian_log_prob(x.unsqueeze(2), mean.unsqueeze(1), log_std.unsqueeze(1))  # (B, N, N)
+    return torch.logsumexp(table + log_w.unsqueeze(1), dim=2)
+
+
 def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], anchor: Policy | None,
                   obs: torch.Tensor, alpha: torch.Tensor | float, md_lambda: torch.Tensor | float, components: int,
                   cfg):
@@ -243,12 +253,26 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
     loss = cfg.fit_coef * fit + probs
     if cfg.hybrid_coef > 0:
         log_std = policy.log_std(obs).unsqueeze(1)
-        x = smp.mean + torch.exp(log_std) * torch.randn_like(smp.mean)
-        log_pi = semi_implicit_log_prob(x, smp.mean, log_std) - tanh_log_det(x).sum(-1)
-        obs_rep = obs.unsqueeze(1).expand(b, m, obs.shape[-1]).reshape(b * m, -1)
-        q = q_fn(obs_rep, torch.tanh(x).reshape(b * m, d)).reshape(b, m)
+        if cfg.em_reverse == "heads":  # every head's noises, weighted by p(c|s): the logits get this gradient too
+            centres = mean.detach()
+            log_w = torch.repeat_interleave(log_p, cfg.em_per_head, dim=1) - math.log(cfg.em_per_head)  # (B, N)
+        else:  # the M drawn samples, equally weighted
+            centres, log_w = smp.mean, None
+        n = centres.shape[1]
+        x = centres + torch.exp(log_std) * torch.randn_like(centres)
+        log_pi = _mixture_log_prob(x, centres, log_std, log_w) - tanh_log_det(x).sum(-1)
+        obs_rep = obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1)
+        q = q_fn(obs_rep, torch.tanh(x).reshape(b * n, d)).reshape(b, n)
         reverse = (alpha + md_lambda) * log_pi - q
-        if anchor_components is not None:
-            reverse = reverse - md_lambda * (semi_implicit_log_prob(x, *anchor_components) - tanh_log_det(x).sum(-1))
-        loss = loss + cfg.hybrid_coef * reverse.mean() / (alpha + md_lambda)
+        if anchor is not None:
+            with torch.no_grad():
+                if log_w is None:
+                    a_mean, a_log_std, a_log_w = *anchor_components, None
+                else:
+                    a_mean, a_log_std = anchor.components(obs, layout)
+                    a_log_w = torch.repeat_interleave(anchor.head_log_probs(obs), cfg.em_per_head, 1) - math.log(
+                        cfg.em_per_head)
+            reverse = reverse - md_lambda * (_mixture_log_prob(x, a_mean, a_log_std, a_log_w) - tanh_log_det(x).sum(-1))
+        weight = torch.full_like(reverse, 1.0 / n) if log_w is None else log_w.exp()
+        loss = loss + cfg.hybrid_coef * (weight * reverse).sum(1).mean() / (alpha + md_lambda)
     return loss, smp, kl, anchor_components, {"ess": cand.ess, "head_masses": masses.mean(0)}
