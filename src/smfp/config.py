@@ -423,6 +423,8 @@ class TrainConfig:
                                                  or not self.update.em_sharpness > 0):
             raise ConfigError(f"--em-per-head must be >= 1, --em-bandwidth and --em-sharpness positive, got "
                               f"{self.update.em_per_head}, {self.update.em_bandwidth} and {self.update.em_sharpness}")
+        if self.update.actor_update != "reparam":
+            self._validate_fit()
         if self.policy.q_states > self.update.batch_size:
             raise ConfigError(f"--q-states ({self.policy.q_states}) must not exceed --batch-size "
                               f"({self.update.batch_size}): the Q term's states come from the batch")
@@ -454,6 +456,24 @@ class TrainConfig:
             raise ConfigError("--run-dir is empty; give a folder such as runs/my-run")
         if not self.env.env.strip():
             raise ConfigError("--env is empty; give a Gymnasium id such as Hopper-v5")
+
+    def _validate_fit(self) -> None:
+        """The fit/hybrid/em update's settings make sense for this algorithm's policy."""
+        u = self.update
+        if u.actor_update not in ("fit", "hybrid", "em"):
+            raise ConfigError(f"unknown --actor-update {u.actor_update!r}; choose reparam, fit, hybrid or em")
+        if not self.spec.mixture:
+            raise ConfigError(f"--actor-update {u.actor_update} fits a mixture policy (smfp, flow); "
+                              f"the {self.spec.policy} policy takes --actor-update reparam")
+        counts = {"--fit-anchor": u.fit_anchor, "--fit-local": u.fit_local, "--fit-uniform": u.fit_uniform}
+        if any(v < 0 for v in counts.values()) or sum(counts.values()) == 0:
+            raise ConfigError(f"--fit-anchor, --fit-local and --fit-uniform must be >= 0 and not all 0, got {counts}")
+        if u.fit_noises < 0 or u.fit_noises == 1:
+            raise ConfigError(f"--fit-noises must be 0 (the M samples) or at least 2, got {u.fit_noises}")
+        if not u.fit_local_scale > 0:
+            raise ConfigError(f"--fit-local-scale must be positive, got {u.fit_local_scale}")
+        if u.fit_coef < 0 or u.hybrid_coef < 0:
+            raise ConfigError("--fit-coef and --hybrid-coef must be >= 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,7 +18,7 @@ from torch import nn
 
 from smfp import keys as K
 from smfp.buffer import Batch
-from smfp.config import ConfigError, TrainConfig
+from smfp.config import TrainConfig
 from smfp.critic import QEnsemble
 from smfp.policies import Policy, policy_from_config
 from smfp.policies.distributions import gaussian_log_prob, tanh_log_det
@@ -58,24 +58,6 @@ def tune_allocator() -> None:
         libc.mallopt(m_trim_threshold, 256 << 20)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
-
-
-def check_fit_config(u, policy: Policy) -> None:
-    """The fit/hybrid update's settings make sense for this policy (a ``ConfigError`` otherwise)."""
-    if u.actor_update not in ("reparam", "fit", "hybrid", "em"):
-        raise ConfigError(f"unknown --actor-update {u.actor_update!r}; choose reparam, fit, hybrid or em")
-    if not policy.is_mixture:
-        raise ConfigError(f"--actor-update {u.actor_update} fits a mixture policy (smfp, flow); "
-                          f"the {policy.kind} policy takes --actor-update reparam")
-    counts = {"--fit-anchor": u.fit_anchor, "--fit-local": u.fit_local, "--fit-uniform": u.fit_uniform}
-    if any(v < 0 for v in counts.values()) or sum(counts.values()) == 0:
-        raise ConfigError(f"--fit-anchor, --fit-local and --fit-uniform must be >= 0 and not all 0, got {counts}")
-    if u.fit_noises < 0 or u.fit_noises == 1:
-        raise ConfigError(f"--fit-noises must be 0 (the M samples) or at least 2, got {u.fit_noises}")
-    if not u.fit_local_scale > 0:
-        raise ConfigError(f"--fit-local-scale must be positive, got {u.fit_local_scale}")
-    if u.fit_coef < 0 or u.hybrid_coef < 0:
-        raise ConfigError("--fit-coef and --hybrid-coef must be >= 0")
 
 
 def grad_norm(params: list[nn.Parameter], clip: float) -> torch.Tensor:
@@ -118,8 +100,6 @@ class Learner:
         self.entropy_gap = torch.zeros(())
         self.entropy_large_m = torch.zeros(())
         self.matmul_dtype = PRECISIONS[u.precision]
-        if u.actor_update != "reparam":
-            check_fit_config(u, self.policy)
         tune_allocator()
 
     def frozen_min_q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
