@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from smfp.config import ConfigError, TrainConfig
-from smfp.export.actor import ExportError, build_actor
+from smfp.policies.base import head_one_hot
 from smfp.policies.smfp import SMFPPolicy
 from smfp.update.fit import Candidates, em_fit_loss, head_responsibilities
 from smfp.update.losses import em_actor_loss
@@ -135,10 +136,38 @@ def test_head_settings_that_cannot_work_are_refused(changes, needle):
         cfg.resolved().validate()
 
 
-def test_export_refuses_a_policy_with_heads_in_one_line():
-    with pytest.raises(ExportError, match="has 3 heads") as err:
-        build_actor(_policy(heads=3), [-1.0, -1.0], [1.0, 1.0], "sample")
-    assert "\n" not in str(err.value)
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("mode", ["sample", "best-of-n"])
+def test_a_heads_policy_exports_and_acts_like_the_library(tmp_path, fmt, mode):
+    from smfp.critic import QEnsemble
+    from smfp.export import export_policy, load_runner
+
+    pol = _policy(heads=3).eval()
+    with torch.no_grad():  # logits far from uniform, so that the head's draw matters
+        pol.sigma_net[-1].bias[2:] = torch.tensor([1.5, -1.0, 0.0])
+    critic = QEnsemble(3, 2, (16, 16), 2).eval()
+    low, high = np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32)
+    summary = export_policy(pol, low, high, fmt, tmp_path / f"a.{fmt}", mode, critic=critic, num_candidates=5)
+    assert summary["max_abs_error"] <= 1e-4  # the file against reference_actions, same inputs
+    run = load_runner(tmp_path / f"a.{fmt}", fmt)
+    obs = torch.randn(16, 3)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        if mode == "sample":
+            expected = pol.act(obs, "sample")
+        else:
+            expected = pol.act(obs, "best-of-n", num_candidates=5, q_fn=lambda o, a: critic(o, a).min(0).values)
+    torch.manual_seed(7)  # the library's draws, in the exported layout
+    if mode == "sample":
+        zh, xi = torch.randn(16, 1, 3), torch.randn(16, 1, 2)
+        noise = torch.cat([zh[:, 0, :2], xi[:, 0], zh[:, 0, 2:]], dim=1)
+    else:
+        noise = torch.randn(16, 5, 3)
+    got = run(obs.numpy(), noise.numpy())
+    want = low + (expected.numpy() + 1.0) * 0.5 * (high - low)
+    np.testing.assert_allclose(got, want, rtol=0, atol=3e-5)
+    heads_used = head_one_hot(pol.head_log_probs(obs).exp(), noise[:, 4:] if mode == "sample" else noise[..., 2])
+    assert heads_used.sum((0, 1)).count_nonzero() >= 2  # more than one head acted
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])

@@ -30,8 +30,14 @@ def _describe_inputs(obs_dim: int, shape: Optional[tuple[int, ...]], policy: Pol
     if shape is None:
         return inputs
     d = policy.act_dim
+    heads = getattr(policy, "heads", 1) > 1
     if mode == "best-of-n":
-        inputs["noise"] = f"float32 (B, N, {d}) standard normal, N candidate noises z per state (N free)"
+        inputs["noise"] = (f"float32 (B, N, {d + 1}) standard normal, N candidates per state (N free): [..., :{d}] = z, "
+                           f"[..., {d}] = the head's number" if heads else
+                           f"float32 (B, N, {d}) standard normal, N candidate noises z per state (N free)")
+    elif policy.is_mixture and heads:
+        inputs["noise"] = (f"float32 (B, {2 * d + 1}) standard normal: [:, :{d}] = z (generator), [:, {d}:{2 * d}] = xi "
+                           f"(output), [:, {2 * d}] = the head's number (inverse CDF of p(c|s) at Phi of it)")
     elif policy.is_mixture:
         inputs["noise"] = f"float32 (B, {2 * d}) standard normal: [:, :{d}] = z (generator), [:, {d}:] = xi (output)"
     else:

@@ -11,10 +11,11 @@ mode        inputs             noise layout (standard normal, float32)
 ==========  =================  ======================================================
 sample      obs (B, o),        gaussian: (B, d) = xi;
             noise (B, n)       smfp / flow: (B, 2d) = [z, xi] (z: generator noise,
-                               xi: output noise)
+                               xi: output noise); smfp with K heads: (B, 2d + 1) =
+                               [z, xi, h], the head from h (inverse CDF at Phi(h))
 best-of-n   obs (B, o),        smfp / flow: (B, N, d) = N candidate noises z per state
             noise (B, N, d)    (N is free at run time; sigma = 0; the critic's min-Q
-                               picks the candidate)
+                               picks the candidate); with heads (B, N, d + 1) = [z, h]
 mean        obs (B, o)         gaussian only: tanh of the mean
 ==========  =================  ======================================================
 
@@ -35,6 +36,7 @@ from torch import nn
 
 from smfp.config import ACT_MODES
 from smfp.policies import Policy, TransportPolicy
+from smfp.policies.base import head_one_hot
 from smfp.policies.distributions import squash
 
 MODES = ACT_MODES  # the act modes an actor can be exported in (smfp.config: the one list)
@@ -73,7 +75,10 @@ class _StepField(nn.Module):
         first = seq[0]
         w = first.weight.detach()
         times = torch.tensor(step_times, dtype=torch.float64)  # (K, c)
-        folded = first.bias.detach().double() + times @ w[:, state_cols:].double().T  # (K, H)
+        time_cols = times.shape[1]
+        folded = first.bias.detach().double() + times @ w[:, state_cols:state_cols + time_cols].double().T  # (K, H)
+        if w.shape[1] > state_cols + time_cols:  # a heads policy's one-hot columns: their product is a head's bias
+            self.latent_weight = nn.Parameter(w[:, state_cols + time_cols:].clone(), requires_grad=False)
         self.weight = nn.Parameter(w[:, :state_cols].clone(), requires_grad=False)
         self.biases: list[torch.Tensor] = [b.to(w.dtype).clone() for b in folded]
         self.act = _frozen(seq[1])
@@ -81,6 +86,10 @@ class _StepField(nn.Module):
 
     def forward(self, inp: torch.Tensor, k: int) -> torch.Tensor:
         return self.rest(self.act(F.linear(inp, self.weight, self.biases[k])))
+
+    def forward_shifted(self, inp: torch.Tensor, k: int, shift: torch.Tensor) -> torch.Tensor:
+        """As ``forward`` with ``shift`` added to the first layer's output (a head's bias)."""
+        return self.rest(self.act(F.linear(inp, self.weight, self.biases[k]) + shift))
 
 
 class _BoundedLogStd(nn.Module):
@@ -193,6 +202,66 @@ class MixtureSampleActor(_Transport):
         return self.rescale(torch.tanh(_fma(x, std, xi)))
 
 
+class _Heads(nn.Module):
+    """A heads policy's choice of head: ``p(c|s)`` from the sigma network's last K outputs, ``c`` by inverting their
+    CDF at ``Phi(h)`` for a standard normal ``h`` (``smfp.policies.base.head_one_hot``, the library's own rule)."""
+
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.act_dim, self.heads = int(policy.act_dim), int(policy.heads)
+        self.register_buffer("index", torch.arange(self.heads, dtype=torch.float32))
+
+    def forward(self, raw: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+        """``raw`` (B, d + K) of the sigma network, ``normal`` (B, M) -> one-hot (B, M, K)."""
+        cdf = torch.cumsum(torch.softmax(raw[:, self.act_dim:], dim=-1), dim=-1)
+        u = 0.5 * (1.0 + torch.erf(normal * 0.7071067811865476))
+        c = (cdf.unsqueeze(1) < u.unsqueeze(-1)).to(torch.float32).sum(-1).clamp(max=float(self.heads - 1))
+        return (self.index == c.unsqueeze(-1)).to(torch.float32)
+
+
+class MixtureHeadsSampleActor(_Transport):
+    """smfp with heads: noise ``(B, 2d + 1) = [z, xi, h]``; the head from ``h``, then as ``MixtureSampleActor``."""
+
+    def __init__(self, policy: Policy, low, high, steps: int):
+        super().__init__(policy, low, high, steps)
+        self.sigma_net = _frozen(policy.sigma_net)
+        self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
+        self.pick = _Heads(policy)
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        d = self.act_dim
+        x, xi, h = noise[:, :d] * self.kappa, noise[:, d:2 * d], noise[:, 2 * d:]
+        raw = self.sigma_net(obs)
+        shift = F.linear(self.pick(raw, h)[:, 0], self.field.latent_weight)
+        for k in range(self.steps):
+            x = torch.sub(x, self.field.forward_shifted(torch.cat([obs, x], dim=-1), k, shift), alpha=self.dts[k])
+        std = torch.exp(self.log_std(raw[:, :d]))
+        return self.rescale(torch.tanh(_fma(x, std, xi)))
+
+
+class MixtureHeadsBestOfNActor(_Transport):
+    """smfp with heads: noise ``(B, N, d + 1) = [z, h]`` per candidate; then as ``MixtureBestOfNActor``."""
+
+    def __init__(self, policy: Policy, critic: nn.Module, low, high, steps: int):
+        super().__init__(policy, low, high, steps)
+        self.min_q = _MinQ(critic)
+        self.sigma_net = _frozen(policy.sigma_net)
+        self.pick = _Heads(policy)
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        b, n, d = noise.shape[0], noise.shape[1], self.act_dim
+        s = obs.unsqueeze(1).expand(b, n, self.obs_dim)
+        x = noise[:, :, :d] * self.kappa
+        shift = F.linear(self.pick(self.sigma_net(obs), noise[:, :, d]), self.field.latent_weight)
+        for k in range(self.steps):
+            x = torch.sub(x, self.field.forward_shifted(torch.cat([s, x], dim=-1), k, shift), alpha=self.dts[k])
+        cand = torch.tanh(x)
+        q = self.min_q(s.reshape(b * n, self.obs_dim), cand.reshape(b * n, d)).reshape(b, n)
+        best = q.argmax(dim=1)
+        a = torch.gather(cand, 1, best.reshape(b, 1, 1).expand(b, 1, d)).squeeze(1)
+        return self.rescale(a)
+
+
 class MixtureBestOfNActor(_Transport):
     """smfp / flow: N noise-free candidates ``tanh(transport(s, z_n))``, the one with the highest min-Q."""
 
@@ -235,17 +304,15 @@ def build_actor(policy: Policy, low, high, mode: str = "sample", steps: Optional
     steps = default_steps(policy) if steps is None else int(steps)
     if steps < 1:
         raise ExportError(f"steps must be positive, got {steps}")
-    if getattr(policy, "heads", 1) > 1:
-        raise ExportError(f"this policy has {policy.heads} heads (--heads), whose choice the exported actors do not "
-                          f"draw yet; deploy it with smfp's own Agent (smfp.agent) instead")
+    heads = getattr(policy, "heads", 1) > 1
     if not policy.is_mixture:
         actor = GaussianSampleActor(policy, low, high) if mode == "sample" else GaussianMeanActor(policy, low, high)
     elif mode == "sample":
-        actor = MixtureSampleActor(policy, low, high, steps)
+        actor = (MixtureHeadsSampleActor if heads else MixtureSampleActor)(policy, low, high, steps)
     else:
         if critic is None:
             raise ExportError("best-of-n needs the run's critic, and none was given")
-        actor = MixtureBestOfNActor(policy, critic, low, high, steps)
+        actor = (MixtureHeadsBestOfNActor if heads else MixtureBestOfNActor)(policy, critic, low, high, steps)
     return actor.eval()
 
 
@@ -255,9 +322,10 @@ def noise_shape(policy: Policy, mode: str, num_candidates: int = 16) -> Optional
     d = int(policy.act_dim)
     if mode == "mean":
         return None
+    extra = 1 if getattr(policy, "heads", 1) > 1 else 0  # a heads policy's head: one more normal number
     if mode == "best-of-n":
-        return (num_candidates, d)
-    return (2 * d,) if policy.is_mixture else (d,)
+        return (num_candidates, d + extra)
+    return (2 * d + extra,) if policy.is_mixture else (d,)
 
 
 @torch.no_grad()
@@ -277,11 +345,15 @@ def reference_actions(policy: Policy, low, high, mode: str, obs: torch.Tensor, n
         mean, log_std = policy.components(obs, obs.new_zeros(b, 1, d))
         a = squash(mean + torch.exp(log_std) * noise.unsqueeze(1))[:, 0]
     elif mode == "sample":
-        z, xi = noise[:, :d].unsqueeze(1), noise[:, d:].unsqueeze(1)
+        z, xi = noise[:, :d].unsqueeze(1), noise[:, d:2 * d].unsqueeze(1)
+        if getattr(policy, "heads", 1) > 1:
+            z = torch.cat([z, head_one_hot(policy.head_log_probs(obs).exp(), noise[:, 2 * d:])], dim=-1)
         mean = policy.transport(obs, z, steps)
         a = squash(mean + torch.exp(policy.log_std(obs)).unsqueeze(1) * xi)[:, 0]
     else:
         n = noise.shape[1]
+        if getattr(policy, "heads", 1) > 1:
+            noise = torch.cat([noise[..., :d], head_one_hot(policy.head_log_probs(obs).exp(), noise[..., d])], dim=-1)
         cand = squash(policy.transport(obs, noise, steps))
         obs_rep = obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1)
         q = critic(obs_rep, cand.reshape(b * n, d)).min(dim=0).values.reshape(b, n)

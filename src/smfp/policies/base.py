@@ -182,6 +182,17 @@ class Policy(nn.Module):
         return None
 
 
+def head_one_hot(probs: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+    """``one_hot(c)`` (B, M, K) with ``c ~ probs`` (B, K) drawn by inverting the CDF at ``u = Phi(normal)`` (B, M):
+    a standard normal input, so that an exported actor takes all of its randomness in one normal tensor and
+    picks the same head as the library for the same numbers."""
+    u = 0.5 * (1.0 + torch.erf(normal * (2.0 ** -0.5)))
+    cdf = torch.cumsum(probs, dim=-1)
+    k = probs.shape[-1]
+    c = (cdf.unsqueeze(-2) < u.unsqueeze(-1)).sum(-1).clamp(max=k - 1)  # (B, M)
+    return (torch.arange(k, device=c.device) == c.unsqueeze(-1)).to(normal.dtype)
+
+
 class TransportPolicy(Policy):
     """A policy whose component means are a learned transport of the noise ``z``.
 
@@ -256,11 +267,10 @@ class TransportPolicy(Policy):
         states then, (batch, o))."""
         if self.heads == 1:
             return super().draw_noise(batch, m, like, generator)
-        z = torch.randn(batch, m, self.act_dim, dtype=like.dtype, device=like.device, generator=generator)
+        zh = torch.randn(batch, m, self.act_dim + 1, dtype=like.dtype, device=like.device, generator=generator)
         with torch.no_grad():
-            probs = self.head_log_probs(like).float().exp()
-        c = torch.multinomial(probs, m, replacement=True, generator=generator)  # (B, M)
-        return torch.cat([z, F.one_hot(c, self.heads).to(z.dtype)], dim=-1)
+            one_hot = head_one_hot(self.head_log_probs(like).exp(), zh[..., self.act_dim])
+        return torch.cat([zh[..., : self.act_dim], one_hot], dim=-1)
 
     def head_layout(self, batch: int, per_head: int, like: torch.Tensor) -> torch.Tensor:
         """Noises with every head present (the EM fit's layout): (B, K * per_head, d_z), head-major blocks
