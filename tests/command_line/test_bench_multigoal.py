@@ -39,6 +39,17 @@ def test_multigoal_bench_trains_evaluates_and_writes_its_table(tmp_path):
     (["--settings", "fancy"], "unknown setting"),
     (["--algos", "ppo"], "unknown algo"),
     (["--alpha", "0"], "must be positive"),
+    (["--settings", "heads", "--algos", "sac"], "the heads setting runs smfp only"),
 ])
 def test_multigoal_bench_mistakes_are_one_line(tmp_path, args, needle):
     assert_one_line_error(run_cli("bench", "multigoal", "--out", tmp_path / "mg", *args), needle)
+
+
+def test_the_heads_setting_is_multimodal_smfp_with_heads_and_em():
+    from smfp.bench.acceptance.multigoal import run_config
+
+    cfg = run_config("heads", "smfp", 0, 20_000, 10.0, "unused").resolved()  # resolved() validates it
+    assert cfg.multimodal and cfg.update.alpha == 10.0 and not cfg.update.autotune_alpha
+    assert cfg.policy.heads == 4 and cfg.update.actor_update == "em" and cfg.update.md_lambda == 0.0
+    plain = run_config("multimodal", "smfp", 0, 20_000, 10.0, "unused").resolved()
+    assert plain.policy.heads == 1 and plain.update.actor_update == "reparam"

@@ -152,7 +152,8 @@ def add_bench_parser(sub) -> None:
                                                                 "runs in it are evaluated again, not retrained")
     b.add_argument("--seeds", default="0-4", help="comma-separated seeds or ranges (default: 0-4)")
     b.add_argument("--algos", default="sac,smfp", help="comma-separated algorithms (default: sac,smfp)")
-    b.add_argument("--settings", default="default,multimodal", help="default and/or multimodal (default: both)")
+    b.add_argument("--settings", default="default,multimodal", help="comma-separated from default, multimodal and "
+                   "heads (smfp only: multimodal with the experimental --heads 4 --actor-update em); default: the first two")
     b.add_argument("--steps", type=int, default=30_000, help="environment steps per run (default: 30000)")
     b.add_argument("--alpha", type=float, default=10.0, help="the fixed temperature of --multimodal (default: 10, "
                                                              "Soft Q-Learning's 1 at reward scale 0.1)")

@@ -11,8 +11,10 @@ four goals, raw rewards), then, from the latest checkpoint:
 - **blocked goal**: the goal the policy reached most often is walled off (a disc of radius 2 around it that
   no move may enter) and 100 more episodes run; success is reaching any other goal within the horizon.
 
-Settings: ``default`` (each algorithm's defaults) and ``multimodal`` (``--multimodal`` with ``--alpha``,
-default 10: Soft Q-Learning's temperature 1 at reward scale 0.1, the peers' choice on this task). A run
+Settings: ``default`` (each algorithm's defaults), ``multimodal`` (``--multimodal`` with ``--alpha``,
+default 10: Soft Q-Learning's temperature 1 at reward scale 0.1, the peers' choice on this task) and ``heads``
+(SMFP only: ``multimodal`` with the experimental heads policy and its em update, ``HEADS_SETTINGS``: one head
+per goal). A run
 already finished in ``out`` is evaluated again, not retrained (``smfp train --resume`` semantics), and the
 rows of ``out/multigoal.json`` for other seeds, settings or algorithms stay in it.
 """
@@ -29,7 +31,11 @@ from typing import Callable, Sequence
 from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices
 from smfp.monitor.multigoal import ENV, blocked_goal_test, goal_counts, goal_entropy, goals_reached, target_at
 
-SETTINGS = ("default", "multimodal")
+SETTINGS = ("default", "multimodal", "heads")
+# The heads setting: four heads (one per goal) and the em update as measured on the fixed-Q suite (docs/method.md).
+HEADS_SETTINGS = {"policy": {"heads": 4},
+                  "update": {"actor_update": "em", "em_reverse": "heads", "md_lambda": 0.0, "fit_uniform": 64,
+                             "fit_local": 32, "fit_anchor": 0, "fit_local_scale": 3.0}}
 PROBES = {"origin": (0.0, 0.0), "(2.5, 2.5)": (2.5, 2.5)}
 
 
@@ -51,9 +57,13 @@ def run_config(setting: str, algo: str, seed: int, steps: int, alpha: float, run
     cfg.eval.eval_every = 0
     cfg.log.progress = False
     cfg.monitor.alarms = False
-    if setting == "multimodal":
+    if setting in ("multimodal", "heads"):
         cfg.multimodal = True
         cfg.update.alpha = alpha
+    if setting == "heads":
+        for part, values in HEADS_SETTINGS.items():
+            for name, value in values.items():
+                setattr(getattr(cfg, part), name, value)
     return cfg
 
 
@@ -89,12 +99,16 @@ def run_multigoal(opts: MultiGoalOptions, say: Callable[[str], None] = print) ->
     check_choices(opts.settings, SETTINGS, "setting")
     if opts.steps <= 0 or opts.episodes <= 0 or not opts.alpha > 0:
         raise ConfigError("--steps, --episodes and --alpha must be positive")
+    if list(opts.settings) == ["heads"] and "smfp" not in opts.algos:
+        raise ConfigError("the heads setting runs smfp only; add smfp to --algos")
     out = Path(opts.out)
     table = {(r["setting"], r["algo"], r["seed"]): r for r in previous_rows(out)}  # other seeds' rows stay
     rows = []
     for seed in opts.seeds:
         for setting in opts.settings:
             for algo in opts.algos:
+                if setting == "heads" and algo != "smfp":
+                    continue  # heads are an SMFP policy option
                 run_dir = out / setting / f"{algo}-s{seed}"
                 cfg = run_config(setting, algo, seed, opts.steps, opts.alpha, run_dir)
                 cfg.resume = RunDir(run_dir).config.exists()
@@ -146,4 +160,4 @@ def write(out: Path, rows: list[dict]) -> None:
     atomic_write_text(out / "multigoal.md", "\n".join(lines) + "\n")
 
 
-__all__ = ["MultiGoalOptions", "SETTINGS", "evaluate", "run_config", "run_multigoal"]
+__all__ = ["HEADS_SETTINGS", "MultiGoalOptions", "SETTINGS", "evaluate", "run_config", "run_multigoal"]
