@@ -222,6 +222,11 @@ def _mixture_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
     return torch.logsumexp(table + log_w.unsqueeze(1), dim=2)
 
 
+def _per_draw(log_p: torch.Tensor, per_head: int) -> torch.Tensor:
+    """Log-weights (B, K * per_head) of ``Policy.head_layout``'s draws: ``p(c|s) / per_head`` for head-major blocks."""
+    return torch.repeat_interleave(log_p, per_head, dim=1) - math.log(per_head)
+
+
 def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], anchor: Policy | None,
                   obs: torch.Tensor, alpha: torch.Tensor | float, md_lambda: torch.Tensor | float, components: int,
                   cfg):
@@ -236,18 +241,18 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
     the fit alone: the reverse KL's pathwise pull on the means makes every head cover every mode).
     Returns (loss, sample, kl, anchor components or None, {"ess": ..., "head_masses": ...}).
     """
+    log_p = policy.head_log_probs(obs)  # (B, K), with gradient: the probabilities' own losses below
     with torch.no_grad():
         smp = policy.sample(obs, components)
         anchor_components, kl = anchor_kl(anchor, obs, smp)
         if anchor is not None and getattr(policy, "heads", 1) > 1:
-            log_p, log_p_k = policy.head_log_probs(obs), anchor.head_log_probs(obs)
-            kl = kl + (log_p.exp() * (log_p - log_p_k)).sum(1).mean()
+            lp = log_p.detach()
+            kl = kl + (lp.exp() * (lp - anchor.head_log_probs(obs))).sum(1).mean()
     cand = fit_candidates(q_fn, obs, alpha, md_lambda, anchor_components, (smp.mean, smp.log_std),
                           cfg.fit_anchor, cfg.fit_local, cfg.fit_uniform, cfg.fit_local_scale)
     b, m, d = smp.mean.shape
     layout = policy.head_layout(b, cfg.em_per_head, obs)
     mean = policy.component_means(obs, layout)
-    log_p = policy.head_log_probs(obs)
     fit, probs, masses = em_fit_loss(mean, layout[..., :d], log_p, cand, cfg.em_per_head, cfg.em_bandwidth,
                                      cfg.em_sharpness)
     loss = cfg.fit_coef * fit + probs
@@ -255,12 +260,13 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
         log_std = policy.log_std(obs).unsqueeze(1)
         if cfg.em_reverse == "heads":  # every head's noises, weighted by p(c|s): the logits get this gradient too
             centres = mean.detach()
-            log_w = torch.repeat_interleave(log_p, cfg.em_per_head, dim=1) - math.log(cfg.em_per_head)  # (B, N)
+            log_w = _per_draw(log_p, cfg.em_per_head)
         else:  # the M drawn samples, equally weighted
             centres, log_w = smp.mean, None
         n = centres.shape[1]
         x = centres + torch.exp(log_std) * torch.randn_like(centres)
-        log_pi = _mixture_log_prob(x, centres, log_std, log_w) - tanh_log_det(x).sum(-1)
+        log_det = tanh_log_det(x).sum(-1)
+        log_pi = _mixture_log_prob(x, centres, log_std, log_w) - log_det
         obs_rep = obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1)
         q = q_fn(obs_rep, torch.tanh(x).reshape(b * n, d)).reshape(b, n)
         reverse = (alpha + md_lambda) * log_pi - q
@@ -270,9 +276,8 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
                     a_mean, a_log_std, a_log_w = *anchor_components, None
                 else:
                     a_mean, a_log_std = anchor.components(obs, layout)
-                    a_log_w = torch.repeat_interleave(anchor.head_log_probs(obs), cfg.em_per_head, 1) - math.log(
-                        cfg.em_per_head)
-            reverse = reverse - md_lambda * (_mixture_log_prob(x, a_mean, a_log_std, a_log_w) - tanh_log_det(x).sum(-1))
+                    a_log_w = _per_draw(anchor.head_log_probs(obs), cfg.em_per_head)
+            reverse = reverse - md_lambda * (_mixture_log_prob(x, a_mean, a_log_std, a_log_w) - log_det)
         weight = torch.full_like(reverse, 1.0 / n) if log_w is None else log_w.exp()
         loss = loss + cfg.hybrid_coef * (weight * reverse).sum(1).mean() / (alpha + md_lambda)
     return loss, smp, kl, anchor_components, {"ess": cand.ess, "head_masses": masses.mean(0)}
