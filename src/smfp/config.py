@@ -113,7 +113,8 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "update.value_backup": "policy", "update.backup_policy_samples": 8, "update.backup_uniform_samples": 32,
                 "multimodal": False, "policy.q_states": 0,
                 "update.fit_noises": 0, "policy.heads": 1, "update.em_per_head": 4, "update.em_bandwidth": 0.1,
-                "update.em_sharpness": 1.0, "update.em_reverse": "draws"}
+                "update.em_sharpness": 1.0, "update.em_reverse": "draws",
+                "policy.per_head_sigma": False}
 
 # The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_", "update.em_")
@@ -175,6 +176,9 @@ class PolicyConfig:
     heads: int = doc("K, heads of the SMFP policy: a discrete latent c ~ p(c|s) beside the noise z, so that a mode's "
                      "mass is a learned probability, not a share of a connected noise space (1: none; K > 1 needs "
                      "--actor-update em); see docs/method.md", default=1)
+    per_head_sigma: bool = doc("with --heads K: an output sigma per head (K log-stds from the sigma network) instead "
+                               "of one shared by every head, so that one head can cover a broad background while "
+                               "another sits on a narrow peak", default=False)
 
 
 @dataclass
@@ -416,6 +420,8 @@ class TrainConfig:
             raise ConfigError(f"--heads must be >= 1, got {self.policy.heads}")
         if self.policy.heads > 1 and self.spec.policy != "smfp":
             raise ConfigError(f"--heads applies to --algo smfp (the {self.spec.policy} policy has no heads); drop it")
+        if self.policy.per_head_sigma and self.policy.heads < 2:
+            raise ConfigError("--per-head-sigma needs --heads K with K > 1 (a sigma per head); add --heads or drop it")
         if self.policy.heads > 1 and self.update.actor_update != "em":
             raise ConfigError(f"--heads {self.policy.heads} needs --actor-update em (the only update that learns the "
                               f"heads' probabilities)")

@@ -18,9 +18,9 @@ from smfp.update.losses import em_actor_loss
 torch.set_num_threads(1)
 
 
-def _policy(heads: int, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> SMFPPolicy:
+def _policy(heads: int, obs_dim: int = 3, act_dim: int = 2, seed: int = 0, per_head_sigma: bool = False) -> SMFPPolicy:
     torch.manual_seed(seed)
-    return SMFPPolicy(obs_dim, act_dim, hidden=(32, 32), sigma_hidden=(16,), heads=heads)
+    return SMFPPolicy(obs_dim, act_dim, hidden=(32, 32), sigma_hidden=(16,), heads=heads, per_head_sigma=per_head_sigma)
 
 
 def test_one_head_is_the_plain_policy_same_parameters_and_draws():
@@ -123,6 +123,7 @@ def test_em_loss_moves_the_map_by_the_fit_and_sigma_by_the_reverse_kl():
     ({"algo": "smfp", "policy.heads": 4}, "--heads 4 needs --actor-update em"),
     ({"algo": "sac", "policy.heads": 2, "update.actor_update": "em"}, "--heads applies to --algo smfp"),
     ({"algo": "smfp", "policy.heads": 0}, "--heads must be >= 1"),
+    ({"algo": "smfp", "policy.per_head_sigma": True}, "--per-head-sigma needs --heads K"),
     ({"algo": "smfp", "update.actor_update": "em", "update.em_per_head": 0}, "--em-per-head must be >= 1"),
     ({"algo": "smfp", "update.actor_update": "em", "update.em_bandwidth": 0.0}, "--em-bandwidth and --em-sharpness"),
     ({"algo": "smfp", "update.actor_update": "em", "update.em_sharpness": float("nan")}, "--em-sharpness positive"),
@@ -137,14 +138,17 @@ def test_head_settings_that_cannot_work_are_refused(changes, needle):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("mode", ["sample", "best-of-n"])
-def test_a_heads_policy_exports_and_acts_like_the_library(tmp_path, fmt, mode):
+@pytest.mark.parametrize("mode, per_head_sigma", [("sample", False), ("best-of-n", False), ("sample", True),
+                                                  ("best-of-n", True)])
+def test_a_heads_policy_exports_and_acts_like_the_library(tmp_path, fmt, mode, per_head_sigma):
     from smfp.critic import QEnsemble
     from smfp.export import export_policy, load_runner
 
-    pol = _policy(heads=3).eval()
+    pol = _policy(heads=3, per_head_sigma=per_head_sigma).eval()
     with torch.no_grad():  # logits far from uniform, so that the head's draw matters
-        pol.sigma_net[-1].bias[2:] = torch.tensor([1.5, -1.0, 0.0])
+        pol.sigma_net[-1].bias[-3:] = torch.tensor([1.5, -1.0, 0.0])
+        if per_head_sigma:  # widths far apart, so that picking the wrong head's sigma would show
+            pol.sigma_net[-1].bias[:6] = torch.tensor([-3.0, -3.0, 0.0, 0.0, 2.0, 2.0])
     critic = QEnsemble(3, 2, (16, 16), 2).eval()
     low, high = np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32)
     summary = export_policy(pol, low, high, fmt, tmp_path / f"a.{fmt}", mode, critic=critic, num_candidates=5)
@@ -195,3 +199,30 @@ def test_infinite_sharpness_gives_each_candidate_to_its_most_likely_head():
     hard = head_responsibilities(cand, mean, log_p, per_head=2, bandwidth=0.1, sharpness=float("inf"))
     assert torch.equal(hard, torch.nn.functional.one_hot(soft.argmax(2), 2).float())
     assert 0.0 < float(soft[0, 1, 0]) < 1.0 and torch.equal(hard.sum(2), torch.ones(1, 3))
+
+
+def test_a_sigma_per_head_gives_each_component_its_own_heads_width():
+    pol = _policy(heads=3, per_head_sigma=True)
+    obs = torch.randn(4, 3)
+    stds = pol.head_log_stds(obs)  # (B, K, d)
+    assert stds.shape == (4, 3, 2) and not torch.allclose(stds[:, 0], stds[:, 1])
+    noise = pol.head_layout(4, 2, obs)  # heads 0, 0, 1, 1, 2, 2
+    mean, log_std = pol.components(obs, noise)
+    assert log_std.shape == (4, 6, 2)
+    for j in range(6):
+        assert torch.equal(log_std[:, j], stds[:, j // 2])
+    assert pol.head_log_probs(obs).shape == (4, 3)  # the logits come after the K x d log-stds
+    raw = pol.sigma_net(obs)
+    assert torch.allclose(pol.head_log_probs(obs), torch.log_softmax(raw[:, 6:], -1))
+    with pytest.raises(ValueError, match="sigma per head"):
+        pol.log_std(obs)
+    # the em update trains every head's sigma (the reverse KL over every head's draws)
+    cfg = dataclasses.replace(TrainConfig().update, actor_update="em", fit_anchor=0, fit_local=4, fit_uniform=8,
+                              em_reverse="heads")
+    torch.manual_seed(0)
+    loss, *_ = em_actor_loss(pol, lambda o, a: -(a - 0.5).pow(2).sum(-1), None, obs, 0.2, 0.0, 4, cfg)
+    loss.backward()
+    grad = pol.sigma_net[-1].weight.grad
+    assert bool((grad[:6].abs().sum(1) > 0).all())  # every head's log-std rows moved
+    with pytest.raises(ValueError, match="needs heads > 1"):
+        SMFPPolicy(3, 2, heads=1, per_head_sigma=True)

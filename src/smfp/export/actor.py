@@ -209,11 +209,13 @@ class _Heads(nn.Module):
     def __init__(self, policy: Policy):
         super().__init__()
         self.act_dim, self.heads = int(policy.act_dim), int(policy.heads)
+        self.logits_from = self.act_dim * int(getattr(policy, "sigma_heads", 1))  # the log-stds come first
         self.register_buffer("index", torch.arange(self.heads, dtype=torch.float32))
 
     def forward(self, raw: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
-        """``raw`` (B, d + K) of the sigma network, ``normal`` (B, M) -> one-hot (B, M, K)."""
-        cdf = torch.cumsum(torch.softmax(raw[:, self.act_dim:], dim=-1), dim=-1)
+        """``raw`` (B, d S + K) of the sigma network (S log-stds: 1, or K with a sigma per head), ``normal`` (B, M)
+        -> one-hot (B, M, K)."""
+        cdf = torch.cumsum(torch.softmax(raw[:, self.logits_from:], dim=-1), dim=-1)
         u = 0.5 * (1.0 + torch.erf(normal * 0.7071067811865476))
         c = (cdf.unsqueeze(1) < u.unsqueeze(-1)).to(torch.float32).sum(-1).clamp(max=float(self.heads - 1))
         return (self.index == c.unsqueeze(-1)).to(torch.float32)
@@ -227,15 +229,21 @@ class MixtureHeadsSampleActor(_Transport):
         self.sigma_net = _frozen(policy.sigma_net)
         self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
         self.pick = _Heads(policy)
+        self.sigma_heads = int(getattr(policy, "sigma_heads", 1))
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         d = self.act_dim
         x, xi, h = noise[:, :d] * self.kappa, noise[:, d:2 * d], noise[:, 2 * d:]
         raw = self.sigma_net(obs)
-        shift = F.linear(self.pick(raw, h)[:, 0], self.field.latent_weight)
+        one_hot = self.pick(raw, h)[:, 0]
+        shift = F.linear(one_hot, self.field.latent_weight)
         for k in range(self.steps):
             x = torch.sub(x, self.field.forward_shifted(torch.cat([obs, x], dim=-1), k, shift), alpha=self.dts[k])
-        std = torch.exp(self.log_std(raw[:, :d]))
+        if self.sigma_heads > 1:  # a sigma per head: the drawn head's row of the K x d raw log-stds
+            raw_std = torch.bmm(one_hot.unsqueeze(1), raw[:, : d * self.sigma_heads].reshape(-1, self.sigma_heads, d))
+            std = torch.exp(self.log_std(raw_std.squeeze(1)))
+        else:
+            std = torch.exp(self.log_std(raw[:, :d]))
         return self.rescale(torch.tanh(_fma(x, std, xi)))
 
 
@@ -349,7 +357,7 @@ def reference_actions(policy: Policy, low, high, mode: str, obs: torch.Tensor, n
         if getattr(policy, "heads", 1) > 1:
             z = torch.cat([z, head_one_hot(policy.head_log_probs(obs).exp(), noise[:, 2 * d:])], dim=-1)
         mean = policy.transport(obs, z, steps)
-        a = squash(mean + torch.exp(policy.log_std(obs)).unsqueeze(1) * xi)[:, 0]
+        a = squash(mean + torch.exp(policy.noise_log_std(obs, z)) * xi)[:, 0]
     else:
         n = noise.shape[1]
         if getattr(policy, "heads", 1) > 1:

@@ -216,10 +216,13 @@ class TransportPolicy(Policy):
 
     def __init__(self, obs_dim: int, act_dim: int, time_dim: int, hidden: tuple[int, ...] = (256, 256),
                  sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0,
-                 noise_scale: float = 1.0, learn_noise_scale: bool = False, heads: int = 1):
+                 noise_scale: float = 1.0, learn_noise_scale: bool = False, heads: int = 1,
+                 per_head_sigma: bool = False):
         super().__init__(obs_dim, act_dim, log_std_min, log_std_max)
         if int(heads) < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
+        if per_head_sigma and int(heads) < 2:
+            raise ValueError("a sigma per head needs heads > 1")
         self.hidden = tuple(hidden)
         self.sigma_hidden = tuple(sigma_hidden)
         # heads > 1: a discrete latent c ~ softmax(logits(s)) beside z (docs/method.md, "Heads"). The noise is then
@@ -230,7 +233,13 @@ class TransportPolicy(Policy):
         self.noise_dim = act_dim + latent
         setattr(self, self.generator_name,
                 mlp(obs_dim + act_dim + time_dim + latent, self.hidden, act_dim, act=nn.SiLU))
-        self.sigma_net = mlp(obs_dim, self.sigma_hidden, act_dim + latent)
+        # per_head_sigma: K log-stds (one per head, head-major) before the logits. With one sigma shared by the heads,
+        # a head's width in action space is set by where it sits (tanh), and no head can be broad while another is
+        # narrow: a mixture of 8-16 Gaussians with one shared width cannot follow five narrow peaks on a broad
+        # background (docs/experiments.md, 2026-12-05 third session), 8 with their own widths can.
+        self.per_head_sigma = bool(per_head_sigma)
+        self.sigma_heads = self.heads if self.per_head_sigma else 1
+        self.sigma_net = mlp(obs_dim, self.sigma_hidden, act_dim * self.sigma_heads + latent)
         # kappa: the prior is z ~ N(0, diag(kappa^2)), written kappa * eps with eps ~ N(0, I) so that every user of
         # the noise (sampler, surrogate, anchor, critic target, best-of-n, export) draws eps and the transport
         # scales it. kappa = 0 makes the policy a Gaussian on its own networks (the control of docs/method.md).
@@ -254,13 +263,31 @@ class TransportPolicy(Policy):
 
     # --- shared -------------------------------------------------------------------------
     def log_std(self, obs: torch.Tensor) -> torch.Tensor:
+        """The output log-std (B, d); with a sigma per head, use ``noise_log_std`` (the head is in the noise)."""
+        if self.per_head_sigma:
+            raise ValueError("this policy has a sigma per head: its log-std depends on the head (noise_log_std)")
         return self.bound_log_std(self.sigma_net(obs)[..., : self.act_dim])
+
+    def head_log_stds(self, obs: torch.Tensor) -> torch.Tensor:
+        """Every head's output log-std (B, K, d) (one shared sigma: (B, 1, d))."""
+        d, k = self.act_dim, self.sigma_heads
+        return self.bound_log_std(self.sigma_net(obs)[..., : d * k].reshape(*obs.shape[:-1], k, d))
+
+    def noise_log_std(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The log-std of the components at ``noise`` (B, M, d_z): (B, 1, d) when shared, (B, M, d) per head."""
+        if not self.per_head_sigma:
+            return self.log_std(obs).unsqueeze(1)
+        return torch.bmm(self.split_noise(noise)[1], self.head_log_stds(obs))  # the one-hot picks the head's row
+
+    def components(self, obs, noise):
+        return self.component_means(obs, noise), self.noise_log_std(obs, noise)
 
     def head_log_probs(self, obs: torch.Tensor) -> torch.Tensor:
         """``log p(c | s)`` of the K heads (B, K); one head: zeros (B, 1)."""
         if self.heads == 1:
             return obs.new_zeros(obs.shape[0], 1)
-        return torch.log_softmax(self.sigma_net(obs)[..., self.act_dim:].float(), dim=-1).to(obs.dtype)
+        logits = self.sigma_net(obs)[..., self.act_dim * self.sigma_heads:]
+        return torch.log_softmax(logits.float(), dim=-1).to(obs.dtype)
 
     def draw_noise(self, batch: int, m: int, like: torch.Tensor, generator=None) -> torch.Tensor:
         """``eps ~ N(0, I)``, and with heads the one-hot of ``c ~ p(c | s)`` for each of the M draws (``like``: the

@@ -257,12 +257,13 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
                                      cfg.em_sharpness)
     loss = cfg.fit_coef * fit + probs
     if cfg.hybrid_coef > 0:
-        log_std = policy.log_std(obs).unsqueeze(1)
         if cfg.em_reverse == "heads":  # every head's noises, weighted by p(c|s): the logits get this gradient too
             centres = mean.detach()
             log_w = _per_draw(log_p, cfg.em_per_head)
+            log_std = policy.noise_log_std(obs, layout)
         else:  # the M drawn samples, equally weighted
             centres, log_w = smp.mean, None
+            log_std = policy.noise_log_std(obs, smp.noise)
         n = centres.shape[1]
         x = centres + torch.exp(log_std) * torch.randn_like(centres)
         log_det = tanh_log_det(x).sum(-1)
