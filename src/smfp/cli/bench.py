@@ -153,7 +153,8 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--seeds", default="0-4", help="comma-separated seeds or ranges (default: 0-4)")
     b.add_argument("--algos", default="sac,smfp", help="comma-separated algorithms (default: sac,smfp)")
     b.add_argument("--settings", default="default,multimodal", help="comma-separated from default, multimodal and "
-                   "heads (smfp only: multimodal with the experimental --heads 4 --actor-update em); default: the first two")
+                   "heads (smfp only: multimodal with the experimental --heads 4 --per-head-sigma --actor-update em); "
+                   "default: the first two")
     b.add_argument("--steps", type=int, default=30_000, help="environment steps per run (default: 30000)")
     b.add_argument("--alpha", type=float, default=10.0, help="the fixed temperature of --multimodal (default: 10, "
                                                              "Soft Q-Learning's 1 at reward scale 0.1)")

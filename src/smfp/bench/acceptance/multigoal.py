@@ -32,8 +32,9 @@ from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices
 from smfp.monitor.multigoal import ENV, blocked_goal_test, goal_counts, goal_entropy, goals_reached, target_at
 
 SETTINGS = ("default", "multimodal", "heads")
-# The heads setting: four heads (one per goal) and the em update as measured on the fixed-Q suite (docs/method.md).
-HEADS_SETTINGS = {"policy": {"heads": 4},
+# The heads setting: four heads (one per goal), each with its own sigma, and the em update as measured on the fixed-Q
+# suite (docs/method.md).
+HEADS_SETTINGS = {"policy": {"heads": 4, "per_head_sigma": True},
                   "update": {"actor_update": "em", "em_reverse": "heads", "md_lambda": 0.0, "fit_uniform": 64,
                              "fit_local": 32, "fit_anchor": 0, "fit_local_scale": 3.0}}
 PROBES = {"origin": (0.0, 0.0), "(2.5, 2.5)": (2.5, 2.5)}
