@@ -113,7 +113,7 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "update.value_backup": "policy", "update.backup_policy_samples": 8, "update.backup_uniform_samples": 32,
                 "multimodal": False, "policy.q_states": 0,
                 "update.fit_noises": 0, "policy.heads": 1, "update.em_per_head": 4, "update.em_bandwidth": 0.1,
-                "update.em_sharpness": 1.0, "update.em_reverse": "draws",
+                "update.em_sharpness": 1.0, "update.em_reverse": "draws", "update.em_proposal": "draws",
                 "policy.per_head_sigma": False}
 
 # The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
@@ -247,6 +247,10 @@ class UpdateConfig:
         "em update: the samples of its reverse KL (sigma's fit): draws (the M samples, heads drawn from p(c|s)) or "
         "heads (--em-per-head noises of every head weighted by p(c|s); the heads' probabilities then also follow "
         "the reverse KL's gradient beside their fit; K x --em-per-head critic rows per state)", default="draws")
+    em_proposal: Literal["draws", "heads"] = doc(
+        "em update: the centres of its local candidates: draws (the M samples, heads drawn from p(c|s)) or heads "
+        "(the --em-per-head noises of every head, so that a head of small probability still gets candidates "
+        "around it and its mode cannot starve)", default="draws")
     em_sharpness: float = doc("em update: power on the heads' posterior odds in the responsibilities (1: the "
                               "posterior; > 1 sharper, inf: each candidate to its most likely head), so that a head "
                               "straddling two modes gives up the one other heads hold", default=1.0)

@@ -226,3 +226,34 @@ def test_a_sigma_per_head_gives_each_component_its_own_heads_width():
     assert bool((grad[:6].abs().sum(1) > 0).all())  # every head's log-std rows moved
     with pytest.raises(ValueError, match="needs heads > 1"):
         SMFPPolicy(3, 2, heads=1, per_head_sigma=True)
+
+
+@pytest.mark.parametrize("proposal, expect_mass", [("draws", False), ("heads", True)])
+def test_proposals_around_every_head_let_an_improbable_head_find_its_mode(proposal, expect_mass):
+    torch.manual_seed(0)
+    pol = SMFPPolicy(1, 1, hidden=(32, 32), sigma_hidden=(16,), heads=2, per_head_sigma=True, noise_scale=0.0)
+    with torch.no_grad():  # each head a narrow bump (no noise input), head 1 far from head 0 and improbable
+        pol.sigma_net[-1].bias[-2:] = torch.tensor([6.0, -6.0])  # p(head 1) ~ 6e-6: the M draws never pick it
+        pol.sigma_net[-1].bias[:2] = -3.0
+        pol.u_net[0].weight[:, -1] += 6.0 * torch.randn(pol.u_net[0].weight.shape[0])
+        pol.u_net[-1].weight *= 8.0
+    obs = torch.zeros(8, 1)
+    with torch.no_grad():
+        centres = torch.tanh(pol.component_means(obs[:1], pol.head_layout(1, 64, obs[:1]))).reshape(2, 64).mean(1)
+    assert abs(float(centres[0] - centres[1])) > 0.3  # the two heads sit apart
+    peak = float(centres[1])
+    q_fn = lambda o, a: -50.0 * (a[:, 0] - peak).pow(2)  # noqa: E731  (the good actions are head 1's)
+    cfg = dataclasses.replace(TrainConfig().update, actor_update="em", fit_anchor=0, fit_local=16, fit_uniform=0,
+                              fit_local_scale=2.0, em_per_head=4, em_reverse="heads", em_proposal=proposal)
+    torch.manual_seed(0)
+    _, _, _, _, info = em_actor_loss(pol, q_fn, None, obs, 0.2, 0.0, 4, cfg)
+    assert (float(info["head_masses"][1]) > 0.5) == expect_mass
+
+
+def test_candidates_take_an_anchor_with_its_own_number_of_components():
+    from smfp.update.fit import fit_candidates
+    torch.manual_seed(0)
+    anchor = (torch.randn(3, 8, 2), torch.full((3, 1, 2), -1.0))  # M = 8 anchor components
+    policy = (torch.randn(3, 6, 2), torch.full((3, 6, 2), -1.0))  # 6 proposal centres (e.g. 3 heads x 2)
+    cand = fit_candidates(lambda o, a: -a.pow(2).sum(-1), torch.zeros(3, 1), 0.2, 0.2, anchor, policy, 4, 4, 4, 2.0)
+    assert cand.x.shape == (3, 12, 2) and torch.allclose(cand.w.sum(1), torch.ones(3))

@@ -74,12 +74,12 @@ def fit_candidates(q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], o
     if anchor is None:
         anchor = (p_mean, p_log_std)
     a_mean, a_log_std = anchor
-    a_log_std = a_log_std.expand(b, m, d)
+    a_log_std = a_log_std.expand(a_mean.shape)  # the anchor may have its own number of components
     p_log_std = p_log_std.expand(b, m, d)
     loc_log_std = p_log_std + math.log(local_scale)
     parts, kinds = [], []
     if n_anchor > 0:
-        idx = _pick_components(b, n_anchor, m).unsqueeze(-1).expand(b, n_anchor, d)
+        idx = _pick_components(b, n_anchor, a_mean.shape[1]).unsqueeze(-1).expand(b, n_anchor, d)
         mu, ls = torch.gather(a_mean, 1, idx), torch.gather(a_log_std, 1, idx)
         parts.append(mu + ls.exp() * torch.randn_like(mu))
         kinds.append(("anchor", n_anchor))
