@@ -249,15 +249,15 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
             lp = log_p.detach()
             kl = kl + (lp.exp() * (lp - anchor.head_log_probs(obs))).sum(1).mean()
     b, m, d = smp.mean.shape
+    layout = mean = None
+    proposal = (smp.mean, smp.log_std)  # draws: around the M samples
     if cfg.em_proposal == "heads":  # local candidates around every head's draws, whatever its probability
         layout = policy.head_layout(b, cfg.em_per_head, obs)
         mean = policy.component_means(obs, layout)
         proposal = (mean.detach(), policy.noise_log_std(obs, layout).detach())
-        cand = fit_candidates(q_fn, obs, alpha, md_lambda, anchor_components, proposal,
-                              cfg.fit_anchor, cfg.fit_local, cfg.fit_uniform, cfg.fit_local_scale)
-    else:
-        cand = fit_candidates(q_fn, obs, alpha, md_lambda, anchor_components, (smp.mean, smp.log_std),
-                              cfg.fit_anchor, cfg.fit_local, cfg.fit_uniform, cfg.fit_local_scale)
+    cand = fit_candidates(q_fn, obs, alpha, md_lambda, anchor_components, proposal,
+                          cfg.fit_anchor, cfg.fit_local, cfg.fit_uniform, cfg.fit_local_scale)
+    if layout is None:  # drawn after the candidates, so that draws keeps its order of random numbers
         layout = policy.head_layout(b, cfg.em_per_head, obs)
         mean = policy.component_means(obs, layout)
     fit, probs, masses = em_fit_loss(mean, layout[..., :d], log_p, cand, cfg.em_per_head, cfg.em_bandwidth,
