@@ -114,7 +114,7 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "multimodal": False, "policy.q_states": 0,
                 "update.fit_noises": 0, "policy.heads": 1, "update.em_per_head": 4, "update.em_bandwidth": 0.1,
                 "update.em_sharpness": 1.0, "update.em_reverse": "draws", "update.em_proposal": "draws",
-                "policy.per_head_sigma": False}
+                "policy.per_head_sigma": False, "update.em_mass_coef": 1.0}
 
 # The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_", "update.em_")
@@ -254,6 +254,10 @@ class UpdateConfig:
     em_sharpness: float = doc("em update: power on the heads' posterior odds in the responsibilities (1: the "
                               "posterior; > 1 sharper, inf: each candidate to its most likely head), so that a head "
                               "straddling two modes gives up the one other heads hold", default=1.0)
+    em_mass_coef: float = doc("em update: weight of the cross-entropy of the heads' probabilities to the target's "
+                              "importance-weighted masses (at a low effective sample size those masses follow the "
+                              "current probabilities, so a mode with fewer candidates loses mass; 0 leaves the "
+                              "probabilities to the reverse KL of --em-reverse heads)", default=1.0)
     hybrid_gate: bool = doc("hybrid update with the coupled loss: drop the reverse KL's gradient at a sample whose "
                             "descent direction points away from the sample's coupled target", default=True)
     value_backup: Literal["policy", "soft-optimal"] = doc(
@@ -433,6 +437,9 @@ class TrainConfig:
                                                  or not self.update.em_sharpness > 0):
             raise ConfigError(f"--em-per-head must be >= 1, --em-bandwidth and --em-sharpness positive, got "
                               f"{self.update.em_per_head}, {self.update.em_bandwidth} and {self.update.em_sharpness}")
+        if self.update.actor_update == "em" and not self.update.em_mass_coef >= 0:
+            raise ConfigError(f"--em-mass-coef must be >= 0 (0: the probabilities follow the reverse KL alone), got "
+                              f"{self.update.em_mass_coef}")
         if self.update.actor_update != "reparam":
             self._validate_fit()
         if self.policy.q_states > self.update.batch_size:

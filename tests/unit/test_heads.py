@@ -119,6 +119,21 @@ def test_em_loss_moves_the_map_by_the_fit_and_sigma_by_the_reverse_kl():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in pol.sigma_net.parameters())
 
 
+@pytest.mark.parametrize("mass_coef", [0.0, 1.0])
+def test_the_mass_coefficient_alone_carries_the_probabilities_fit(mass_coef):
+    # with the reverse KL on the M draws (no gradient to p(c|s)), the logits learn from the masses' cross-entropy only
+    pol = _policy(heads=2, obs_dim=1, act_dim=1)
+    cfg = dataclasses.replace(TrainConfig().update, actor_update="em", fit_anchor=0, fit_local=4, fit_uniform=8,
+                              em_reverse="draws", em_mass_coef=mass_coef)
+    torch.manual_seed(0)
+    loss, *_ = em_actor_loss(pol, lambda o, a: -(a[:, 0] - 0.5).pow(2), None, torch.zeros(4, 1), 0.2, 0.0, 4, cfg)
+    loss.backward()
+    last = [m for m in pol.sigma_net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    logits_grad = float(last.weight.grad[-2:].abs().sum() + last.bias.grad[-2:].abs().sum())
+    assert (logits_grad > 1e-6) == (mass_coef > 0)
+    assert float(last.bias.grad[:-2].abs().sum()) > 0  # sigma still learns either way
+
+
 @pytest.mark.parametrize("changes, needle", [
     ({"algo": "smfp", "policy.heads": 4}, "--heads 4 needs --actor-update em"),
     ({"algo": "sac", "policy.heads": 2, "update.actor_update": "em"}, "--heads applies to --algo smfp"),
@@ -127,6 +142,7 @@ def test_em_loss_moves_the_map_by_the_fit_and_sigma_by_the_reverse_kl():
     ({"algo": "smfp", "update.actor_update": "em", "update.em_per_head": 0}, "--em-per-head must be >= 1"),
     ({"algo": "smfp", "update.actor_update": "em", "update.em_bandwidth": 0.0}, "--em-bandwidth and --em-sharpness"),
     ({"algo": "smfp", "update.actor_update": "em", "update.em_sharpness": float("nan")}, "--em-sharpness positive"),
+    ({"algo": "smfp", "update.actor_update": "em", "update.em_mass_coef": -1.0}, "--em-mass-coef must be >= 0"),
 ])
 def test_head_settings_that_cannot_work_are_refused(changes, needle):
     cfg = TrainConfig(algo=changes.pop("algo"), run_dir="unused")

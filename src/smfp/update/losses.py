@@ -235,7 +235,7 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
     M samples per state (heads drawn from ``p(c|s)``) give the proposals and the logged entropy and KL (the
     shared-noise KL of the components plus the KL of the heads' probabilities); candidates weighted by the
     step's target ``p* ~ pi_k^(lambda/(alpha+lambda)) exp(Q/(alpha+lambda))`` as in the fit update; then
-    ``cfg.fit_coef`` x each head's coupled regression + the cross-entropy of the heads' probabilities to the
+    ``cfg.fit_coef`` x each head's coupled regression + ``cfg.em_mass_coef`` x the cross-entropy of the heads' probabilities to the
     target's masses (``smfp.update.fit.em_fit_loss``, on ``cfg.em_per_head`` noises of every head) +
     ``cfg.hybrid_coef`` x the reverse KL to ``p*`` with the means held, which sets sigma only (the map follows
     the fit alone: the reverse KL's pathwise pull on the means makes every head cover every mode).
@@ -262,7 +262,7 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
         mean = policy.component_means(obs, layout)
     fit, probs, masses = em_fit_loss(mean, layout[..., :d], log_p, cand, cfg.em_per_head, cfg.em_bandwidth,
                                      cfg.em_sharpness)
-    loss = cfg.fit_coef * fit + probs
+    loss = cfg.fit_coef * fit + cfg.em_mass_coef * probs
     if cfg.hybrid_coef > 0:
         if cfg.em_reverse == "heads":  # every head's noises, weighted by p(c|s): the logits get this gradient too
             centres = mean.detach()
