@@ -114,7 +114,8 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "multimodal": False, "policy.q_states": 0,
                 "update.fit_noises": 0, "policy.heads": 1, "update.em_per_head": 4, "update.em_bandwidth": 0.1,
                 "update.em_sharpness": 1.0, "update.em_reverse": "draws", "update.em_proposal": "draws",
-                "policy.per_head_sigma": False, "update.em_mass_coef": 1.0}
+                "policy.per_head_sigma": False, "update.em_mass_coef": 1.0,
+                "update.em_masses": "candidates"}
 
 # The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_", "update.em_")
@@ -258,6 +259,11 @@ class UpdateConfig:
                               "importance-weighted masses (at a low effective sample size those masses follow the "
                               "current probabilities, so a mode with fewer candidates loses mass; 0 leaves the "
                               "probabilities to the reverse KL of --em-reverse heads)", default=1.0)
+    em_masses: Literal["candidates", "heads"] = doc(
+        "em update: the target masses of the heads' probabilities: candidates (the importance-weighted candidates' "
+        "shares; p(c|s) also follows the reverse KL's gradient under --em-reverse heads) or heads (each head's own "
+        "reverse-KL draws: m_c ~ p_c x the mean of p*/pi over them, the EM step for mixture weights, no extra critic "
+        "rows; p(c|s) follows these masses alone; needs --em-reverse heads)", default="candidates")
     hybrid_gate: bool = doc("hybrid update with the coupled loss: drop the reverse KL's gradient at a sample whose "
                             "descent direction points away from the sample's coupled target", default=True)
     value_backup: Literal["policy", "soft-optimal"] = doc(
@@ -437,6 +443,10 @@ class TrainConfig:
                                                  or not self.update.em_sharpness > 0):
             raise ConfigError(f"--em-per-head must be >= 1, --em-bandwidth and --em-sharpness positive, got "
                               f"{self.update.em_per_head}, {self.update.em_bandwidth} and {self.update.em_sharpness}")
+        if self.update.actor_update == "em" and self.update.em_masses == "heads" and (
+                self.update.em_reverse != "heads" or not self.update.hybrid_coef > 0):
+            raise ConfigError("--em-masses heads reads each head's reverse-KL draws: add --em-reverse heads and keep "
+                              "--hybrid-coef above 0")
         if self.update.actor_update == "em" and not self.update.em_mass_coef >= 0:
             raise ConfigError(f"--em-mass-coef must be >= 0 (0: the probabilities follow the reverse KL alone), got "
                               f"{self.update.em_mass_coef}")

@@ -143,6 +143,7 @@ def test_the_mass_coefficient_alone_carries_the_probabilities_fit(mass_coef):
     ({"algo": "smfp", "update.actor_update": "em", "update.em_bandwidth": 0.0}, "--em-bandwidth and --em-sharpness"),
     ({"algo": "smfp", "update.actor_update": "em", "update.em_sharpness": float("nan")}, "--em-sharpness positive"),
     ({"algo": "smfp", "update.actor_update": "em", "update.em_mass_coef": -1.0}, "--em-mass-coef must be >= 0"),
+    ({"algo": "smfp", "update.actor_update": "em", "update.em_masses": "heads"}, "--em-masses heads reads"),
 ])
 def test_head_settings_that_cannot_work_are_refused(changes, needle):
     cfg = TrainConfig(algo=changes.pop("algo"), run_dir="unused")
@@ -273,3 +274,55 @@ def test_candidates_take_an_anchor_with_its_own_number_of_components():
     policy = (torch.randn(3, 6, 2), torch.full((3, 6, 2), -1.0))  # 6 proposal centres (e.g. 3 heads x 2)
     cand = fit_candidates(lambda o, a: -a.pow(2).sum(-1), torch.zeros(3, 1), 0.2, 0.2, anchor, policy, 4, 4, 4, 2.0)
     assert cand.x.shape == (3, 12, 2) and torch.allclose(cand.w.sum(1), torch.ones(3))
+
+
+def _two_heads_apart(p1_logit: float) -> tuple[SMFPPolicy, torch.Tensor]:
+    torch.manual_seed(0)
+    pol = SMFPPolicy(1, 1, hidden=(32, 32), sigma_hidden=(16,), heads=2, per_head_sigma=True, noise_scale=0.0)
+    with torch.no_grad():  # each head a narrow bump (no noise input), the two apart
+        pol.sigma_net[-1].bias[-2:] = torch.tensor([p1_logit, -p1_logit])
+        pol.sigma_net[-1].bias[:2] = -3.0
+        pol.u_net[0].weight[:, -1] += 6.0 * torch.randn(pol.u_net[0].weight.shape[0])
+        pol.u_net[-1].weight *= 8.0
+    obs = torch.zeros(1, 1)
+    centres = torch.tanh(pol.component_means(obs, pol.head_layout(1, 64, obs))).reshape(2, 64).mean(1).detach()
+    assert abs(float(centres[0] - centres[1])) > 0.3
+    return pol, centres
+
+
+@pytest.mark.parametrize("masses", ["candidates", "heads"])
+def test_head_masses_from_each_heads_own_draws_do_not_follow_the_current_probabilities(masses):
+    # two equally good modes, one head on each, p(head 1) about 0.13 or 0.09: the target's masses are 1:1. With few
+    # candidates (none uniform, local ones around the M draws) their shares follow p; each head's own draws do not.
+    estimates = []
+    for logit in (0.69, 0.9):
+        pol, centres = _two_heads_apart(logit)
+        c0, c1 = float(centres[0]), float(centres[1])
+        q_fn = lambda o, a: torch.maximum(-50.0 * (a[:, 0] - c0).pow(2), -50.0 * (a[:, 0] - c1).pow(2))  # noqa: E731
+        cfg = dataclasses.replace(TrainConfig().update, actor_update="em", fit_anchor=0, fit_local=4, fit_uniform=0,
+                                  fit_local_scale=2.0, em_per_head=4, em_reverse="heads", em_masses=masses)
+        obs = torch.zeros(64, 1)
+        assert float(pol.head_log_probs(obs[:1]).detach().exp()[0, 1]) < 0.15
+        torch.manual_seed(0)
+        _, _, _, _, info = em_actor_loss(pol, q_fn, None, obs, 0.2, 0.0, 4, cfg)
+        estimates.append(float(info["head_masses"][1]))
+    if masses == "heads":
+        assert min(estimates) > 0.3 and abs(estimates[0] - estimates[1]) < 0.02
+    else:
+        assert max(estimates) < 0.2 and estimates[0] > estimates[1] + 0.02
+
+
+@pytest.mark.parametrize("mass_coef", [0.0, 1.0])
+def test_under_heads_masses_the_probabilities_learn_from_the_masses_alone(mass_coef):
+    pol, centres = _two_heads_apart(0.69)
+    cfg = dataclasses.replace(TrainConfig().update, actor_update="em", fit_anchor=0, fit_local=4, fit_uniform=4,
+                              em_per_head=4, em_reverse="heads", em_masses="heads", em_mass_coef=mass_coef)
+    torch.manual_seed(0)
+    loss, *_ = em_actor_loss(pol, lambda o, a: -(a[:, 0] - float(centres[1])).pow(2), None, torch.zeros(8, 1), 0.2,
+                             0.0, 4, cfg)
+    loss.backward()
+    last = pol.sigma_net[-1]
+    logits_grad = float(last.weight.grad[-2:].abs().sum() + last.bias.grad[-2:].abs().sum())
+    assert (logits_grad > 1e-6) == (mass_coef > 0)
+    if mass_coef > 0:
+        assert float(last.bias.grad[-1]) < 0  # descent raises the logit of head 1, the one on Q's peak

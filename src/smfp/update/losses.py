@@ -262,7 +262,7 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
         mean = policy.component_means(obs, layout)
     fit, probs, masses = em_fit_loss(mean, layout[..., :d], log_p, cand, cfg.em_per_head, cfg.em_bandwidth,
                                      cfg.em_sharpness)
-    loss = cfg.fit_coef * fit + cfg.em_mass_coef * probs
+    loss = cfg.fit_coef * fit + (cfg.em_mass_coef * probs if cfg.em_masses == "candidates" else 0.0)
     if cfg.hybrid_coef > 0:
         if cfg.em_reverse == "heads":  # every head's noises, weighted by p(c|s): the logits get this gradient too
             centres = mean.detach()
@@ -287,5 +287,15 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
                     a_log_w = _per_draw(anchor.head_log_probs(obs), cfg.em_per_head)
             reverse = reverse - md_lambda * (_mixture_log_prob(x, a_mean, a_log_std, a_log_w) - log_det)
         weight = torch.full_like(reverse, 1.0 / n) if log_w is None else log_w.exp()
+        if cfg.em_masses == "heads":  # p(c|s) follows the masses below alone: the reverse KL's pull on it drifts
+            weight = weight.detach()
         loss = loss + cfg.hybrid_coef * (weight * reverse).sum(1).mean() / (alpha + md_lambda)
+        if cfg.em_masses == "heads":  # m_c ~ p_c E_{x ~ head c}[p*(x) / pi(x)]: each head's own draws, not the candidates
+            with torch.no_grad():
+                k = log_p.shape[1]
+                ratio = (-reverse / (alpha + md_lambda)).reshape(b, k, cfg.em_per_head)
+                masses = torch.softmax(log_p.detach() + torch.logsumexp(ratio, 2), 1)
+            loss = loss - cfg.em_mass_coef * (masses * log_p).sum(1).mean()
+    elif cfg.em_masses == "heads":
+        raise ValueError("em_masses='heads' needs the reverse KL on every head (em_reverse='heads', hybrid_coef > 0)")
     return loss, smp, kl, anchor_components, {"ess": cand.ess, "head_masses": masses.mean(0)}
