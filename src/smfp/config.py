@@ -115,7 +115,8 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "update.fit_noises": 0, "policy.heads": 1, "update.em_per_head": 4, "update.em_bandwidth": 0.1,
                 "update.em_sharpness": 1.0, "update.em_reverse": "draws", "update.em_proposal": "draws",
                 "policy.per_head_sigma": False, "update.em_mass_coef": 1.0,
-                "update.em_masses": "candidates"}
+                "update.em_masses": "candidates",
+                "update.em_reverse_logits": True}
 
 # The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_", "update.em_")
@@ -261,9 +262,11 @@ class UpdateConfig:
                               "probabilities to the reverse KL of --em-reverse heads)", default=1.0)
     em_masses: Literal["candidates", "heads"] = doc(
         "em update: the target masses of the heads' probabilities: candidates (the importance-weighted candidates' "
-        "shares; p(c|s) also follows the reverse KL's gradient under --em-reverse heads) or heads (each head's own "
-        "reverse-KL draws: m_c ~ p_c x the mean of p*/pi over them, the EM step for mixture weights, no extra critic "
-        "rows; p(c|s) follows these masses alone; needs --em-reverse heads)", default="candidates")
+        "shares) or heads (each head's own reverse-KL draws: m_c ~ p_c x the mean of p*/pi over them, the EM step "
+        "for mixture weights, which does not follow the current p(c|s); no extra critic rows; needs --em-reverse "
+        "heads)", default="candidates")
+    em_reverse_logits: bool = doc("em update with --em-reverse heads: the reverse KL's gradient also reaches the heads' "
+                                  "probabilities (off: they follow their masses' cross-entropy alone)", default=True)
     hybrid_gate: bool = doc("hybrid update with the coupled loss: drop the reverse KL's gradient at a sample whose "
                             "descent direction points away from the sample's coupled target", default=True)
     value_backup: Literal["policy", "soft-optimal"] = doc(

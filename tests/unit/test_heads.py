@@ -312,17 +312,18 @@ def test_head_masses_from_each_heads_own_draws_do_not_follow_the_current_probabi
         assert max(estimates) < 0.2 and estimates[0] > estimates[1] + 0.02
 
 
-@pytest.mark.parametrize("mass_coef", [0.0, 1.0])
-def test_under_heads_masses_the_probabilities_learn_from_the_masses_alone(mass_coef):
+@pytest.mark.parametrize("mass_coef, reverse_logits", [(0.0, False), (1.0, False), (0.0, True)])
+def test_without_the_reverse_kls_gradient_the_probabilities_learn_from_the_masses_alone(mass_coef, reverse_logits):
     pol, centres = _two_heads_apart(0.69)
     cfg = dataclasses.replace(TrainConfig().update, actor_update="em", fit_anchor=0, fit_local=4, fit_uniform=4,
-                              em_per_head=4, em_reverse="heads", em_masses="heads", em_mass_coef=mass_coef)
+                              em_per_head=4, em_reverse="heads", em_masses="heads", em_mass_coef=mass_coef,
+                              em_reverse_logits=reverse_logits)
     torch.manual_seed(0)
     loss, *_ = em_actor_loss(pol, lambda o, a: -(a[:, 0] - float(centres[1])).pow(2), None, torch.zeros(8, 1), 0.2,
                              0.0, 4, cfg)
     loss.backward()
     last = pol.sigma_net[-1]
     logits_grad = float(last.weight.grad[-2:].abs().sum() + last.bias.grad[-2:].abs().sum())
-    assert (logits_grad > 1e-6) == (mass_coef > 0)
+    assert (logits_grad > 1e-6) == (mass_coef > 0 or reverse_logits)
     if mass_coef > 0:
         assert float(last.bias.grad[-1]) < 0  # descent raises the logit of head 1, the one on Q's peak

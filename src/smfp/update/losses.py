@@ -287,7 +287,7 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
                     a_log_w = _per_draw(anchor.head_log_probs(obs), cfg.em_per_head)
             reverse = reverse - md_lambda * (_mixture_log_prob(x, a_mean, a_log_std, a_log_w) - log_det)
         weight = torch.full_like(reverse, 1.0 / n) if log_w is None else log_w.exp()
-        if cfg.em_masses == "heads":  # p(c|s) follows the masses below alone: the reverse KL's pull on it drifts
+        if log_w is not None and not cfg.em_reverse_logits:  # p(c|s) then follows its masses alone
             weight = weight.detach()
         loss = loss + cfg.hybrid_coef * (weight * reverse).sum(1).mean() / (alpha + md_lambda)
         if cfg.em_masses == "heads":  # m_c ~ p_c E_{x ~ head c}[p*(x) / pi(x)]: each head's own draws, not the candidates
