@@ -327,3 +327,19 @@ def test_without_the_reverse_kls_gradient_the_probabilities_learn_from_the_masse
     assert (logits_grad > 1e-6) == (mass_coef > 0 or reverse_logits)
     if mass_coef > 0:
         assert float(last.bias.grad[-1]) < 0  # descent raises the logit of head 1, the one on Q's peak
+
+
+def test_heads_masses_with_mirror_descent_are_the_em_step_toward_the_anchored_target():
+    # the anchor's term enters p* ~ pi_k^(lambda/(alpha+lambda)) exp(Q/(alpha+lambda)): with the anchor equal to the
+    # policy, a flat Q and alpha << lambda, p* is pi itself and every head keeps its probability (without the anchor's
+    # term the step would flatten them toward 1:1)
+    import copy
+    pol, _ = _two_heads_apart(0.69)
+    anchor = copy.deepcopy(pol).requires_grad_(False)
+    cfg = dataclasses.replace(TrainConfig().update, actor_update="em", fit_anchor=4, fit_local=4, fit_uniform=4,
+                              em_per_head=4, em_reverse="heads", em_masses="heads")
+    obs = torch.zeros(16, 1)
+    torch.manual_seed(0)
+    _, _, _, _, info = em_actor_loss(pol, lambda o, a: torch.zeros(a.shape[0]), anchor, obs, 1e-3, 1.0, 4, cfg)
+    p = pol.head_log_probs(obs[:1]).detach().exp()[0]
+    assert float(p[1]) < 0.15 and torch.allclose(info["head_masses"], p, atol=0.01)
