@@ -116,6 +116,22 @@ def summarize(task: str, eps: list[dict]) -> dict:
     return s
 
 
+def task_verdict(agent, samples: int, seed: int = 0) -> str | None:
+    """What ``smfp inspect RUN_DIR`` says of the task from this run's critic (its default probe states: the start
+    and states along two fresh episodes); None without a critic or a temperature."""
+    import torch
+
+    from smfp.monitor.modes import assess_state, probe_states
+    from smfp.monitor.target import assess_targets, target_verdict
+
+    if agent.critic is None or not agent.alpha:
+        return None
+    probe = probe_states(agent, 8, 2, seed)
+    torch.manual_seed(seed)
+    modes = [assess_state(agent.policy, s, samples).modes for s in probe]
+    return target_verdict(assess_targets(agent.policy, agent.critic, probe, agent.alpha, modes, seed))
+
+
 def multigoal_checks(agent, summ: dict, start_obs: np.ndarray, episodes: int, seed: int) -> dict:
     """The blocked-goal test and the critic's own target at the start (``smfp.monitor.multigoal``)."""
     from smfp.monitor.multigoal import blocked_goal_test, target_at
@@ -299,7 +315,7 @@ def run_demo(opts: DemoOptions) -> dict:
                 if task == "multigoal":
                     summ.update(multigoal_checks(agent, summ, start_obs, opts.episodes, opts.eval_seed))
                 summ.update(entropy_start=rep.entropy, modes_start=rep.modes, train_seconds=train_s,
-                            steps=cfg.total_steps)
+                            steps=cfg.total_steps, task_verdict=task_verdict(agent, opts.samples))
                 results["tasks"][task].setdefault(algo, {})[seed] = summ
                 results["settings"][f"{task}.{algo}"] = {"steps": cfg.total_steps, **{
                     k: list(v) if isinstance(v, tuple) else v
@@ -368,4 +384,8 @@ def format_table(results: dict, episodes: int) -> str:
     if "multigoal" in results["tasks"]:
         lines.append("blocked: episodes that reach a goal with the run's most reached goal walled off; tgt modes / "
                      "TV: the critic's target exp(Q/alpha) at the start, its modes and the policy's TV to it")
+    for task, by_algo in results["tasks"].items():
+        for seed, s in by_algo.get("sac", {}).items():
+            if s.get("task_verdict"):
+                lines.append(f"smfp inspect on the SAC run ({task}, seed {seed}): {s['task_verdict']}")
     return "\n".join(lines)

@@ -63,6 +63,11 @@ def test_demo_quick_smoke_runs_end_to_end(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     mg = summary["tasks"]["multigoal"]["smfp"]["0"]
     assert mg["episodes"] == 10 and sum(mg["goal_counts"].values()) == mg["reached"] <= 10
+    # smfp inspect's verdict on each SAC run (what `smfp inspect RUN_DIR` would print), from the run's own critic
+    for task in ("multigoal", "hallway"):
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(f"smfp inspect on the SAC run ({task}, seed 0): "))
+        assert line.split(": ", 1)[1] == summary["tasks"][task]["sac"]["0"]["task_verdict"]
+        assert summary["tasks"][task]["sac"]["0"]["task_verdict"].startswith("the critic's target")
     hw = summary["tasks"]["hallway"]["sac"]["0"]
     assert hw["success"] + hw["collision"] <= 10 and set(hw["routes"]) == {"up", "down"}
     for run in ("multigoal/sac-s0", "multigoal/smfp-s0", "hallway/sac-s0", "hallway/smfp-s0"):

@@ -11,8 +11,8 @@ import numpy as np
 from smfp.agent import load_agent
 from smfp.cli.args import fail
 from smfp.monitor.modes import (DEFAULT_MIN_MASS, assess_state, entropy_gap_from_metrics, format_report, plot_states,
-                                probe_states, sample_actions, verdict)
-from smfp.monitor.target import POLICY_SAMPLES, assess_target, plot_target, target_verdict
+                                probe_states, verdict)
+from smfp.monitor.target import assess_targets, plot_target, target_verdict
 from smfp.storage.rundir import RunDir
 
 
@@ -44,10 +44,7 @@ def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, sa
            "train_entropy": entropy_gap_from_metrics(base)}
     alpha = agent.alpha if alpha is None else alpha
     if agent.critic is not None and alpha is not None and alpha > 0:
-        rng = np.random.default_rng(seed)
-        targets = [assess_target(agent.policy, agent.critic, s, alpha, rng,
-                                 sample_actions(agent.policy, s, POLICY_SAMPLES)[0], r.modes, min_mass)
-                   for s, r in zip(probe, reports)]
+        targets = assess_targets(agent.policy, agent.critic, probe, alpha, [r.modes for r in reports], seed, min_mass)
         for entry, t in zip(out["states"], targets):
             entry.update(t.to_json())
         out["target_verdict"] = target_verdict(targets)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from smfp.monitor.modes import DEFAULT_MIN_MASS, count_modes
+from smfp.monitor.modes import DEFAULT_MIN_MASS, count_modes, sample_actions
 
 GRID = {1: 401, 2: 121}
 TV_BINS = {1: 40, 2: 20}
@@ -145,6 +145,14 @@ def assess_target(policy, critic, obs, alpha: float, rng: np.random.Generator, p
                         draws=draws, policy_actions=policy_actions, grid_density=grid_density)
 
 
+def assess_targets(policy, critic, states, alpha: float, policy_modes: list[int], seed: int = 0,
+                   min_mass: float = DEFAULT_MIN_MASS) -> list[TargetReport]:
+    """``assess_target`` at each of ``states`` (``smfp inspect``'s assessment), the policy's own samples drawn there."""
+    rng = np.random.default_rng(seed)
+    return [assess_target(policy, critic, s, alpha, rng, sample_actions(policy, s, POLICY_SAMPLES)[0], k, min_mass)
+            for s, k in zip(states, policy_modes)]
+
+
 def target_verdict(reports: list[TargetReport]) -> str:
     if not reports:
         return "no states probed"
@@ -191,4 +199,4 @@ def plot_target(report: TargetReport, path, title: str = ""):
     return path
 
 
-__all__ = ["TargetReport", "assess_target", "plot_target", "target_verdict"]
+__all__ = ["TargetReport", "assess_target", "assess_targets", "plot_target", "target_verdict"]
