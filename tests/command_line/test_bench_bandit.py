@@ -14,6 +14,7 @@ def test_cases_and_settings_reach_the_suite(tmp_path):
     report = json.loads(proc.stdout)
     assert [(r["target"], r["alpha"]) for r in report["results"]] == [("unimodal", 0.2), ("unimodal", 0.6)]
     assert report["settings"] == {"actor_update": "hybrid", "fit_coef": 5.0}
+    assert report["passed"] == {"smfp": [sum(r["pass"] for r in report["results"]), 2]}
 
 
 def test_a_setting_reaches_the_learner_and_bad_ones_are_one_line():

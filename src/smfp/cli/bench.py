@@ -67,6 +67,7 @@ def cmd_bench_bandit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     else:
+        print("rows passed: " + ", ".join(f"{algo} {n} of {total}" for algo, (n, total) in report["passed"].items()))
         print(f"SMFP {'passes' if report['smfp_pass'] else 'does NOT pass'}: TV <= {report['tv_max']} and every "
               f"share within {report['share_tol']} of the target's, in every case")
     return 0 if report["smfp_pass"] or "smfp" not in algos else 1

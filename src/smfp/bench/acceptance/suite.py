@@ -185,8 +185,10 @@ def run_suite(seeds: Sequence[int] = (0, 1, 2), algos: Sequence[str] = ("smfp", 
                 if progress is not None:
                     progress(row)
     smfp_rows = [r for r in results if r["policy"] == "smfp"]
+    passed = {algo: [sum(r["pass"] for r in results if r["algo"] == algo), sum(r["algo"] == algo for r in results)]
+              for algo in algos}
     return {"results": results, "steps": steps, "tv_max": TV_MAX, "share_tol": SHARE_TOL,
-            "share_radius": SHARE_RADIUS, "samples": SAMPLES, "eval_mode": "sample",
+            "share_radius": SHARE_RADIUS, "samples": SAMPLES, "eval_mode": "sample", "passed": passed,
             "smfp_pass": bool(smfp_rows) and all(r["pass"] for r in smfp_rows)}
 
 
