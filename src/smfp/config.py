@@ -265,8 +265,9 @@ class UpdateConfig:
         "shares) or heads (each head's own reverse-KL draws: m_c ~ p_c x the mean of p*/pi over them, the EM step "
         "for mixture weights, which does not follow the current p(c|s); no extra critic rows; needs --em-reverse "
         "heads)", default="candidates")
-    em_reverse_logits: bool = doc("em update with --em-reverse heads: the reverse KL's gradient also reaches the heads' "
-                                  "probabilities (off: they follow their masses' cross-entropy alone)", default=True)
+    em_reverse_logits: bool = doc("em update with --em-reverse heads: the reverse KL's gradient also reaches the "
+                                  "heads' probabilities (off: they follow their masses' cross-entropy alone)",
+                                  default=True)
     hybrid_gate: bool = doc("hybrid update with the coupled loss: drop the reverse KL's gradient at a sample whose "
                             "descent direction points away from the sample's coupled target", default=True)
     value_backup: Literal["policy", "soft-optimal"] = doc(

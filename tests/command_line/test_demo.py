@@ -65,7 +65,8 @@ def test_demo_quick_smoke_runs_end_to_end(tmp_path):
     assert mg["episodes"] == 10 and sum(mg["goal_counts"].values()) == mg["reached"] <= 10
     # smfp inspect's verdict on each SAC run (what `smfp inspect RUN_DIR` would print), from the run's own critic
     for task in ("multigoal", "hallway"):
-        line = next(x for x in proc.stdout.splitlines() if x.startswith(f"smfp inspect on the SAC run ({task}, seed 0): "))
+        prefix = f"smfp inspect on the SAC run ({task}, seed 0): "
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(prefix))
         assert line.split(": ", 1)[1] == summary["tasks"][task]["sac"]["0"]["task_verdict"]
         assert summary["tasks"][task]["sac"]["0"]["task_verdict"].startswith("the critic's target")
     hw = summary["tasks"]["hallway"]["sac"]["0"]

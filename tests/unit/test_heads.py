@@ -343,3 +343,12 @@ def test_heads_masses_with_mirror_descent_are_the_em_step_toward_the_anchored_ta
     _, _, _, _, info = em_actor_loss(pol, lambda o, a: torch.zeros(a.shape[0]), anchor, obs, 1e-3, 1.0, 4, cfg)
     p = pol.head_log_probs(obs[:1]).detach().exp()[0]
     assert float(p[1]) < 0.15 and torch.allclose(info["head_masses"], p, atol=0.01)
+
+
+def test_heads_masses_without_every_heads_reverse_kl_draws_is_refused_by_the_loss_too():
+    # the config refuses it first; a direct call must not reshape the M draws' rows as if they were every head's
+    pol, _ = _two_heads_apart(0.69)
+    cfg = dataclasses.replace(TrainConfig().update, actor_update="em", fit_anchor=0, fit_local=4, fit_uniform=4,
+                              em_reverse="draws", em_masses="heads")
+    with pytest.raises(ValueError, match="em_masses='heads' needs"):
+        em_actor_loss(pol, lambda o, a: -a[:, 0].pow(2), None, torch.zeros(4, 1), 0.2, 0.0, 4, cfg)

@@ -235,12 +235,15 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
     M samples per state (heads drawn from ``p(c|s)``) give the proposals and the logged entropy and KL (the
     shared-noise KL of the components plus the KL of the heads' probabilities); candidates weighted by the
     step's target ``p* ~ pi_k^(lambda/(alpha+lambda)) exp(Q/(alpha+lambda))`` as in the fit update; then
-    ``cfg.fit_coef`` x each head's coupled regression + ``cfg.em_mass_coef`` x the cross-entropy of the heads' probabilities to the
-    target's masses (``smfp.update.fit.em_fit_loss``, on ``cfg.em_per_head`` noises of every head) +
+    ``cfg.fit_coef`` x each head's coupled regression + ``cfg.em_mass_coef`` x the cross-entropy of the heads'
+    probabilities to the target's masses (``smfp.update.fit.em_fit_loss``, on ``cfg.em_per_head`` noises of every
+    head; with ``cfg.em_masses == "heads"`` the masses come from each head's own reverse-KL draws instead) +
     ``cfg.hybrid_coef`` x the reverse KL to ``p*`` with the means held, which sets sigma only (the map follows
     the fit alone: the reverse KL's pathwise pull on the means makes every head cover every mode).
     Returns (loss, sample, kl, anchor components or None, {"ess": ..., "head_masses": ...}).
     """
+    if cfg.em_masses == "heads" and (cfg.em_reverse != "heads" or not cfg.hybrid_coef > 0):
+        raise ValueError("em_masses='heads' needs the reverse KL on every head (em_reverse='heads', hybrid_coef > 0)")
     log_p = policy.head_log_probs(obs)  # (B, K), with gradient: the probabilities' own losses below
     with torch.no_grad():
         smp = policy.sample(obs, components)
@@ -290,12 +293,10 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
         if log_w is not None and not cfg.em_reverse_logits:  # p(c|s) then follows its masses alone
             weight = weight.detach()
         loss = loss + cfg.hybrid_coef * (weight * reverse).sum(1).mean() / (alpha + md_lambda)
-        if cfg.em_masses == "heads":  # m_c ~ p_c E_{x ~ head c}[p*(x) / pi(x)]: each head's own draws, not the candidates
+        if cfg.em_masses == "heads":  # m_c ~ p_c E_{x ~ head c}[p*(x) / pi(x)] on each head's own draws
             with torch.no_grad():
                 k = log_p.shape[1]
                 ratio = (-reverse / (alpha + md_lambda)).reshape(b, k, cfg.em_per_head)
                 masses = torch.softmax(log_p.detach() + torch.logsumexp(ratio, 2), 1)
             loss = loss - cfg.em_mass_coef * (masses * log_p).sum(1).mean()
-    elif cfg.em_masses == "heads":
-        raise ValueError("em_masses='heads' needs the reverse KL on every head (em_reverse='heads', hybrid_coef > 0)")
     return loss, smp, kl, anchor_components, {"ess": cand.ess, "head_masses": masses.mean(0)}
