@@ -427,3 +427,53 @@ def test_csv_from_the_cli_also_when_the_report_cannot_normalise(tmp_path, two_ta
         (line,) = capsys.readouterr().err.splitlines()
         assert needle in line
     assert bad.read_text() == "a,b\n1,2\n"
+
+
+def test_curves_csv_keeps_every_evaluation_and_recomputes_the_same_report(tmp_path, two_task_dir, capsys):
+    from smfp.sweep.aggregate import write_curves_csv
+
+    root, ref = two_task_dir
+    add_sample_evals(root / "sac-Pendulum-v1-s0", [-1600, -800, -600, -400])
+    curves = tmp_path / "results" / "curves.csv"
+    curves.parent.mkdir()
+    curves.write_text("algo,commit,env,seed,steps,max_episode_steps,eval_mode,eval_step,return,return_sample\n"
+                      "sac,old,Pendulum-v1,0,400,,mean,400,-9999.000,\n"  # the same run: replaced
+                      "sb3-sac,abc,Hopper-v5,0,200,,mean,100,1.000,\n"  # another run: kept
+                      "sb3-sac,abc,Hopper-v5,0,200,,mean,200,2.000,\n")
+    assert write_curves_csv(root, curves) == (7, 8)  # the incomplete smfp MountainCar seed 1 has no rows
+    lines = curves.read_text().splitlines()
+    assert "sac,unknown,Pendulum-v1,0,400,,mean,400,-300.000,-400.000" in lines and "-9999.000" not in curves.read_text()
+    assert "sac,unknown,Pendulum-v1,1,400,,mean,100,-1200.000," in lines and len(lines) == 1 + 4 * 6 + 5 + 2
+    before = curves.read_text()
+    assert write_curves_csv(root, curves) == (7, 8) and curves.read_text() == before  # idempotent
+
+    # the report from the table equals the report from the run dirs (the complete runs, Hopper dropped)
+    only_mine = tmp_path / "mine.csv"
+    write_curves_csv(root, only_mine)
+    kw = dict(reference=ref, reps=300)
+    from_dirs, from_csv = aggregate(root, **kw), aggregate(only_mine, **kw)
+    mc = from_dirs["per_task"]["MountainCarContinuous-v0"]["smfp"]
+    assert mc["final"] == [30.0, 160.0]  # the run dirs include the incomplete seed, the table does not
+    assert from_csv["per_task"]["MountainCarContinuous-v0"]["smfp"]["final"] == [30.0]
+    assert from_csv["per_task"]["Pendulum-v1"] == from_dirs["per_task"]["Pendulum-v1"]
+    runs = load_runs(only_mine)
+    s0 = next(r for r in runs if (r.algo, r.task, r.seed) == ("sac", "Pendulum-v1", 0))
+    assert s0.final_return_sample() == pytest.approx(-600.0) and s0.complete
+    assert next(r for r in runs if (r.algo, r.seed) == ("sac", 1)).sample_returns is None
+
+    # from the command line: the report (Markdown, curves, profiles) without the run dirs
+    out = tmp_path / "report" / "agg.md"
+    assert main(["aggregate", str(only_mine), "--reference", str(ref), "--reps", "200", "--out", str(out)]) == 0
+    assert out.exists() and out.with_name("agg_curves.png").stat().st_size > 0
+    capsys.readouterr()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    for source, needle in [(bad, "is not a curves table"), (tmp_path / "none.txt", "is not a folder")]:
+        with pytest.raises(SystemExit):
+            main(["aggregate", str(source), "--reference", str(ref)])
+        (line,) = capsys.readouterr().err.splitlines()
+        assert needle in line
+    with pytest.raises(SystemExit):
+        main(["aggregate", str(root), "--reference", str(ref), "--curves-csv", str(bad)])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "is not a curves table" in line and bad.read_text() == "a,b\n1,2\n"

@@ -77,15 +77,23 @@ def _train_flags() -> set[str]:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from smfp.sweep.aggregate import write_aggregate, write_csv
+    from smfp.sweep.aggregate import write_aggregate, write_csv, write_curves_csv
 
-    written = None
-    if args.csv:  # first, so that a table the report cannot normalise still gets its rows
+    written = []
+    # the tables first, so that a table the report cannot normalise still gets its rows
+    if args.csv:
         try:
             mine, total = write_csv(Path(args.dir), Path(args.csv), last=args.last, warn=_warn)
         except SweepError as exc:
             fail(str(exc))
-        written = f"{args.csv} ({mine} rows from {args.dir}, {total} in all)"
+        written.append(f"{args.csv} ({mine} rows from {args.dir}, {total} in all)")
+    if args.curves_csv:
+        try:
+            mine, total = write_curves_csv(Path(args.dir), Path(args.curves_csv))
+        except SweepError as exc:
+            fail(str(exc) + (f" (written before: {'; '.join(written)})" if written else ""))
+        written.append(f"{args.curves_csv} (curves of {mine} runs from {args.dir}, {total} runs in all)")
+    written = "; ".join(written) or None
     try:
         path, res = write_aggregate(Path(args.dir), Path(args.out) if args.out else None, warn=_warn,
                                     baseline=args.baseline, reference=Path(args.reference) if args.reference else None,
@@ -126,7 +134,8 @@ def add_subcommands(sub) -> None:
 
     p = sub.add_parser("aggregate", help="per-task CIs; IQM, probability of improvement and performance profiles "
                                          "(rliable) of normalised scores; learning curves of a sweep")
-    p.add_argument("dir", metavar="DIR", help="a sweep folder (or any folder of run dirs)")
+    p.add_argument("dir", metavar="DIR", help="a sweep folder (or any folder of run dirs), or a curves table "
+                                             "written by --curves-csv (to recompute a report without the run dirs)")
     p.add_argument("--out", default=None, metavar="FILE.md",
                    help="Markdown output (default: DIR/aggregate.md); FILE_curves.png, FILE_profiles.png and FILE.json "
                         "beside it")
@@ -146,4 +155,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--csv", default=None, metavar="FILE.csv",
                    help="also write/update this results table: one row per finished run and eval mode "
                         "(algo,commit,env,seed,steps,final_return,eval_mode); rows of runs not under DIR are kept")
+    p.add_argument("--curves-csv", default=None, metavar="FILE.csv",
+                   help="also write/update this curves table: one row per evaluation of every finished run "
+                        "(algo,commit,env,seed,steps,max_episode_steps,eval_mode,eval_step,return,return_sample); "
+                        "runs not under DIR are kept. `smfp aggregate FILE.csv` "
+                        "recomputes the report from it")
     p.set_defaults(func=cmd_aggregate)

@@ -40,6 +40,11 @@ RANDOM_FILE = "random_scores.json"
 RANDOM_SEED = 10_000  # episodes start like the training loop's evaluations: reset(seed + i)
 CSV_COLUMNS = ("algo", "commit", "env", "seed", "steps", "final_return", "eval_mode")
 CSV_KEY = ("algo", "env", "seed", "eval_mode")
+# A run's learning curve: every evaluation step, in the run's own mode and (empty when not logged) in
+# `sample` mode. ``steps`` is the step the run reached; ``max_episode_steps`` empty for the env's default.
+CURVE_COLUMNS = ("algo", "commit", "env", "seed", "steps", "max_episode_steps", "eval_mode", "eval_step", "return",
+                 "return_sample")
+CURVE_KEY = ("algo", "env", "seed")
 PROVENANCE_FILE = RunDir.PROVENANCE
 # Resamples of the probability of improvement and the performance profiles: at most this many
 # (rliable's own examples use 2000): its probability of improvement runs a Mann-Whitney U test per
@@ -77,9 +82,12 @@ class Run:
 
 
 def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
+    """The evaluated runs under the folder ``root``, or those of a curves CSV (``write_curves_csv``)."""
     root = Path(root)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return runs_from_curves(root)
     if not root.is_dir():
-        raise SweepError(f"{root} is not a folder")
+        raise SweepError(f"{root} is not a folder (nor a curves .csv file)")
     runs = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         run_dir = RunDir(d)
@@ -196,6 +204,100 @@ def write_csv(root: Path, path: Path, last: int = 3, warn=lambda s: None) -> tup
     return len(new), len(rows)
 
 
+def read_curves_csv(path: Path) -> list[dict]:
+    """Rows of an existing curves CSV (none if it does not exist); SweepError if it is another file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SweepError(f"cannot read the curves table {path} ({type(exc).__name__})") from None
+    if not text.strip():
+        return []
+    reader = csv.DictReader(io.StringIO(text))
+    if tuple(reader.fieldnames or ()) != CURVE_COLUMNS:
+        raise SweepError(f"{path} is not a curves table (its header is not {','.join(CURVE_COLUMNS)}); "
+                         "choose another file")
+    rows = []
+    for i, row in enumerate(reader, start=2):
+        if None in row or any(row.get(c) is None for c in CURVE_COLUMNS):
+            raise SweepError(f"{path}: line {i} does not have {len(CURVE_COLUMNS)} fields")
+        rows.append({c: row[c] for c in CURVE_COLUMNS})
+    return rows
+
+
+def curve_rows(runs: list[Run]) -> list[dict]:
+    """One row per evaluation of every complete run."""
+    rows = []
+    for r in runs:
+        if not r.complete:
+            continue
+        base = {"algo": r.algo, "commit": r.commit, "env": r.task, "seed": str(r.seed), "steps": str(r.last_step),
+                "max_episode_steps": "" if r.max_episode_steps is None else str(int(r.max_episode_steps)),
+                "eval_mode": r.eval_mode}
+        # the sample-mode evaluations run at the same steps as the run's own (one eval, both modes)
+        sample = r.sample_returns if r.sample_returns is not None and \
+            len(r.sample_returns) == len(r.eval_returns) else None
+        for i, (step, ret) in enumerate(zip(r.eval_steps, r.eval_returns)):
+            rows.append({**base, "eval_step": str(int(step)), "return": f"{float(ret):.3f}",
+                         "return_sample": "" if sample is None else f"{float(sample[i]):.3f}"})
+    return rows
+
+
+def write_curves_csv(root: Path, path: Path) -> tuple[int, int]:
+    """Merge the curves of the complete runs under ``root`` into the CSV ``path``: every row of a run
+    (algo, env, seed) found under ``root`` is replaced, rows of other runs are kept. Returns (runs from
+    ``root``, runs in the file)."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise SweepError(f"--curves-csv {path} should be a .csv file")
+    old = read_curves_csv(path)
+    new = curve_rows(load_runs(root))
+    key = lambda row: tuple(row[k] for k in CURVE_KEY)  # noqa: E731
+    mine = {key(row) for row in new}
+    rows = [row for row in old if key(row) not in mine] + new
+    rows.sort(key=lambda row: (row["algo"], row["env"], _seed_order(row["seed"]), int(row["eval_step"])))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CURVE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    from smfp.storage.atomic import atomic_write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, buf.getvalue())
+    except OSError as exc:
+        raise SweepError(f"cannot write --curves-csv {path}: {exc.strerror or exc}") from None
+    return len(mine), len({key(row) for row in rows})
+
+
+def runs_from_curves(path: Path) -> list[Run]:
+    """The runs of a curves CSV, as ``load_runs`` reads them from run dirs (complete runs only)."""
+    rows = read_curves_csv(path)
+    groups: dict = {}
+    try:
+        for row in rows:
+            groups.setdefault(tuple(row[k] for k in CURVE_KEY), []).append(row)
+        runs = []
+        for (algo, env, seed), rs in groups.items():
+            rs.sort(key=lambda row: int(row["eval_step"]))
+            first = rs[0]
+            steps = np.array([int(row["eval_step"]) for row in rs], dtype=float)
+            returns = np.array([float(row["return"]) for row in rs])
+            sampled = [row["return_sample"] for row in rs]
+            sample = np.array([float(v) for v in sampled]) if all(sampled) else None
+            last = int(first["steps"])
+            mes = int(first["max_episode_steps"]) if first["max_episode_steps"] else None
+            runs.append(Run(f"{algo}-{env}-s{seed}", algo, env, int(seed), steps, returns, last, last, mes,
+                            first["eval_mode"], first["commit"] or "unknown", sample))
+    except ValueError:
+        raise SweepError(f"{path}: a row holds a value that is not a number where one is expected") from None
+    if not runs:
+        raise SweepError(f"no runs in the curves table {path}")
+    return sorted(runs, key=lambda r: (r.algo, r.task, r.seed))
+
+
 def _seed_order(seed: str) -> tuple:
     return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
 
@@ -216,7 +318,8 @@ def random_return(task: str, max_episode_steps: Optional[int], episodes: int) ->
 
 
 def _cached_random(root: Path, task: str, max_episode_steps, episodes: int) -> float:
-    path = Path(root) / RANDOM_FILE
+    root = Path(root)
+    path = (root.parent if root.is_file() else root) / RANDOM_FILE
     try:  # a cache smfp wrote; a damaged one is measured again
         cache = read_json_object(path, "the random-score cache", "") if path.exists() else {}
     except ValueError:
@@ -537,7 +640,7 @@ def write_aggregate(root: Path, out: Optional[Path] = None, warn=lambda s: None,
     ``<out stem>.json``."""
     root = Path(root)
     res = aggregate(root, warn=warn, **kw)
-    out = Path(out) if out is not None else root / "aggregate.md"
+    out = Path(out) if out is not None else (root.parent if root.is_file() else root) / "aggregate.md"
     if out.suffix.lower() != ".md":
         raise SweepError(f"--out {out} should be a .md file")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -550,4 +653,5 @@ def write_aggregate(root: Path, out: Optional[Path] = None, warn=lambda s: None,
 
 
 __all__ = ["Run", "load_runs", "aggregate", "curves", "plot_curves", "plot_profiles", "to_markdown", "write_aggregate",
-           "random_return", "load_reference_table", "run_commit", "csv_rows", "read_csv", "write_csv", "CSV_COLUMNS"]
+           "random_return", "load_reference_table", "run_commit", "csv_rows", "read_csv", "write_csv", "CSV_COLUMNS",
+           "CURVE_COLUMNS", "curve_rows", "read_curves_csv", "write_curves_csv", "runs_from_curves"]
