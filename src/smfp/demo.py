@@ -22,6 +22,7 @@ from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices
 from smfp.storage.rundir import RunDir
 
 TASKS = {"multigoal": "smfp/MultiGoal-v0", "hallway": "smfp/Hallway-v0"}
+DEFAULT_TASKS = ("multigoal",)  # Hallway showed no difference between the two (docs/demo.md); --tasks hallway runs it
 DEMO_ALGOS = ("sac", "smfp")
 
 # Settings shared by both algorithms (small networks: these tasks are 2-D and the demo has a
@@ -30,23 +31,29 @@ COMMON = {"policy.hidden": (64, 64), "critic.critic_hidden": (64, 64), "update.b
           "update.learning_starts": 1000, "eval.eval_every": 0, "eval.eval_episodes": 5,
           "log.log_every": 500, "log.tensorboard": False, "checkpoint.checkpoint_every": 0,
           "checkpoint.keep_checkpoints": 1, "buffer.save_buffer": False}
-_MG = {"update.gamma": 0.9, "update.critic_lr": 1e-3, "update.alpha": 0.3, "update.alpha_lr": 1e-3}
+# MultiGoal: both algorithms with `--multimodal` (temperature fixed, soft-optimal backup, 10k random steps) at
+# alpha 0.1 on rewards x 0.1 (= alpha 1 on the task's own scale), where SAC's Gaussian can no longer cover the
+# critic's four bumps; SMFP with four heads and the em update (`smfp bench multigoal --settings heads`).
+STEPS_MG = 26_000  # 10k random steps (--multimodal) + 16k updates
+_MG = {"multimodal": True, "update.alpha": 0.1, "update.gamma": 0.9, "update.critic_lr": 1e-3}
+_HEADS = {"policy.heads": 4, "policy.per_head_sigma": True, "update.actor_update": "em", "update.em_reverse": "heads",
+          "update.md_lambda": 0.0, "update.fit_uniform": 64, "update.fit_local": 32, "update.fit_anchor": 0,
+          "update.fit_local_scale": 3.0}
 _HW = {"update.critic_lr": 1e-3, "update.alpha": 0.1, "update.alpha_lr": 1e-3}
 DEMO_SETTINGS: dict[str, dict] = {
     # MultiGoal trains on its exploring-starts variant (rewards x 0.1, half of the episodes from
     # N(0, 2^2)); evaluation is on smfp/MultiGoal-v0 from the start state. See docs/demo.md.
-    "multigoal": {"train_env": "smfp/MultiGoalExplore-v0", "steps": {"sac": 8000, "smfp": 8000},
-                  "sac": dict(_MG), "smfp": {**_MG, "policy.actor_states": 32, "update.anchor_period": 200,
-                                             "update.md_lambda": 0.1, "update.lambda_per_alpha": False}},
+    "multigoal": {"train_env": "smfp/MultiGoalExplore-v0", "steps": {"sac": STEPS_MG, "smfp": STEPS_MG},
+                  "sac": dict(_MG), "smfp": {**_MG, **_HEADS}},
     "hallway": {"steps": {"sac": 6000, "smfp": 6000},
                 "sac": dict(_HW), "smfp": {**_HW, "policy.actor_states": 32, "update.anchor_period": 200,
                                            "update.md_lambda": 0.1, "update.autotune_lambda": True,
                                            "update.lambda_per_alpha": False}},
 }
 
-# States at which the action distribution is drawn over the Q landscape (one panel each).
+# States at which the action distribution is drawn over the critic's target (one panel each).
 PROBE_STATES = {
-    "multigoal": [("start", [0.0, 0.0]), ("near right goal", [2.5, 0.0])],
+    "multigoal": [("start", [0.0, 0.0]), ("between two goals", [2.5, 2.5])],
     "hallway": [("start", [1.0, 0.0, 0.0, 0.0]), ("before obstacle", [3.0, 0.0, 0.45, 0.0])],
 }
 
@@ -77,11 +84,12 @@ def demo_config(task: str, algo: str, seed: int, steps: Optional[int], run_dir: 
 
 # --- evaluation --------------------------------------------------------------------------------------
 
-def rollouts(agent, env_id: str, episodes: int, seed: int, mode: str = "sample") -> list[dict]:
+def rollouts(agent, env_id: str, episodes: int, seed: int, mode: str = "sample",
+             env_kwargs: Optional[dict] = None) -> list[dict]:
     """Episodes from the start state with stochastic actions; keeps the path and the final info."""
     from smfp.envs import make_env
 
-    env = make_env(env_id)
+    env = make_env(env_id, env_kwargs=env_kwargs)
     out = []
     try:
         for i in range(episodes):
@@ -106,8 +114,11 @@ def summarize(task: str, eps: list[dict]) -> dict:
 
         goals = [int(e["info"].get("goal", -1)) for e in eps]
         counts = {name: goals.count(g) for g, name in enumerate(GOAL_NAMES)}
+        from smfp.monitor.multigoal import goal_entropy
+
         s.update(goal_counts=counts, reached=sum(counts.values()), distinct=sum(c > 0 for c in counts.values()),
-                 distinct_10pct=sum(c >= 0.1 * n for c in counts.values()))
+                 distinct_10pct=sum(c >= 0.1 * n for c in counts.values()),
+                 goal_entropy=goal_entropy(list(counts.values())))
     else:
         succ = sum(bool(e["info"].get("success")) for e in eps)
         coll = sum(bool(e["info"].get("collision")) for e in eps)
@@ -132,15 +143,31 @@ def task_verdict(agent, samples: int, seed: int = 0) -> str | None:
     return target_verdict(assess_targets(agent.policy, agent.critic, probe, agent.alpha, modes, seed))
 
 
-def multigoal_checks(agent, summ: dict, start_obs: np.ndarray, episodes: int, seed: int) -> dict:
-    """The blocked-goal test and the critic's own target at the start (``smfp.monitor.multigoal``)."""
-    from smfp.monitor.multigoal import blocked_goal_test, target_at
+def blocked_rollouts(agent, summ: dict, episodes: int, seed: int) -> tuple[dict, list[dict]]:
+    """The blocked-goal test (``smfp.monitor.multigoal``): the goal this run reached most often is walled off
+    (no move enters a disc of ``BLOCK_RADIUS`` around it); the episodes that still reach a goal, and their paths."""
+    from smfp.envs.multimodal import GOAL_NAMES
+    from smfp.monitor.multigoal import BLOCK_RADIUS
 
-    out = blocked_goal_test(lambda o: agent.act_normalized(o, "sample"), summ["goal_counts"], episodes,
-                            seed + episodes)
+    blocked = max(range(len(GOAL_NAMES)), key=lambda g: summ["goal_counts"][GOAL_NAMES[g]])
+    eps = rollouts(agent, TASKS["multigoal"], episodes, seed + episodes,
+                   env_kwargs={"blocked_goal": blocked, "block_radius": BLOCK_RADIUS})
+    success = sum(int(e["info"].get("goal", -1)) >= 0 for e in eps)
+    for e in eps:
+        e["blocked_goal"] = GOAL_NAMES[blocked]
+    return {"blocked_goal": GOAL_NAMES[blocked], "blocked_success": success}, eps
+
+
+def multigoal_checks(agent, seed: int) -> dict:
+    """The critic's own target (``smfp.monitor.multigoal.target_at``) at the start and at the second probe
+    state (between two goals): its modes and the policy's TV to it."""
+    from smfp.monitor.multigoal import target_at
+
+    out: dict = {}
     if agent.critic is not None and agent.alpha:
-        t = target_at(agent.policy, agent.critic, agent.alpha, start_obs, seed)
-        out.update(target_modes_start=t["target_modes"], tv_to_target_start=t["tv_to_target"])
+        for key, (_, state) in zip(("start", "between"), PROBE_STATES["multigoal"]):
+            t = target_at(agent.policy, agent.critic, agent.alpha, np.asarray(state, dtype=np.float32), seed)
+            out.update({f"target_modes_{key}": t["target_modes"], f"tv_to_target_{key}": t["tv_to_target"]})
     return out
 
 
@@ -175,24 +202,34 @@ def _draw_task(ax, task: str) -> None:
     ax.set_aspect("equal")
 
 
-def plot_trajectories(task: str, per_algo: dict[str, list[dict]], path: Path, title: str) -> Path:
+def plot_trajectories(task: str, per_algo: dict[str, list[dict]], path: Path, title: str,
+                      blocked: Optional[dict[str, list[dict]]] = None) -> Path:
+    """One panel per algorithm; with ``blocked`` (MultiGoal), a second row: the same policies with their most
+    reached goal walled off (grey disc)."""
     plt = _plt()
     algos = list(per_algo)
+    rows = [("", per_algo)] + ([("blocked: ", blocked)] if blocked else [])
     width = 4.2 if task == "multigoal" else 5.5
-    fig, axes = plt.subplots(1, len(algos), figsize=(width * len(algos), 4.4 if task == "multigoal" else 3.0),
-                             squeeze=False)
-    for ax, algo in zip(axes[0], algos):
-        _draw_task(ax, task)
-        for e in per_algo[algo]:
-            p = e["path"]
-            bad = bool(e["info"].get("collision"))
-            ax.plot(p[:, 0], p[:, 1], color="tab:red" if bad else "tab:blue", lw=0.7, alpha=0.35)
-        summ = summarize(task, per_algo[algo])
-        if task == "multigoal":
-            sub = " ".join(f"{k}:{v}" for k, v in summ["goal_counts"].items())
-        else:
-            sub = f"up {summ['routes']['up']} down {summ['routes']['down']} collide {summ['collision']}"
-        ax.set_title(f"{algo}: {sub}", fontsize=9)
+    height = 4.4 if task == "multigoal" else 3.0
+    fig, axes = plt.subplots(len(rows), len(algos), figsize=(width * len(algos), height * len(rows)), squeeze=False)
+    for r, (prefix, eps_by_algo) in enumerate(rows):
+        for ax, algo in zip(axes[r], algos):
+            _draw_task(ax, task)
+            eps = eps_by_algo[algo]
+            if prefix:
+                _draw_block(ax, eps)
+            for e in eps:
+                p = e["path"]
+                bad = bool(e["info"].get("collision"))
+                ax.plot(p[:, 0], p[:, 1], color="tab:red" if bad else "tab:blue", lw=0.7, alpha=0.35)
+            summ = summarize(task, eps)
+            if task == "multigoal":
+                sub = " ".join(f"{k}:{v}" for k, v in summ["goal_counts"].items())
+                if prefix:
+                    sub += f" (reached {summ['reached']}/{summ['episodes']})"
+            else:
+                sub = f"up {summ['routes']['up']} down {summ['routes']['down']} collide {summ['collision']}"
+            ax.set_title(f"{prefix}{algo}: {sub}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -200,8 +237,21 @@ def plot_trajectories(task: str, per_algo: dict[str, list[dict]], path: Path, ti
     return path
 
 
+def _draw_block(ax, eps: list[dict]) -> None:
+    """The wall of the blocked-goal test, from the goal the test blocked (the same for every episode)."""
+    import matplotlib.patches as mpatches
+
+    from smfp.envs.multimodal import GOAL_NAMES, GOALS
+    from smfp.monitor.multigoal import BLOCK_RADIUS
+
+    name = eps[0]["blocked_goal"] if eps and "blocked_goal" in eps[0] else None
+    if name is not None:
+        ax.add_patch(mpatches.Circle(GOALS[GOAL_NAMES.index(name)], BLOCK_RADIUS, color="0.45", alpha=0.6))
+
+
 def plot_action_landscape(task: str, agents: dict, path: Path, samples: int = 500, grid: int = 61) -> Path:
-    """Sampled actions over the min-Q landscape of each agent's own critic, at ``PROBE_STATES``."""
+    """Sampled actions over each agent's own critic's soft-greedy target ``exp(Q(s, a)/alpha)`` (Q: the
+    ensemble's min; normalised on the grid), at ``PROBE_STATES``; over min-Q where a run has no temperature."""
     import torch
 
     plt = _plt()
@@ -214,21 +264,29 @@ def plot_action_landscape(task: str, agents: dict, path: Path, samples: int = 50
     acts = torch.as_tensor(np.stack([ga.ravel(), gb.ravel()], 1), dtype=torch.float32)
     for col, algo in enumerate(algos):
         agent = agents[algo]
+        alpha = float(agent.alpha) if agent.alpha else None
         for row, (name, state) in enumerate(states):
             ax = axes[row][col]
             obs = torch.as_tensor(state, dtype=torch.float32)
             with torch.no_grad():
                 q = agent.critic(obs.expand(len(acts), -1), acts).min(dim=0).values.numpy().reshape(grid, grid)
                 a = agent.policy.act(obs.expand(samples, -1), "sample").numpy()
-            cs = ax.contourf(ga, gb, q, levels=20, cmap="viridis")
+            if alpha is not None:
+                z = (q - q.max()) / alpha
+                z = np.exp(z) / np.exp(z).sum()
+            else:
+                z = q
+            cs = ax.contourf(ga, gb, z, levels=20, cmap="viridis")
             fig.colorbar(cs, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
             ax.scatter(a[:, 0], a[:, 1], s=3, c="white", edgecolors="none", alpha=0.6)
             ax.set_xlim(-1, 1)
             ax.set_ylim(-1, 1)
             ax.set_aspect("equal")
-            ax.set_title(f"{algo}, {name} {tuple(round(v, 1) for v in state[:2])}", fontsize=8)
+            what = f"target (alpha {alpha:.3g})" if alpha is not None else "min-Q"
+            ax.set_title(f"{algo}, {name} {tuple(round(v, 1) for v in state[:2])}: {what}", fontsize=7)
             ax.tick_params(labelsize=7)
-    fig.suptitle(f"{TASKS[task]}: sampled actions (white) over min-Q(s, a) (colour)", fontsize=9)
+    fig.suptitle(f"{TASKS[task]}: sampled actions (white) over the critic's target exp(Q/alpha) (colour)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -240,7 +298,7 @@ def plot_action_landscape(task: str, agents: dict, path: Path, samples: int = 50
 @dataclass
 class DemoOptions:
     out: Path = Path("runs/demo")
-    tasks: tuple[str, ...] = ("multigoal", "hallway")
+    tasks: tuple[str, ...] = DEFAULT_TASKS
     algos: tuple[str, ...] = DEMO_ALGOS
     seeds: tuple[int, ...] = (0,)
     steps: Optional[int] = None  # per training run (None: DEMO_SETTINGS)
@@ -297,7 +355,7 @@ def run_demo(opts: DemoOptions) -> dict:
     for task in opts.tasks:
         results["tasks"][task] = {}
         for seed in opts.seeds:
-            agents, eps_by_algo = {}, {}
+            agents, eps_by_algo, blocked_eps = {}, {}, {}
             for algo in opts.algos:
                 run_dir = out / task / f"{algo}-s{seed}"
                 overrides = {**opts.overrides.get(algo, {}), **opts.overrides.get(f"{task}.{algo}", {})}
@@ -313,7 +371,8 @@ def run_demo(opts: DemoOptions) -> dict:
                 start_obs = np.asarray(PROBE_STATES[task][0][1], dtype=np.float32)
                 rep = assess_state(agent.policy, start_obs, opts.samples)
                 if task == "multigoal":
-                    summ.update(multigoal_checks(agent, summ, start_obs, opts.episodes, opts.eval_seed))
+                    blocked, blocked_eps[algo] = blocked_rollouts(agent, summ, opts.episodes, opts.eval_seed)
+                    summ.update(blocked, **multigoal_checks(agent, opts.eval_seed))
                 summ.update(entropy_start=rep.entropy, modes_start=rep.modes, train_seconds=train_s,
                             steps=cfg.total_steps, task_verdict=task_verdict(agent, opts.samples))
                 results["tasks"][task].setdefault(algo, {})[seed] = summ
@@ -328,7 +387,7 @@ def run_demo(opts: DemoOptions) -> dict:
                 p1 = plot_trajectories(task, {a: e for a, e in eps_by_algo.items()},
                                        fig_dir / f"{task}_trajectories_s{seed}.png",
                                        f"{TASKS[task]}: {opts.episodes} stochastic episodes from the start, "
-                                       f"seed {seed}")
+                                       f"seed {seed}", blocked=blocked_eps or None)
                 p2 = plot_action_landscape(task, agents, fig_dir / f"{task}_actions_s{seed}.png", opts.samples)
                 results["figures"] += [str(p1), str(p2)]
     results["seconds"] = time.perf_counter() - t_start
@@ -346,6 +405,9 @@ def format_summary(task: str, s: dict) -> str:
         if "target_modes_start" in s:
             text += (f"; the critic's target at the start has {s['target_modes_start']} mode(s), "
                      f"policy TV to it {s['tv_to_target_start']:.2f}")
+        if "target_modes_between" in s:
+            text += (f"; at {tuple(PROBE_STATES['multigoal'][1][1])} {s['target_modes_between']} mode(s), "
+                     f"TV {s['tv_to_target_between']:.2f}")
     else:
         text = (f"success {s['success']}/{s['episodes']}, collisions {s['collision']}, "
                 f"routes up {s['routes']['up']} / down {s['routes']['down']}")
@@ -361,8 +423,8 @@ def format_table(results: dict, episodes: int) -> str:
         if task == "multigoal":
             from smfp.envs.multimodal import GOAL_NAMES
 
-            head = (f"  {'algo':<6}{'seed':>5}{'reached':>9}{'distinct':>9}"
-                    + "".join(f"{g:>7}" for g in GOAL_NAMES) + f"{'blocked':>9}{'tgt modes':>10}{'TV':>6}"
+            head = (f"  {'algo':<6}{'seed':>5}" + "".join(f"{g:>7}" for g in GOAL_NAMES) + f"{'goal H':>8}"
+                    + f"{'blocked':>9}{'tgt modes':>10}{'TV':>6}{'tgt (2.5,2.5)':>14}{'TV':>6}"
                     + f"{'entropy':>9}{'modes':>7}")
         else:
             head = (f"  {'algo':<6}{'seed':>5}{'success':>9}{'collide':>9}{'up':>6}{'down':>6}"
@@ -371,10 +433,12 @@ def format_table(results: dict, episodes: int) -> str:
         for algo, by_seed in by_algo.items():
             for seed, s in by_seed.items():
                 if task == "multigoal":
-                    row = (f"  {algo:<6}{seed:>5}{s['reached']:>9}{s['distinct']:>9}"
-                           + "".join(f"{s['goal_counts'][g]:>7}" for g in GOAL_NAMES)
+                    tv = lambda k: f"{s[k]:>6.2f}" if k in s else f"{'-':>6}"  # noqa: E731
+                    row = (f"  {algo:<6}{seed:>5}" + "".join(f"{s['goal_counts'][g]:>7}" for g in GOAL_NAMES)
+                           + f"{s['goal_entropy']:>8.2f}"
                            + f"{s.get('blocked_success', '-'):>9}{s.get('target_modes_start', '-'):>10}"
-                           + (f"{s['tv_to_target_start']:>6.2f}" if "tv_to_target_start" in s else f"{'-':>6}"))
+                           + tv("tv_to_target_start") + f"{s.get('target_modes_between', '-'):>14}"
+                           + tv("tv_to_target_between"))
                 else:
                     row = (f"  {algo:<6}{seed:>5}{s['success']:>9}{s['collision']:>9}"
                            f"{s['routes']['up']:>6}{s['routes']['down']:>6}")
@@ -382,8 +446,11 @@ def format_table(results: dict, episodes: int) -> str:
     lines.append("entropy: of the action at the start state (nats, [-1, 1]^d units); "
                  "modes: mode count there (smfp.monitor.modes rule)")
     if "multigoal" in results["tasks"]:
+        lines.append("goals right/left/up/down: episodes ending there; goal H: entropy of that choice (log 4 = 1.39 is "
+                     "all four equally)")
         lines.append("blocked: episodes that reach a goal with the run's most reached goal walled off; tgt modes / "
-                     "TV: the critic's target exp(Q/alpha) at the start, its modes and the policy's TV to it")
+                     "TV: the critic's target exp(Q/alpha) at the start (and at (2.5, 2.5)), its modes and the "
+                     "policy's TV to it")
     for task, by_algo in results["tasks"].items():
         for seed, s in by_algo.get("sac", {}).items():
             if s.get("task_verdict"):

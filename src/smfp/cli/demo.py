@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from smfp.config import ConfigError
-from smfp.demo import DEMO_ALGOS, TASKS, DemoOptions, run_demo
+from smfp.demo import DEFAULT_TASKS, DEMO_ALGOS, TASKS, DemoOptions, run_demo
 
 QUICK = {"steps": 600, "episodes": 10, "samples": 200}
 
@@ -15,7 +15,8 @@ QUICK = {"steps": 600, "episodes": 10, "samples": 200}
 def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job: SAC vs SMFP on the built-in multimodal tasks, with figures")
     p.add_argument("--out", default=None, help="output folder (default: runs/demo-DATE-TIME)")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
+                   help=f"comma-separated, from {', '.join(TASKS)} (default: {', '.join(DEFAULT_TASKS)})")
     p.add_argument("--algos", default=",".join(DEMO_ALGOS), help="comma-separated algorithms to compare")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (one run per algo, task, seed)")
     p.add_argument("--steps", type=int, default=None, help="environment steps per training run "
