@@ -308,3 +308,23 @@ def test_sweep_user_mistakes_are_one_line_before_ray_starts(killed_sweep, tmp_pa
     argv[argv.index("--hidden") + 1] = "64"
     one_line_error_in_process(argv, capsys, "holds a different run", "policy.hidden")
     assert not (tmp_path / "x").exists()
+
+
+def test_two_sweeps_sharing_a_folder_keep_each_others_records(tmp_path):
+    from smfp.sweep.grid import SweepRecord
+
+    out = tmp_path / "shared"
+    out.mkdir()
+    specs = build_grid(["sac"], ["Pendulum-v1"], [0, 1], out, TrainConfig(total_steps=300), 1)
+    first, second = SweepRecord.open(out), SweepRecord.open(out)  # both opened before either saves
+    first.start("sweep-a", {"seeds": [0]})
+    first.set_run(specs[0], status="running", step=0)
+    first.save()
+    second.start("sweep-b", {"seeds": [1]})
+    second.set_run(specs[1], status="running", step=0)
+    second.save()
+    first.set_run(specs[0], status="done", step=300)
+    first.save()
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["runs"][specs[0].name]["status"] == "done" and record["runs"][specs[1].name]["status"] == "running"
+    assert [inv["id"] for inv in record["invocations"]] == ["sweep-a", "sweep-b"]

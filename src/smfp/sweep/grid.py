@@ -161,14 +161,19 @@ def read_attempts(run_dir: Path, sweep_id: Optional[str] = None) -> list[dict]:
 
 @dataclass
 class SweepRecord:
-    """``OUT/sweep.json``: the grids asked for and every run's latest status."""
+    """``OUT/sweep.json``: the grids asked for and every run's latest status.
+
+    Two sweeps may share a folder (disjoint runs, e.g. one per task started by hand; a run dir itself is
+    locked by its training). Each save therefore re-reads the file under ``OUT/sweep.json.lock`` and writes
+    back only the runs and invocations this record set, so neither sweep erases the other's entries."""
 
     path: Path
     data: dict = field(default_factory=dict)
+    mine: set = field(default_factory=set)  # run names set by this record
+    my_invocations: list = field(default_factory=list)
 
     @classmethod
-    def open(cls, out: Path) -> "SweepRecord":
-        path = Path(out) / SWEEP_FILE
+    def read(cls, path: Path) -> dict:
         data = {}
         if path.exists():
             fix = "move it away to start a new record"
@@ -183,10 +188,17 @@ class SweepRecord:
         data.setdefault("version", 1)
         data.setdefault("invocations", [])
         data.setdefault("runs", {})
-        return cls(path, data)
+        return data
+
+    @classmethod
+    def open(cls, out: Path) -> "SweepRecord":
+        path = Path(out) / SWEEP_FILE
+        return cls(path, cls.read(path))
 
     def start(self, sweep_id: str, grid: dict) -> None:
-        self.data["invocations"].append({"id": sweep_id, "started": time.time(), **grid})
+        invocation = {"id": sweep_id, "started": time.time(), **grid}
+        self.data["invocations"].append(invocation)
+        self.my_invocations.append(invocation)
         self.data["grid"] = grid
 
     def set_run(self, spec: RunSpec, **fields) -> None:
@@ -194,7 +206,26 @@ class SweepRecord:
         entry.update({"algo": spec.algo, "env": spec.env, "seed": spec.seed, "run_dir": spec.name,
                       "total_steps": spec.total_steps})
         entry.update(fields)
+        self.mine.add(spec.name)
 
     def save(self) -> None:
-        self.data["updated"] = time.time()
-        atomic_write_text(self.path, json.dumps(self.data, indent=2) + "\n")
+        import fcntl
+
+        lock = self.path.with_name(self.path.name + ".lock")
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:
+                pass  # a filesystem without flock: the merge below still narrows the window
+            try:
+                disk = self.read(self.path)
+            except ValueError:
+                disk = dict(self.data)  # damaged since we opened it: ours is the best record left
+            known = {inv.get("id") for inv in disk["invocations"] if isinstance(inv, dict)}
+            disk["invocations"] += [inv for inv in self.my_invocations if inv["id"] not in known]
+            disk["runs"].update({name: self.data["runs"][name] for name in self.mine})
+            if "grid" in self.data:
+                disk["grid"] = self.data["grid"]
+            disk["updated"] = time.time()
+            self.data = disk
+            atomic_write_text(self.path, json.dumps(self.data, indent=2) + "\n")
