@@ -99,6 +99,12 @@ def set_leaf(obj, path: tuple[str, ...], value):
 
 # --multimodal: random steps before the first update, enough to visit every basin of a small task (MultiGoal).
 MULTIMODAL_WARMUP = 10_000
+# --multimodal with --algo smfp (--multimodal-policy heads): four heads, a sigma each, and the em update, the setting
+# that followed its critic's multimodal target best on MultiGoal and the fixed-Q suite (docs/demo.md,
+# docs/method.md). Applied to each field still at its default, so an explicit flag wins.
+MULTIMODAL_HEADS = {"policy.heads": 4, "policy.per_head_sigma": True, "update.actor_update": "em",
+                    "update.em_reverse": "heads", "update.md_lambda": 0.0, "update.fit_uniform": 64,
+                    "update.fit_local": 32, "update.fit_anchor": 0, "update.fit_local_scale": 3.0}
 
 # Fields that may differ when a run is resumed or a sweep continued (they do not change the method).
 RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "label", "log.progress", "update.precision",
@@ -116,7 +122,7 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "update.em_sharpness": 1.0, "update.em_reverse": "draws", "update.em_proposal": "draws",
                 "policy.per_head_sigma": False, "update.em_mass_coef": 1.0,
                 "update.em_masses": "candidates",
-                "update.em_reverse_logits": True}
+                "update.em_reverse_logits": True, "multimodal_policy": "plain"}
 
 # The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_", "update.em_")
@@ -128,12 +134,28 @@ def changed_fields(saved: dict, cfg: "TrainConfig") -> list[str]:
     old = {**ADDED_FIELDS, **saved}
     new = flatten_config(cfg.to_dict())
     inert = INERT_UNDER_REPARAM if old.get("update.actor_update") == new.get("update.actor_update") == "reparam" else ()
+    if not any(c.get("multimodal") and c.get("algo") == "smfp" for c in (old, new)):
+        inert += ("multimodal_policy",)  # read only by --multimodal SMFP runs
     return sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
                   and not k.startswith(RESUMABLE_PREFIXES) and not k.startswith(inert) and old.get(k) != new.get(k))
 
 
 class ConfigError(ValueError):
     """A user-facing configuration mistake (reported as one line, no traceback)."""
+
+
+def _apply_unless_set(cfg, values: dict):
+    """``cfg`` with each dotted field of ``values`` set, where the field still holds its dataclass default."""
+    for dotted, value in values.items():
+        path = tuple(dotted.split("."))
+        parent = cfg
+        for name in path[:-1]:
+            parent = getattr(parent, name)
+        f = next(f for f in dataclasses.fields(parent) if f.name == path[-1])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if getattr(parent, path[-1]) == default:
+            cfg = set_leaf(cfg, path, value)
+    return cfg
 
 
 def check_choices(values, allowed, what: str) -> None:
@@ -353,7 +375,13 @@ class TrainConfig:
                                "ablation (none: the algo)", default=None)
     multimodal: bool = doc("settings for tasks whose critic targets have several modes (`smfp inspect` says so): "
                            "the temperature fixed at --alpha (not tuned), the soft-optimal value backup, and at "
-                           f"least {MULTIMODAL_WARMUP} steps of random actions first; see docs/demo.md", default=False)
+                           f"least {MULTIMODAL_WARMUP} steps of random actions first; with --algo smfp also the "
+                           "--multimodal-policy; see docs/demo.md", default=False)
+    multimodal_policy: Literal["heads", "plain"] = doc(
+        "with --multimodal and --algo smfp: heads (four heads with a sigma each and the em update: --heads 4 "
+        "--per-head-sigma --actor-update em --em-reverse heads --md-lambda 0 --fit-uniform 64 --fit-local 32 "
+        "--fit-anchor 0 --fit-local-scale 3, each unless given) or plain (the policy and update as without "
+        "--multimodal)", default="heads")
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -375,9 +403,11 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with every 'none/auto' default made explicit and every value checked."""
         cfg = dataclasses.replace(self, update=dataclasses.replace(self.update))
-        u = cfg.update
         if cfg.algo not in ALGOS:
             raise ConfigError(f"unknown --algo {cfg.algo!r}; choose one of {', '.join(ALGOS)}")
+        if cfg.multimodal and cfg.algo == "smfp" and cfg.multimodal_policy == "heads":
+            cfg = _apply_unless_set(cfg, MULTIMODAL_HEADS)  # first: md_lambda's default is resolved below
+        u = cfg.update
         md = cfg.spec.mirror_descent
         if u.md_lambda is None:
             u.md_lambda = 1.0 if md else 0.0

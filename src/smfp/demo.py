@@ -31,20 +31,17 @@ COMMON = {"policy.hidden": (64, 64), "critic.critic_hidden": (64, 64), "update.b
           "update.learning_starts": 1000, "eval.eval_every": 0, "eval.eval_episodes": 5,
           "log.log_every": 500, "log.tensorboard": False, "checkpoint.checkpoint_every": 0,
           "checkpoint.keep_checkpoints": 1, "buffer.save_buffer": False}
-# MultiGoal: both algorithms with `--multimodal` (temperature fixed, soft-optimal backup, 10k random steps) at
-# alpha 0.1 on rewards x 0.1 (= alpha 1 on the task's own scale), where SAC's Gaussian can no longer cover the
-# critic's four bumps; SMFP with four heads and the em update (`smfp bench multigoal --settings heads`).
+# MultiGoal: both algorithms with `--multimodal` (temperature fixed, soft-optimal backup, 10k random steps; for
+# SMFP also four heads and the em update, smfp.config.MULTIMODAL_HEADS) at alpha 0.1 on rewards x 0.1 (= alpha 1
+# on the task's own scale), where SAC's Gaussian can no longer cover the critic's four bumps.
 STEPS_MG = 26_000  # 10k random steps (--multimodal) + 16k updates
 _MG = {"multimodal": True, "update.alpha": 0.1, "update.gamma": 0.9, "update.critic_lr": 1e-3}
-_HEADS = {"policy.heads": 4, "policy.per_head_sigma": True, "update.actor_update": "em", "update.em_reverse": "heads",
-          "update.md_lambda": 0.0, "update.fit_uniform": 64, "update.fit_local": 32, "update.fit_anchor": 0,
-          "update.fit_local_scale": 3.0}
 _HW = {"update.critic_lr": 1e-3, "update.alpha": 0.1, "update.alpha_lr": 1e-3}
 DEMO_SETTINGS: dict[str, dict] = {
     # MultiGoal trains on its exploring-starts variant (rewards x 0.1, half of the episodes from
     # N(0, 2^2)); evaluation is on smfp/MultiGoal-v0 from the start state. See docs/demo.md.
     "multigoal": {"train_env": "smfp/MultiGoalExplore-v0", "steps": {"sac": STEPS_MG, "smfp": STEPS_MG},
-                  "sac": dict(_MG), "smfp": {**_MG, **_HEADS}},
+                  "sac": dict(_MG), "smfp": dict(_MG)},
     "hallway": {"steps": {"sac": 6000, "smfp": 6000},
                 "sac": dict(_HW), "smfp": {**_HW, "policy.actor_states": 32, "update.anchor_period": 200,
                                            "update.md_lambda": 0.1, "update.autotune_lambda": True,

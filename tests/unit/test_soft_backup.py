@@ -88,6 +88,31 @@ def test_multimodal_fixes_alpha_uses_the_soft_optimal_backup_and_a_long_warmup()
     assert (plain.update.autotune_alpha, plain.update.value_backup) == (True, "policy")
 
 
+def test_multimodal_smfp_takes_the_heads_policy_unless_told_otherwise():
+    from smfp.config import MULTIMODAL_HEADS, changed_fields, flatten_config
+
+    r = TrainConfig(algo="smfp", multimodal=True).resolved()
+    assert (r.policy.heads, r.policy.per_head_sigma, r.update.actor_update, r.update.md_lambda) == (4, True, "em", 0.0)
+    assert all(v == MULTIMODAL_HEADS[k] for k, v in flatten_config(r.to_dict()).items() if k in MULTIMODAL_HEADS)
+    told = TrainConfig(algo="smfp", multimodal=True)
+    told.policy.heads, told.update.fit_local = 2, 5  # an explicit value wins over the heads setting's
+    told = told.resolved()
+    assert (told.policy.heads, told.update.fit_local, told.update.actor_update) == (2, 5, "em")
+    plain = TrainConfig(algo="smfp", multimodal=True, multimodal_policy="plain").resolved()
+    assert (plain.policy.heads, plain.update.actor_update, plain.update.md_lambda) == (1, "reparam", 1.0)
+    for other in (TrainConfig(algo="sac", multimodal=True), TrainConfig(algo="smfp")):  # nothing else changes
+        resolved = other.resolved()
+        assert (resolved.policy.heads, resolved.update.actor_update) == (1, "reparam")
+    # runs saved before the field resume as they were: a --multimodal SMFP run of then was the plain policy, and
+    # for any other run the field is not read
+    saved = flatten_config(TrainConfig(algo="smfp", multimodal=True, multimodal_policy="plain").resolved().to_dict())
+    del saved["multimodal_policy"]
+    assert changed_fields(saved, plain) == [] and "multimodal_policy" in changed_fields(saved, r)
+    sac = flatten_config(TrainConfig(algo="sac").resolved().to_dict())
+    del sac["multimodal_policy"]
+    assert changed_fields(sac, TrainConfig(algo="sac").resolved()) == []  # the default, heads, is not read
+
+
 def test_a_backup_without_policy_samples_is_a_config_error():
     cfg = TrainConfig(algo="sac")
     cfg.update.value_backup, cfg.update.backup_policy_samples = "soft-optimal", 0

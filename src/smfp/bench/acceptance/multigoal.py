@@ -12,9 +12,10 @@ four goals, raw rewards), then, from the latest checkpoint:
   no move may enter) and 100 more episodes run; success is reaching any other goal within the horizon.
 
 Settings: ``default`` (each algorithm's defaults), ``multimodal`` (``--multimodal`` with ``--alpha``,
-default 10: Soft Q-Learning's temperature 1 at reward scale 0.1, the peers' choice on this task) and ``heads``
-(SMFP only: ``multimodal`` with the experimental heads policy and its em update, ``HEADS_SETTINGS``: one head
-per goal). A run
+default 10: Soft Q-Learning's temperature 1 at reward scale 0.1, the peers' choice on this task; for SMFP with
+``--multimodal-policy plain``: its policy and update as without the switch) and ``heads`` (SMFP only:
+``--multimodal`` with its default ``--multimodal-policy heads``: four heads, one per goal, and the em update,
+``smfp.config.MULTIMODAL_HEADS``). A run
 already finished in ``out`` is evaluated again, not retrained (``smfp train --resume`` semantics), and the
 rows of ``out/multigoal.json`` for other seeds, settings or algorithms stay in it.
 """
@@ -32,11 +33,6 @@ from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices
 from smfp.monitor.multigoal import ENV, blocked_goal_test, goal_counts, goal_entropy, goals_reached, target_at
 
 SETTINGS = ("default", "multimodal", "heads")
-# The heads setting: four heads (one per goal), each with its own sigma, and the em update as measured on the fixed-Q
-# suite (docs/method.md).
-HEADS_SETTINGS = {"policy": {"heads": 4, "per_head_sigma": True},
-                  "update": {"actor_update": "em", "em_reverse": "heads", "md_lambda": 0.0, "fit_uniform": 64,
-                             "fit_local": 32, "fit_anchor": 0, "fit_local_scale": 3.0}}
 PROBES = {"origin": (0.0, 0.0), "(2.5, 2.5)": (2.5, 2.5)}
 
 
@@ -61,10 +57,7 @@ def run_config(setting: str, algo: str, seed: int, steps: int, alpha: float, run
     if setting in ("multimodal", "heads"):
         cfg.multimodal = True
         cfg.update.alpha = alpha
-    if setting == "heads":
-        for part, values in HEADS_SETTINGS.items():
-            for name, value in values.items():
-                setattr(getattr(cfg, part), name, value)
+        cfg.multimodal_policy = "heads" if setting == "heads" else "plain"
     return cfg
 
 
@@ -161,4 +154,4 @@ def write(out: Path, rows: list[dict]) -> None:
     atomic_write_text(out / "multigoal.md", "\n".join(lines) + "\n")
 
 
-__all__ = ["HEADS_SETTINGS", "MultiGoalOptions", "SETTINGS", "evaluate", "run_config", "run_multigoal"]
+__all__ = ["MultiGoalOptions", "SETTINGS", "evaluate", "run_config", "run_multigoal"]
