@@ -477,3 +477,15 @@ def test_curves_csv_keeps_every_evaluation_and_recomputes_the_same_report(tmp_pa
         main(["aggregate", str(root), "--reference", str(ref), "--curves-csv", str(bad)])
     (line,) = capsys.readouterr().err.splitlines()
     assert "is not a curves table" in line and bad.read_text() == "a,b\n1,2\n"
+
+    # only the tables, for a folder with nothing to normalise against (SMFP runs alone)
+    smfp_only = tmp_path / "smfp_only"
+    make_run(smfp_only, "smfp", "Hopper-v5", 0, [1.0, 2.0, 3.0])
+    assert main(["aggregate", str(smfp_only), "--curves-csv", str(curves), "--no-report"]) == 0
+    assert "smfp,unknown,Hopper-v5,0,300,,best-of-n,300,3.000," in curves.read_text().splitlines()
+    assert not (smfp_only / "aggregate.md").exists()
+    assert "written: " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["aggregate", str(smfp_only), "--no-report"])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--no-report needs --csv or --curves-csv" in line

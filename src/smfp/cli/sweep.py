@@ -94,6 +94,11 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
             fail(str(exc) + (f" (written before: {'; '.join(written)})" if written else ""))
         written.append(f"{args.curves_csv} (curves of {mine} runs from {args.dir}, {total} runs in all)")
     written = "; ".join(written) or None
+    if args.no_report:
+        if not written:
+            fail("--no-report needs --csv or --curves-csv (there is nothing else to write)")
+        print(f"written: {written}", file=sys.stderr)
+        return 0
     try:
         path, res = write_aggregate(Path(args.dir), Path(args.out) if args.out else None, warn=_warn,
                                     baseline=args.baseline, reference=Path(args.reference) if args.reference else None,
@@ -160,4 +165,7 @@ def add_subcommands(sub) -> None:
                         "(algo,commit,env,seed,steps,max_episode_steps,eval_mode,eval_step,return,return_sample); "
                         "runs not under DIR are kept. `smfp aggregate FILE.csv` "
                         "recomputes the report from it")
+    p.add_argument("--no-report", action="store_true",
+                   help="only update --csv / --curves-csv (e.g. for a folder of one algorithm's runs, which has "
+                        "nothing to normalise against)")
     p.set_defaults(func=cmd_aggregate)
