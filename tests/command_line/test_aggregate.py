@@ -489,3 +489,21 @@ def test_curves_csv_keeps_every_evaluation_and_recomputes_the_same_report(tmp_pa
         main(["aggregate", str(smfp_only), "--no-report"])
     (line,) = capsys.readouterr().err.splitlines()
     assert "--no-report needs --csv or --curves-csv" in line
+
+
+def test_a_results_table_gives_the_same_numbers_as_its_run_dirs_without_curves(tmp_path, two_task_dir, capsys):
+    from smfp.sweep.aggregate import write_csv
+
+    root, ref = two_task_dir
+    table = tmp_path / "finals.csv"
+    write_csv(root, table)
+    kw = dict(reference=ref, reps=300)
+    from_dirs, from_table = aggregate(root, **kw), aggregate(table, **kw)
+    assert from_table["per_task"]["Pendulum-v1"] == from_dirs["per_task"]["Pendulum-v1"]
+    assert from_table["aggregate"]["sac"]["iqm"] == from_dirs["aggregate"]["sac"]["iqm"]
+    assert from_table["per_task"]["MountainCarContinuous-v0"]["smfp"]["final"] == [30.0]  # complete runs only
+    out = tmp_path / "rep" / "agg.md"
+    assert main(["aggregate", str(table), "--reference", str(ref), "--reps", "200", "--out", str(out)]) == 0
+    assert not out.with_name("agg_curves.png").exists() and "## Learning curves" not in out.read_text()
+    err = capsys.readouterr().err
+    assert "agg_profiles.png" in err and "agg_curves.png" not in err

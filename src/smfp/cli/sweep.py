@@ -110,9 +110,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         print(json.dumps(res))
     else:
         print(path.read_text(), end="")
-        print(f"written: {path}, {path.with_name(path.stem + '_curves.png')}, "
-              f"{path.with_name(path.stem + '_profiles.png')}, {path.with_suffix('.json')}"
-              + (f", {written}" if written else ""), file=sys.stderr)
+        print(f"written: {', '.join(res['files'])}" + (f", {written}" if written else ""), file=sys.stderr)
     return 0
 
 

@@ -82,12 +82,19 @@ class Run:
 
 
 def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
-    """The evaluated runs under the folder ``root``, or those of a curves CSV (``write_curves_csv``)."""
+    """The evaluated runs under the folder ``root``, or those of a curves CSV (``write_curves_csv``) or of a
+    results CSV (``write_csv``: finals only, each run one point)."""
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv":
+        try:
+            header = root.read_text().splitlines()[:1]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SweepError(f"cannot read {root} ({type(exc).__name__})") from None
+        if header == [",".join(CSV_COLUMNS)]:
+            return runs_from_finals(root)
         return runs_from_curves(root)
     if not root.is_dir():
-        raise SweepError(f"{root} is not a folder (nor a curves .csv file)")
+        raise SweepError(f"{root} is not a folder (nor a curves or results .csv file)")
     runs = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         run_dir = RunDir(d)
@@ -295,6 +302,30 @@ def runs_from_curves(path: Path) -> list[Run]:
         raise SweepError(f"{path}: a row holds a value that is not a number where one is expected") from None
     if not runs:
         raise SweepError(f"no runs in the curves table {path}")
+    return sorted(runs, key=lambda r: (r.algo, r.task, r.seed))
+
+
+def runs_from_finals(path: Path) -> list[Run]:
+    """The runs of a results CSV: one point each (its final return at its last step), in the run's own
+    evaluation mode (the row that is not ``sample``, else ``sample``), its ``sample`` row beside it. The
+    finals are used as they were computed (mean of the last 3 evaluations): ``--last`` does not change them."""
+    groups: dict = {}
+    for row in read_csv(path):
+        groups.setdefault((row["algo"], row["env"], row["seed"]), {})[row["eval_mode"]] = row
+    runs = []
+    try:
+        for (algo, env, seed), modes in groups.items():
+            own = next((m for m in modes if m != "sample"), "sample")
+            row = modes[own]
+            step = int(row["steps"])
+            sample = np.array([float(modes["sample"]["final_return"])]) if "sample" in modes else None
+            runs.append(Run(f"{algo}-{env}-s{seed}", algo, env, int(seed), np.array([float(step)]),
+                            np.array([float(row["final_return"])]), step, step, None, own, row["commit"] or "unknown",
+                            sample))
+    except ValueError:
+        raise SweepError(f"{path}: a row holds a value that is not a number where one is expected") from None
+    if not runs:
+        raise SweepError(f"no runs in the results table {path}")
     return sorted(runs, key=lambda r: (r.algo, r.task, r.seed))
 
 
@@ -644,14 +675,18 @@ def write_aggregate(root: Path, out: Optional[Path] = None, warn=lambda s: None,
     if out.suffix.lower() != ".md":
         raise SweepError(f"--out {out} should be a .md file")
     out.parent.mkdir(parents=True, exist_ok=True)
-    png = out.with_name(out.stem + "_curves.png")
-    plot_curves(load_runs(root), res["tasks"], res["algos"], png, res["settings"]["confidence"])
+    runs = load_runs(root)
+    png = None
+    if any(len(r.eval_steps) > 1 for r in runs):  # a results table (finals only) has no curves to draw
+        png = out.with_name(out.stem + "_curves.png")
+        plot_curves(runs, res["tasks"], res["algos"], png, res["settings"]["confidence"])
     profiles = plot_profiles(res, out.with_name(out.stem + "_profiles.png"))
-    out.write_text(to_markdown(res, png.name, profiles.name))
+    out.write_text(to_markdown(res, png.name if png else None, profiles.name))
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    res["files"] = [str(f) for f in (out, png, profiles, out.with_suffix(".json")) if f is not None]
     return out, res
 
 
 __all__ = ["Run", "load_runs", "aggregate", "curves", "plot_curves", "plot_profiles", "to_markdown", "write_aggregate",
            "random_return", "load_reference_table", "run_commit", "csv_rows", "read_csv", "write_csv", "CSV_COLUMNS",
-           "CURVE_COLUMNS", "curve_rows", "read_curves_csv", "write_curves_csv", "runs_from_curves"]
+           "CURVE_COLUMNS", "curve_rows", "read_curves_csv", "write_curves_csv", "runs_from_curves", "runs_from_finals"]
