@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The open issues' background runs, as one resumable queue (docs/experiments.md, docs/results.md).
+#
+#   bash tools/research_queue.sh OUT [WORKERS]     # e.g. nohup bash tools/research_queue.sh /root/smfp-runs 2 &
+#
+# WORKERS processes (default 2: the two cores) take the lines of QUEUE below in order, one run at a time each,
+# at nice 10. A line whose run already has a row in docs/results/mujoco.csv (label, env, seed) is skipped, so the
+# queue survives the loss of OUT; a run interrupted with OUT intact resumes (smfp sweep). After each run, the
+# tables docs/results/mujoco.csv and docs/results/mujoco_curves.csv are updated (commit them).
+# Each line: LABEL ENV SEED FLAGS... (LABEL sac-yard: SAC's defaults; sb3-sac: Stable-Baselines3's SAC).
+set -u
+OUT=${1:?usage: research_queue.sh OUT [WORKERS]}
+WORKERS=${2:-2}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+SMFP="$REPO/.venv/bin/smfp"
+QUEUE="$OUT/queue.txt"
+mkdir -p "$OUT"
+
+# In order of need (2026-12-05): the method issue's stage 2 (seeds 1-2 of mf0.1 + md0 and its Hopper
+# diagnostics), SAC's Hopper / Walker2d seed 0 again for their learning curves, stage 2's second setting (mf0.1),
+# the SB3 check's Hopper seeds, the yardstick's four other tasks, then SAC's other reruns for the curves.
+cat > "$QUEUE.new" <<'LIST'
+smfp-mf0.1-md0 HalfCheetah-v5 1 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0 Walker2d-v5 1 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0 Hopper-v5 1 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0-kappa0 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --noise-scale 0
+smfp-mf0.1-md0-q256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --q-states 256
+smfp-mf0.1-md0 HalfCheetah-v5 2 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0 Walker2d-v5 2 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0 Hopper-v5 2 --meanflow-coef 0.1 --md-lambda 0
+sac Hopper-v5 0
+sac Walker2d-v5 0
+smfp-mf0.1-md0 HalfCheetah-v5 0 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1 HalfCheetah-v5 0 --meanflow-coef 0.1
+smfp-mf0.1 Hopper-v5 0 --meanflow-coef 0.1
+smfp-mf0.1 Walker2d-v5 0 --meanflow-coef 0.1
+smfp-mf0.1 HalfCheetah-v5 1 --meanflow-coef 0.1
+smfp-mf0.1 Hopper-v5 1 --meanflow-coef 0.1
+smfp-mf0.1 Walker2d-v5 1 --meanflow-coef 0.1
+smfp-mf0.1 HalfCheetah-v5 2 --meanflow-coef 0.1
+smfp-mf0.1 Hopper-v5 2 --meanflow-coef 0.1
+smfp-mf0.1 Walker2d-v5 2 --meanflow-coef 0.1
+sb3-sac Hopper-v5 1
+sb3-sac Hopper-v5 2
+sac Swimmer-v5 0
+sac InvertedDoublePendulum-v5 0
+sac Ant-v5 0
+sac Humanoid-v5 0
+sac Swimmer-v5 1
+sac InvertedDoublePendulum-v5 1
+sac Ant-v5 1
+sac Humanoid-v5 1
+sac Swimmer-v5 2
+sac InvertedDoublePendulum-v5 2
+sac Ant-v5 2
+sac Humanoid-v5 2
+sac HalfCheetah-v5 0
+sac HalfCheetah-v5 1
+sac Hopper-v5 1
+sac Walker2d-v5 1
+sac HalfCheetah-v5 2
+sac Hopper-v5 2
+sac Walker2d-v5 2
+LIST
+mv "$QUEUE.new" "$QUEUE"
+
+finished() {  # label env seed: a row in the results table (the curves of "sac" HalfCheetah/Hopper/Walker2d
+  # runs were lost: those three are rerun once for their curves, so they count only from the curves table)
+  local table="$REPO/docs/results/mujoco.csv"
+  case "$1:$2" in sac:HalfCheetah-v5|sac:Hopper-v5|sac:Walker2d-v5) table="$REPO/docs/results/mujoco_curves.csv";; esac
+  grep -q "^$1,[^,]*,$2,$3," "$table" 2>/dev/null
+}
+
+worker() {
+  local n=$1 line label env seed flags
+  while true; do
+    line=$(flock "$QUEUE.lock" bash -c 'l=$(head -n 1 "$0"); [ -n "$l" ] && sed -i 1d "$0"; echo "$l"' "$QUEUE")
+    [ -z "$line" ] && { echo "$(date -u +%F\ %H:%M) [w$n] queue empty"; return; }
+    read -r label env seed flags <<< "$line"
+    if finished "$label" "$env" "$seed"; then echo "[w$n] done before: $line"; continue; fi
+    echo "$(date -u +%F\ %H:%M) [w$n] start: $line"
+    local dir="$OUT/$label/${env}_s$seed"
+    case "$label" in
+      sb3-sac) nice -n 10 "$SMFP" bench sb3-sac --env "$env" --seed "$seed" --total-steps 100000 --eval-every 10000 \
+                 --eval-episodes 10 --out "$dir/sb3-sac-$env-s$seed" ;;
+      sac) nice -n 10 "$SMFP" sweep --algos sac --envs "$env" --seeds "$seed" --total-steps 100000 --eval-every 10000 \
+             --eval-episodes 10 --eval-mode mean --checkpoint-every 10000 --num-cpus 1 --out "$dir" ;;
+      *) nice -n 10 "$SMFP" sweep --algos smfp --envs "$env" --seeds "$seed" --total-steps 100000 --eval-every 10000 \
+           --eval-episodes 10 --checkpoint-every 10000 --num-cpus 1 --label "$label" $flags --out "$dir" ;;
+    esac
+    echo "$(date -u +%F\ %H:%M) [w$n] end rc=$?: $line"
+    flock "$QUEUE.lock" "$SMFP" aggregate "$dir" --csv "$REPO/docs/results/mujoco.csv" \
+      --curves-csv "$REPO/docs/results/mujoco_curves.csv" --no-report
+  done
+}
+
+for n in $(seq 1 "$WORKERS"); do worker "$n" & sleep 5; done
+wait
