@@ -154,27 +154,46 @@ def csv_rows(runs: list[Run], last: int = 3) -> list[dict]:
     return rows
 
 
-def read_csv(path: Path) -> list[dict]:
-    """Rows of an existing results CSV (none if it does not exist); SweepError if it is another file."""
+def _read_table(path: Path, columns: tuple, label: str, kind: str) -> list[dict]:
+    """Rows of an existing CSV with header ``columns`` (none if it does not exist); SweepError if it is another
+    file. ``label`` names the file in messages, ``kind`` what it should be."""
     path = Path(path)
     if not path.exists():
         return []
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SweepError(f"cannot read --csv {path} ({type(exc).__name__})") from None
+        raise SweepError(f"cannot read {label} ({type(exc).__name__})") from None
     if not text.strip():
         return []
     reader = csv.DictReader(io.StringIO(text))
-    if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
-        raise SweepError(f"--csv {path} is not a results table (its header is not {','.join(CSV_COLUMNS)}); "
-                         "choose another file")
+    if tuple(reader.fieldnames or ()) != columns:
+        raise SweepError(f"{label} is not {kind} (its header is not {','.join(columns)}); choose another file")
     rows = []
     for i, row in enumerate(reader, start=2):
-        if None in row or any(row.get(c) is None for c in CSV_COLUMNS):
-            raise SweepError(f"--csv {path}: line {i} does not have {len(CSV_COLUMNS)} fields")
-        rows.append({c: row[c] for c in CSV_COLUMNS})
+        if None in row or any(row.get(c) is None for c in columns):
+            raise SweepError(f"{label}: line {i} does not have {len(columns)} fields")
+        rows.append({c: row[c] for c in columns})
     return rows
+
+
+def _write_table(path: Path, columns: tuple, rows: list[dict], flag: str) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    from smfp.storage.atomic import atomic_write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, buf.getvalue())
+    except OSError as exc:
+        raise SweepError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of an existing results CSV (none if it does not exist); SweepError if it is another file."""
+    return _read_table(path, CSV_COLUMNS, f"--csv {path}", "a results table")
 
 
 def write_csv(root: Path, path: Path, last: int = 3, warn=lambda s: None) -> tuple[int, int]:
@@ -197,41 +216,13 @@ def write_csv(root: Path, path: Path, last: int = 3, warn=lambda s: None) -> tup
     merged.update({key(row): row for row in new})
     rows = sorted(merged.values(), key=lambda row: (row["algo"], row["env"], _seed_order(row["seed"]),
                                                     row["eval_mode"]))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    from smfp.storage.atomic import atomic_write_text
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, buf.getvalue())
-    except OSError as exc:
-        raise SweepError(f"cannot write --csv {path}: {exc.strerror or exc}") from None
+    _write_table(path, CSV_COLUMNS, rows, "--csv")
     return len(new), len(rows)
 
 
 def read_curves_csv(path: Path) -> list[dict]:
     """Rows of an existing curves CSV (none if it does not exist); SweepError if it is another file."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SweepError(f"cannot read the curves table {path} ({type(exc).__name__})") from None
-    if not text.strip():
-        return []
-    reader = csv.DictReader(io.StringIO(text))
-    if tuple(reader.fieldnames or ()) != CURVE_COLUMNS:
-        raise SweepError(f"{path} is not a curves table (its header is not {','.join(CURVE_COLUMNS)}); "
-                         "choose another file")
-    rows = []
-    for i, row in enumerate(reader, start=2):
-        if None in row or any(row.get(c) is None for c in CURVE_COLUMNS):
-            raise SweepError(f"{path}: line {i} does not have {len(CURVE_COLUMNS)} fields")
-        rows.append({c: row[c] for c in CURVE_COLUMNS})
-    return rows
+    return _read_table(path, CURVE_COLUMNS, str(path), "a curves table")
 
 
 def curve_rows(runs: list[Run]) -> list[dict]:
@@ -265,17 +256,7 @@ def write_curves_csv(root: Path, path: Path) -> tuple[int, int]:
     mine = {key(row) for row in new}
     rows = [row for row in old if key(row) not in mine] + new
     rows.sort(key=lambda row: (row["algo"], row["env"], _seed_order(row["seed"]), int(row["eval_step"])))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CURVE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    from smfp.storage.atomic import atomic_write_text
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, buf.getvalue())
-    except OSError as exc:
-        raise SweepError(f"cannot write --curves-csv {path}: {exc.strerror or exc}") from None
+    _write_table(path, CURVE_COLUMNS, rows, "--curves-csv")
     return len(mine), len({key(row) for row in rows})
 
 
