@@ -16,20 +16,23 @@ SMFP="$REPO/.venv/bin/smfp"
 QUEUE="$OUT/queue.txt"
 mkdir -p "$OUT"
 
-# In order of need (2026-12-05): the method issue's stage 2 (seeds 1-2 of mf0.1 + md0 and its Hopper
-# diagnostics), SAC's Hopper / Walker2d seed 0 again for their learning curves, stage 2's second setting (mf0.1),
-# the SB3 check's Hopper seeds, the yardstick's four other tasks, then SAC's other reruns for the curves.
+# In order of need (2026-12-05): the method issue's Hopper diagnostics (mf0.1 + md0 reached 0.41 of SAC on Hopper
+# seed 0, and so did its Gaussian control: what in SMFP's shared machinery is slow there?), the rest of stage 2
+# (seeds 1-2 of mf0.1 + md0), SAC's Walker2d seed 0 again for its curve, stage 2's second setting (mf0.1), the SB3
+# check's Hopper seeds, the yardstick's four other tasks, then SAC's other reruns for the curves.
 cat > "$QUEUE.new" <<'LIST'
-smfp-mf0.1-md0 HalfCheetah-v5 1 --meanflow-coef 0.1 --md-lambda 0
-smfp-mf0.1-md0 Walker2d-v5 1 --meanflow-coef 0.1 --md-lambda 0
-smfp-mf0.1-md0 Hopper-v5 1 --meanflow-coef 0.1 --md-lambda 0
-smfp-mf0.1-md0-kappa0 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --noise-scale 0
 smfp-mf0.1-md0-q256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --q-states 256
+smfp-mf0-md0 Hopper-v5 0 --meanflow-coef 0 --md-lambda 0
+smfp-mf0.1-md0-256x8 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --actor-states 256
+smfp-mf0.1-md0 Hopper-v5 1 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0 Walker2d-v5 1 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0-kappa0 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --noise-scale 0
+smfp-mf0.1-md0 HalfCheetah-v5 1 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 HalfCheetah-v5 2 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 Walker2d-v5 2 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 Hopper-v5 2 --meanflow-coef 0.1 --md-lambda 0
-sac Hopper-v5 0
 sac Walker2d-v5 0
+sac Hopper-v5 0
 smfp-mf0.1-md0 HalfCheetah-v5 0 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1 HalfCheetah-v5 0 --meanflow-coef 0.1
 smfp-mf0.1 Hopper-v5 0 --meanflow-coef 0.1
