@@ -144,9 +144,9 @@ def blocked_rollouts(agent, summ: dict, episodes: int, seed: int) -> tuple[dict,
     """The blocked-goal test (``smfp.monitor.multigoal``): the goal this run reached most often is walled off
     (no move enters a disc of ``BLOCK_RADIUS`` around it); the episodes that still reach a goal, and their paths."""
     from smfp.envs.multimodal import GOAL_NAMES
-    from smfp.monitor.multigoal import BLOCK_RADIUS
+    from smfp.monitor.multigoal import BLOCK_RADIUS, most_reached_goal
 
-    blocked = max(range(len(GOAL_NAMES)), key=lambda g: summ["goal_counts"][GOAL_NAMES[g]])
+    blocked = most_reached_goal(summ["goal_counts"])
     eps = rollouts(agent, TASKS["multigoal"], episodes, seed + episodes,
                    env_kwargs={"blocked_goal": blocked, "block_radius": BLOCK_RADIUS})
     success = sum(int(e["info"].get("goal", -1)) >= 0 for e in eps)

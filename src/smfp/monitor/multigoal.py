@@ -47,11 +47,16 @@ def goal_entropy(counts: Sequence[int]) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def most_reached_goal(counts: dict[str, int]) -> int:
+    """The index of the goal reached most often (the first of a tie): the one the blocked-goal test walls off."""
+    return max(range(len(GOAL_NAMES)), key=lambda g: counts[GOAL_NAMES[g]])
+
+
 def blocked_goal_test(act: Callable[[np.ndarray], np.ndarray], counts: dict[str, int], episodes: int,
                       seed: int) -> dict:
     """Wall off the goal reached most often (``MultiGoalEnv(blocked_goal=...)``: no move enters a disc of
     ``BLOCK_RADIUS`` around it) and count the episodes that still reach a goal."""
-    blocked = max(range(len(GOAL_NAMES)), key=lambda g: counts[GOAL_NAMES[g]])
+    blocked = most_reached_goal(counts)
     after = goals_reached(act, episodes, seed, blocked_goal=blocked, block_radius=BLOCK_RADIUS)
     return {"blocked_goal": GOAL_NAMES[blocked], "blocked_success": sum(g >= 0 for g in after)}
 
@@ -67,4 +72,5 @@ def target_at(policy, critic, alpha: float, obs, seed: int) -> dict:
     return {"target_modes": rep.modes, "tv_to_target": rep.tv_to_target}
 
 
-__all__ = ["BLOCK_RADIUS", "ENV", "blocked_goal_test", "goal_counts", "goal_entropy", "goals_reached", "target_at"]
+__all__ = ["BLOCK_RADIUS", "ENV", "blocked_goal_test", "goal_counts", "goal_entropy", "goals_reached", "most_reached_goal",
+           "target_at"]
