@@ -7,7 +7,8 @@
 # at nice 10. A line whose run already has a row in docs/results/mujoco.csv (label, env, seed) is skipped, so the
 # queue survives the loss of OUT; a run interrupted with OUT intact resumes (smfp sweep). After each run, the
 # tables docs/results/mujoco.csv and docs/results/mujoco_curves.csv are updated (commit them).
-# Each line: LABEL ENV SEED FLAGS... (LABEL sac-yard: SAC's defaults; sb3-sac: Stable-Baselines3's SAC).
+# Each line: LABEL ENV SEED FLAGS... (LABEL sac: SAC's defaults; sac-NAME: SAC with
+# FLAGS; sb3-sac: Stable-Baselines3's SAC).
 set -u
 OUT=${1:?usage: research_queue.sh OUT [WORKERS]}
 WORKERS=${2:-2}
@@ -19,19 +20,23 @@ mkdir -p "$OUT"
 # In order of need (2026-12-05): the method issue's Hopper diagnostics (mf0.1 + md0 reached 0.41 of SAC on Hopper
 # seed 0, and so did its Gaussian control: what in SMFP's shared machinery is slow there?), the rest of stage 2
 # (seeds 1-2 of mf0.1 + md0), SAC's Walker2d seed 0 again for its curve, stage 2's second setting (mf0.1), the SB3
-# check's Hopper seeds, the yardstick's four other tasks, then SAC's other reruns for the curves.
+# check's Hopper seeds, SAC in bf16 paired with its fp32 runs (issue 24's parity check) after the diagnostics, the yardstick's four other tasks, then SAC's other reruns for the curves.
 cat > "$QUEUE.new" <<'LIST'
 smfp-mf0.1-md0-q256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --q-states 256
 smfp-mf0-md0 Hopper-v5 0 --meanflow-coef 0 --md-lambda 0
 smfp-mf0.1-md0-256x8 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --actor-states 256
 smfp-mf0.1-md0-sigma256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --sigma-hidden 256 256
 smfp-mf0.1-md0 Hopper-v5 1 --meanflow-coef 0.1 --md-lambda 0
+sac-bf16 HalfCheetah-v5 0 --precision bf16
+sac-bf16 Hopper-v5 0 --precision bf16
 smfp-mf0.1-md0 Walker2d-v5 1 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0-kappa0 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --noise-scale 0
 smfp-mf0.1-md0 HalfCheetah-v5 1 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 HalfCheetah-v5 2 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 Walker2d-v5 2 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 Hopper-v5 2 --meanflow-coef 0.1 --md-lambda 0
+sac-bf16 HalfCheetah-v5 1 --precision bf16
+sac-bf16 Hopper-v5 1 --precision bf16
 sac Walker2d-v5 0
 sac Hopper-v5 0
 smfp-mf0.1-md0 HalfCheetah-v5 0 --meanflow-coef 0.1 --md-lambda 0
@@ -89,6 +94,9 @@ worker() {
                  --eval-episodes 10 --out "$dir/sb3-sac-$env-s$seed" ;;
       sac) nice -n 10 "$SMFP" sweep --algos sac --envs "$env" --seeds "$seed" --total-steps 100000 --eval-every 10000 \
              --eval-episodes 10 --eval-mode mean --checkpoint-every 10000 --num-cpus 1 --out "$dir" ;;
+      sac-*) nice -n 10 "$SMFP" sweep --algos sac --envs "$env" --seeds "$seed" --total-steps 100000 --eval-every 10000 \
+               --eval-episodes 10 --eval-mode mean --checkpoint-every 10000 --num-cpus 1 --label "$label" $flags \
+               --out "$dir" ;;
       *) nice -n 10 "$SMFP" sweep --algos smfp --envs "$env" --seeds "$seed" --total-steps 100000 --eval-every 10000 \
            --eval-episodes 10 --checkpoint-every 10000 --num-cpus 1 --label "$label" $flags --out "$dir" ;;
     esac
