@@ -122,7 +122,8 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "update.em_sharpness": 1.0, "update.em_reverse": "draws", "update.em_proposal": "draws",
                 "policy.per_head_sigma": False, "update.em_mass_coef": 1.0,
                 "update.em_masses": "candidates",
-                "update.em_reverse_logits": True, "multimodal_policy": "plain"}
+                "update.em_reverse_logits": True, "multimodal_policy": "plain",
+                "policy.generator_activation": "silu"}
 
 # The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_", "update.em_")
@@ -200,6 +201,9 @@ class PolicyConfig:
     heads: int = doc("K, heads of the SMFP policy: a discrete latent c ~ p(c|s) beside the noise z, so that a mode's "
                      "mass is a learned probability, not a share of a connected noise space (1: none; K > 1 needs "
                      "--actor-update em); see docs/method.md", default=1)
+    generator_activation: Literal["silu", "relu"] = doc(
+        "activation of the SMFP generator network u(s, z, t, h) (the sigma network uses ReLU, as SAC's actor does)",
+        default="silu")
     per_head_sigma: bool = doc("with --heads K: an output sigma per head (K log-stds from the sigma network) instead "
                                "of one shared by every head, so that one head can cover a broad background while "
                                "another sits on a narrow peak", default=False)
@@ -468,6 +472,9 @@ class TrainConfig:
             raise ConfigError(f"--heads must be >= 1, got {self.policy.heads}")
         if self.policy.heads > 1 and self.spec.policy != "smfp":
             raise ConfigError(f"--heads applies to --algo smfp (the {self.spec.policy} policy has no heads); drop it")
+        if self.policy.generator_activation != "silu" and self.spec.policy != "smfp":
+            raise ConfigError(f"--generator-activation applies to --algo smfp (the {self.spec.policy} policy keeps "
+                              f"its own); drop it")
         if self.policy.per_head_sigma and self.policy.heads < 2:
             raise ConfigError("--per-head-sigma needs --heads K with K > 1 (a sigma per head); add --heads or drop it")
         if self.policy.heads > 1 and self.update.actor_update != "em":

@@ -193,3 +193,34 @@ def test_the_mirror_descent_warm_up_holds_lambda_at_zero_until_the_entropy_reach
     for a, p in zip(learner.anchor.parameters(), learner.policy.parameters()):
         assert torch.equal(a, p)  # the anchor starts from the policy as it is when the warm-up ends
     assert learner.state_dict()["md_active"] is True
+
+
+def test_the_generator_activation_is_a_switch_saved_with_the_policy_and_exported():
+    from smfp.config import ConfigError, TrainConfig
+    from smfp.export import export_policy
+    from smfp.policies import build_policy
+    from smfp.policies.smfp import SMFPPolicy as Cls
+
+    torch.manual_seed(2)
+    relu = Cls(3, 2, hidden=(16, 16), sigma_hidden=(8,), activation="relu").eval()
+    assert any(isinstance(m, torch.nn.ReLU) for m in relu.u_net) and not any(isinstance(m, torch.nn.SiLU)
+                                                                              for m in relu.u_net)
+    assert any(isinstance(m, torch.nn.SiLU) for m in Cls(3, 2, hidden=(16, 16), sigma_hidden=(8,)).u_net)
+    rebuilt = build_policy("smfp", **relu.init_kwargs())  # what a checkpoint rebuilds
+    rebuilt.load_state_dict(relu.state_dict())
+    obs, eps = torch.randn(5, 3), torch.randn(5, 4, 2)
+    assert torch.equal(rebuilt.transport(obs, eps), relu.transport(obs, eps))
+    older = {k: v for k, v in relu.init_kwargs().items() if k != "activation"}  # saved before the switch existed
+    assert build_policy("smfp", **older).activation == "silu"
+    out = export_policy(relu, np.array([-1.0, -1.0]), np.array([1.0, 1.0]), "torchscript",
+                        Path(tempfile.mkdtemp()) / "a.pt", "sample", None, None)
+    assert out["max_abs_error"] <= out["tolerance"]
+    cfg = TrainConfig(algo="smfp", run_dir="unused")
+    cfg.policy.generator_activation = "relu"
+    assert isinstance(cfg.resolved().policy.generator_activation, str)
+    cfg = TrainConfig(algo="sac", run_dir="unused")
+    cfg.policy.generator_activation = "relu"
+    with pytest.raises(ConfigError, match="--generator-activation applies to --algo smfp"):
+        cfg.resolved()
+    with pytest.raises(ValueError, match="unknown generator activation"):
+        Cls(3, 2, activation="tanh")

@@ -193,6 +193,9 @@ def head_one_hot(probs: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
     return (torch.arange(k, device=c.device) == c.unsqueeze(-1)).to(normal.dtype)
 
 
+GENERATOR_ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU}  # of a transport policy's generator network
+
+
 class TransportPolicy(Policy):
     """A policy whose component means are a learned transport of the noise ``z``.
 
@@ -217,8 +220,11 @@ class TransportPolicy(Policy):
     def __init__(self, obs_dim: int, act_dim: int, time_dim: int, hidden: tuple[int, ...] = (256, 256),
                  sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0,
                  noise_scale: float = 1.0, learn_noise_scale: bool = False, heads: int = 1,
-                 per_head_sigma: bool = False):
+                 per_head_sigma: bool = False, activation: str = "silu"):
         super().__init__(obs_dim, act_dim, log_std_min, log_std_max)
+        if activation not in GENERATOR_ACTIVATIONS:
+            raise ValueError(f"unknown generator activation {activation!r}; choose {', '.join(GENERATOR_ACTIVATIONS)}")
+        self.activation = activation
         if int(heads) < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
         if per_head_sigma and int(heads) < 2:
@@ -232,7 +238,7 @@ class TransportPolicy(Policy):
         latent = self.heads if self.heads > 1 else 0
         self.noise_dim = act_dim + latent
         setattr(self, self.generator_name,
-                mlp(obs_dim + act_dim + time_dim + latent, self.hidden, act_dim, act=nn.SiLU))
+                mlp(obs_dim + act_dim + time_dim + latent, self.hidden, act_dim, act=GENERATOR_ACTIVATIONS[activation]))
         # per_head_sigma: K log-stds (one per head, head-major) before the logits. With one sigma shared by the heads,
         # a head's width in action space is set by where it sits (tanh), and no head can be broad while another is
         # narrow: a mixture of 8-16 Gaussians with one shared width cannot follow five narrow peaks on a broad
