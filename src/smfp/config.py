@@ -312,9 +312,10 @@ class UpdateConfig:
     grad_clip: float = doc("clip gradient norms at this value (0: off; norms are logged either way)", default=0.0)
     updates_per_step: int = doc("gradient updates per environment step", default=1)
     learning_starts: int = doc("environment steps of uniform random actions before updates start", default=5000)
-    precision: Literal["fp32", "bf16"] = doc(
-        "matmul precision of the hidden-to-hidden layers in updates: fp32, or bf16 (fp32 master weights, "
-        "first/last layers, losses and optimiser; pays on CPUs with AMX/avx512_bf16; see docs/performance.md)",
+    precision: Literal["fp32", "bf16", "auto"] = doc(
+        "matmul precision of the hidden-to-hidden layers in updates: fp32, bf16 (fp32 master weights, "
+        "first/last layers, losses and optimiser; pays on CPUs with AMX/avx512_bf16), or auto (bf16 where the CPU "
+        "has AMX or avx512_bf16, else fp32; the run's config records which); see docs/performance.md",
         default="fp32")
 
 
@@ -413,6 +414,9 @@ class TrainConfig:
             cfg = _apply_unless_set(cfg, MULTIMODAL_HEADS)  # first: md_lambda's default is resolved below
         u = cfg.update
         md = cfg.spec.mirror_descent
+        from smfp.precision import resolve_precision  # torch-free until a config is resolved
+
+        u.precision = resolve_precision(u.precision)  # auto: what this CPU runs, recorded in config.json
         if u.md_lambda is None:
             u.md_lambda = 1.0 if md else 0.0
         if u.lambda_per_alpha is None:

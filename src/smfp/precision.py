@@ -18,11 +18,39 @@ from typing import Iterator, Optional
 import torch
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+# CPU features that run bfloat16 products natively (AMX tiles; AVX-512 BF16 dot products); elsewhere bfloat16 is
+# emulated and slower than float32.
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 # Narrower layers (e.g. SMFP's 64-wide sigma net) gain less from bfloat16 than the casts cost.
 MIN_REDUCED_WIDTH = 128
 
 _matmul_dtype: Optional[torch.dtype] = None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16() -> bool:
+    """True when this CPU computes bfloat16 products natively (``NATIVE_BF16_FLAGS``)."""
+    return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(name: str) -> str:
+    """``auto`` -> ``bf16`` on a CPU with native bfloat16, else ``fp32``; ``fp32`` / ``bf16`` unchanged."""
+    if name == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return name
 
 
 def matmul_dtype() -> Optional[torch.dtype]:

@@ -220,3 +220,28 @@ def test_grad_norm_without_clipping_matches_clip_grad_norm_and_leaves_grads():
     assert torch.equal(norm, ref)
     assert float(grad_norm(params, 1e-3)) == pytest.approx(float(ref))
     assert float(torch.nn.utils.get_total_norm([p.grad for p in params])) == pytest.approx(1e-3, rel=1e-4)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_resolves_to_what_the_cpu_runs_natively_and_is_recorded(native, monkeypatch, tmp_path):
+    import smfp.precision as precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda: native)
+    cfg = TrainConfig(algo="sac", run_dir=str(tmp_path / "run"))
+    cfg.update.precision = "auto"
+    resolved = cfg.resolved()
+    assert resolved.update.precision == ("bf16" if native else "fp32")
+    assert resolved.to_dict()["update"]["precision"] in ("bf16", "fp32")  # config.json names what ran
+    assert Learner(resolved, 3, 1).matmul_dtype == (torch.bfloat16 if native else None)
+    for explicit in ("fp32", "bf16"):  # an explicit choice is never overridden
+        cfg.update.precision = explicit
+        assert cfg.resolved().update.precision == explicit
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    import smfp.precision as precision
+
+    for flags, native in ((frozenset({"avx2", "avx512f", "avx512_bf16"}), True), (frozenset({"amx_bf16"}), True),
+                          (frozenset({"avx2", "avx512f"}), False), (frozenset(), False)):
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
+        assert precision.native_bf16() is native

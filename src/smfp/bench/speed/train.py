@@ -40,6 +40,7 @@ import torch
 from smfp.bench.sb3_reference import sb3_available, sb3_sac_kwargs
 from smfp.config import ALGOS, ConfigError, TrainConfig, leaf_fields, set_leaf
 from smfp.envs import quiet_native_stderr
+from smfp.precision import native_bf16
 
 SB3_NAME = "sb3-sac"
 
@@ -201,7 +202,8 @@ def machine_info() -> dict:
         pass
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "isa": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags}
+            "torch": torch.__version__, "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "native_bf16": native_bf16()}
     try:
         info["load_avg_1min_start"] = os.getloadavg()[0]
     except OSError:
