@@ -20,6 +20,7 @@ ENTROPY_GAP = "train/entropy_gap"
 KL_ANCHOR = "train/kl_anchor"
 KL_ANCHOR_AT_REFRESH = "train/kl_anchor_at_refresh"
 SIGMA_MEAN = "train/sigma_mean"
+LOG_SIGMA_STATE_SD = "train/log_sigma_state_sd"  # spread over states of the mean output log-std
 SATURATION = "train/saturation"
 Q_MEAN, Q_MIN, Q_MAX = "train/q_mean", "train/q_min", "train/q_max"
 TD_ERROR = "train/td_error"

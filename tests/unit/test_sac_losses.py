@@ -232,8 +232,9 @@ def test_update_moves_targets_by_polyak_average_and_reports_metrics():
         torch.testing.assert_close(new_t, 0.9 * old_t + 0.1 * new_c, rtol=1e-6, atol=1e-7)
     assert any(not torch.equal(a, b) for a, b in zip(actor_before, learner.policy.parameters()))
     assert learner.updates == 1
-    for key in ("losses/critic", "losses/actor", "train/alpha", "train/entropy"):
+    for key in ("losses/critic", "losses/actor", "train/alpha", "train/entropy", "train/log_sigma_state_sd"):
         assert torch.isfinite(metrics[key]).all(), key
+    assert metrics["train/log_sigma_state_sd"].item() > 0.0  # random states: a state-dependent log-std differs
     assert learner.update(buf.sample(32)) == {}
 
 

@@ -257,6 +257,8 @@ class Learner:
             K.ENTROPY: -logp.mean(), K.ENTROPY_M1: -logp_m1.mean(),
             K.KL_ANCHOR: actor["kl"], K.KL_ANCHOR_AT_REFRESH: self.last_refresh_kl,
             K.SIGMA_MEAN: smp.log_std.detach().exp().mean(),
+            # how much the output noise depends on the state (SAC's comes from its trunk, SMFP's from a sigma net)
+            K.LOG_SIGMA_STATE_SD: smp.log_std.detach().flatten(1).mean(1).std(),
             K.SATURATION: (x.abs() > 3.0).float().mean(),
             K.Q_MEAN: q.mean(), K.Q_MIN: q.min(), K.Q_MAX: q.max(),
             K.TD_ERROR: (q - target.unsqueeze(0)).abs().mean(),
