@@ -123,7 +123,7 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "policy.per_head_sigma": False, "update.em_mass_coef": 1.0,
                 "update.em_masses": "candidates",
                 "update.em_reverse_logits": True, "multimodal_policy": "plain",
-                "policy.generator_activation": "silu"}
+                "policy.generator_activation": "silu", "policy.state_base": False}
 
 # The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_", "update.em_")
@@ -204,6 +204,10 @@ class PolicyConfig:
     generator_activation: Literal["silu", "relu"] = doc(
         "activation of the SMFP generator network u(s, z, t, h) (the sigma network uses ReLU, as SAC's actor does)",
         default="silu")
+    state_base: bool = doc(
+        "SMFP: the state-only (sigma) network also gives a shift mu(s) of every component, mean(s, z) = mu(s) + T(s, z), "
+        "so the state-dependent centre is learnt as a Gaussian actor learns its mean (give the network SAC's width: "
+        "--sigma-hidden 256 256); one-head policies only; see docs/method.md", default=False)
     per_head_sigma: bool = doc("with --heads K: an output sigma per head (K log-stds from the sigma network) instead "
                                "of one shared by every head, so that one head can cover a broad background while "
                                "another sits on a narrow peak", default=False)
@@ -479,6 +483,11 @@ class TrainConfig:
         if self.policy.generator_activation != "silu" and self.spec.policy != "smfp":
             raise ConfigError(f"--generator-activation applies to --algo smfp (the {self.spec.policy} policy keeps "
                               f"its own); drop it")
+        if self.policy.state_base and self.spec.policy != "smfp":
+            raise ConfigError(f"--state-base applies to --algo smfp (the {self.spec.policy} policy has its own mean); "
+                              f"drop it")
+        if self.policy.state_base and self.policy.heads > 1:
+            raise ConfigError("--state-base is for one-head policies; drop it or --heads")
         if self.policy.per_head_sigma and self.policy.heads < 2:
             raise ConfigError("--per-head-sigma needs --heads K with K > 1 (a sigma per head); add --heads or drop it")
         if self.policy.heads > 1 and self.update.actor_update != "em":

@@ -224,3 +224,44 @@ def test_the_generator_activation_is_a_switch_saved_with_the_policy_and_exported
         cfg.resolved()
     with pytest.raises(ValueError, match="unknown generator activation"):
         Cls(3, 2, activation="tanh")
+
+
+def test_a_state_base_shifts_every_component_and_is_saved_exported_and_refused_where_it_does_not_apply():
+    from smfp.config import ConfigError, TrainConfig
+    from smfp.critic import QEnsemble
+    from smfp.export import export_policy
+    from smfp.policies import build_policy
+    from smfp.policies.smfp import SMFPPolicy as Cls
+
+    torch.manual_seed(3)
+    policy = Cls(3, 2, hidden=(16, 16), sigma_hidden=(8,), state_base=True).eval()
+    obs, eps = torch.randn(5, 3), torch.randn(5, 4, 2)
+    base = policy.base_mean(obs)
+    assert base.shape == (5, 2) and Cls(3, 2, hidden=(16, 16), sigma_hidden=(8,)).base_mean(obs) is None
+    mean, log_std = policy.components(obs, eps)
+    assert torch.allclose(mean, policy.transport(obs, eps) + base.unsqueeze(1))  # mean(s, z) = mu(s) + T(s, z)
+    assert torch.allclose(mean, policy.component_means(obs, eps))
+    assert torch.allclose(log_std, policy.log_std(obs).unsqueeze(1))
+    assert torch.allclose(policy.means(obs, eps, steps=2), policy.transport(obs, eps, steps=2) + base.unsqueeze(1))
+    # the MeanFlow loss stays on the transport: fitting data means fitting data - mu(s)
+    torch.manual_seed(4)
+    with_data = policy.meanflow_loss(obs, weight_power=0.0, data=mean[:, 0].detach())
+    assert torch.isfinite(with_data)
+    rebuilt = build_policy("smfp", **policy.init_kwargs())  # what a checkpoint rebuilds
+    rebuilt.load_state_dict(policy.state_dict())
+    assert torch.equal(rebuilt.components(obs, eps)[0], mean)
+    older = {k: v for k, v in policy.init_kwargs().items() if k != "state_base"}
+    assert build_policy("smfp", **older).state_base is False
+    low, high = np.array([-1.0, -2.0]), np.array([1.0, 2.0])
+    critic = QEnsemble(3, 2, (8,), 2).eval()
+    for fmt in ("torchscript", "onnx"):
+        for mode in ("sample", "best-of-n"):  # export_policy checks the exported actor against the eager one
+            out = export_policy(policy, low, high, fmt, Path(tempfile.mkdtemp()) / f"a.{'pt' if fmt == 'torchscript' else 'onnx'}",
+                                mode, None, critic if mode == "best-of-n" else None)
+            assert out["max_abs_error"] <= out["tolerance"], (fmt, mode)
+    with pytest.raises(ValueError, match="one-head"):
+        Cls(3, 2, heads=2, state_base=True)
+    cfg = TrainConfig(algo="sac", run_dir="unused")
+    cfg.policy.state_base = True
+    with pytest.raises(ConfigError, match="--state-base applies to --algo smfp"):
+        cfg.resolved()

@@ -193,12 +193,17 @@ class MixtureSampleActor(_Transport):
         super().__init__(policy, low, high, steps)
         self.sigma_net = _frozen(policy.sigma_net)
         self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
+        self.state_base = bool(getattr(policy, "state_base", False))
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        x, xi = noise[:, : self.act_dim] * self.kappa, noise[:, self.act_dim :]
+        d = self.act_dim
+        x, xi = noise[:, :d] * self.kappa, noise[:, d:]
         for k in range(self.steps):
             x = torch.sub(x, self.field(torch.cat([obs, x], dim=-1), k), alpha=self.dts[k])
-        std = torch.exp(self.log_std(self.sigma_net(obs)))
+        raw = self.sigma_net(obs)
+        if self.state_base:  # [log-std, shift mu(s)]
+            x = x + raw[:, d:]
+        std = torch.exp(self.log_std(raw[:, :d]))
         return self.rescale(torch.tanh(_fma(x, std, xi)))
 
 
@@ -276,6 +281,9 @@ class MixtureBestOfNActor(_Transport):
     def __init__(self, policy: Policy, critic: nn.Module, low, high, steps: int):
         super().__init__(policy, low, high, steps)
         self.min_q = _MinQ(critic)
+        self.state_base = bool(getattr(policy, "state_base", False))
+        # the shift mu(s) comes from the state network (TorchScript compiles both branches: a stand-in without one)
+        self.base_net = _frozen(policy.sigma_net) if self.state_base else nn.Identity()
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         b, n = noise.shape[0], noise.shape[1]
@@ -283,6 +291,8 @@ class MixtureBestOfNActor(_Transport):
         x = noise * self.kappa
         for k in range(self.steps):
             x = torch.sub(x, self.field(torch.cat([s, x], dim=-1), k), alpha=self.dts[k])
+        if self.state_base:
+            x = x + self.base_net(obs)[:, self.act_dim:].unsqueeze(1)
         cand = torch.tanh(x)
         q = self.min_q(s.reshape(b * n, self.obs_dim), cand.reshape(b * n, self.act_dim)).reshape(b, n)
         best = q.argmax(dim=1)
@@ -356,13 +366,13 @@ def reference_actions(policy: Policy, low, high, mode: str, obs: torch.Tensor, n
         z, xi = noise[:, :d].unsqueeze(1), noise[:, d:2 * d].unsqueeze(1)
         if getattr(policy, "heads", 1) > 1:
             z = torch.cat([z, head_one_hot(policy.head_log_probs(obs).exp(), noise[:, 2 * d:])], dim=-1)
-        mean = policy.transport(obs, z, steps)
+        mean = policy.means(obs, z, steps)
         a = squash(mean + torch.exp(policy.noise_log_std(obs, z)) * xi)[:, 0]
     else:
         n = noise.shape[1]
         if getattr(policy, "heads", 1) > 1:
             noise = torch.cat([noise[..., :d], head_one_hot(policy.head_log_probs(obs).exp(), noise[..., d])], dim=-1)
-        cand = squash(policy.transport(obs, noise, steps))
+        cand = squash(policy.means(obs, noise, steps))
         obs_rep = obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1)
         q = critic(obs_rep, cand.reshape(b * n, d)).min(dim=0).values.reshape(b, n)
         a = cand[torch.arange(b), q.argmax(dim=1)]

@@ -54,7 +54,7 @@ class HealthProbe:
         out = {K.HEALTH_MODES: float(np.mean(modes)), K.HEALTH_MODES_MAX: float(np.max(modes))}
         if hasattr(self.policy, "transport"):
             noise = self.policy.draw_noise(len(self.states), n, self.states)
-            one = torch.tanh(self.policy.transport(self.states, noise, steps=1))
-            many = torch.tanh(self.policy.transport(self.states, noise, steps=self.multistep))
+            one = torch.tanh(self.policy.means(self.states, noise, steps=1))
+            many = torch.tanh(self.policy.means(self.states, noise, steps=self.multistep))
             out[K.HEALTH_MULTISTEP_GAP] = float((one - many).norm(dim=-1).mean())
         return out

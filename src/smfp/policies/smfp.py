@@ -23,9 +23,9 @@ class SMFPPolicy(TransportPolicy):
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256),
                  sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0,
                  noise_scale: float = 1.0, learn_noise_scale: bool = False, heads: int = 1,
-                 per_head_sigma: bool = False, activation: str = "silu"):
+                 per_head_sigma: bool = False, activation: str = "silu", state_base: bool = False):
         super().__init__(obs_dim, act_dim, 2, hidden, sigma_hidden, log_std_min, log_std_max, noise_scale,
-                         learn_noise_scale, heads, per_head_sigma, activation)
+                         learn_noise_scale, heads, per_head_sigma, activation, state_base)
 
     def step_times(self, i: int, steps: int) -> tuple[list[float], float]:
         t, r = 1.0 - i / steps, 1.0 - (i + 1) / steps
@@ -55,8 +55,10 @@ class SMFPPolicy(TransportPolicy):
         if data is None:
             with torch.no_grad():
                 x_hat = self.transport(obs, noise, steps=1).squeeze(1)
-        else:
+        else:  # the transport's own end point: the data less the state base, if any
             x_hat = data.detach().to(obs.dtype)
+            if self.state_base:
+                x_hat = x_hat - self.base_mean(obs).detach()
         eps, latent = self.split_noise(noise.squeeze(1))
         z = eps * self.kappa.to(obs.dtype)  # the t = 1 end of the transport (kappa-scaled, as there)
         times = torch.sigmoid(torch.randn(b, 2, dtype=obs.dtype) * 1.0 - 0.4)
@@ -84,10 +86,11 @@ class SMFPPolicy(TransportPolicy):
     def from_config(cls, obs_dim: int, act_dim: int, cfg) -> "SMFPPolicy":
         return cls(obs_dim, act_dim, hidden=cfg.hidden, sigma_hidden=cfg.sigma_hidden, log_std_min=cfg.log_std_min,
                    log_std_max=cfg.log_std_max, noise_scale=cfg.noise_scale, learn_noise_scale=cfg.learn_noise_scale,
-                   heads=cfg.heads, per_head_sigma=cfg.per_head_sigma, activation=cfg.generator_activation)
+                   heads=cfg.heads, per_head_sigma=cfg.per_head_sigma, activation=cfg.generator_activation,
+                   state_base=cfg.state_base)
 
     def init_kwargs(self) -> dict:
         return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=self.hidden, sigma_hidden=self.sigma_hidden,
                     log_std_min=self.log_std_min, log_std_max=self.log_std_max, noise_scale=self.noise_scale,
                     learn_noise_scale=self.learn_noise_scale, heads=self.heads,
-                    per_head_sigma=self.per_head_sigma, activation=self.activation)
+                    per_head_sigma=self.per_head_sigma, activation=self.activation, state_base=self.state_base)
