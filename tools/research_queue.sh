@@ -26,9 +26,9 @@ smfp-mf0.1-md0-q256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --q-states 256
 smfp-mf0-md0 Hopper-v5 0 --meanflow-coef 0 --md-lambda 0
 smfp-mf0.1-md0-256x8 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --actor-states 256
 smfp-mf0.1-md0-base-q256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --state-base --sigma-hidden 256 256 --q-states 256
-smfp-gauss-256x1 Hopper-v5 0 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
 smfp-mf0.1-md0-base-q256 HalfCheetah-v5 0 --meanflow-coef 0.1 --md-lambda 0 --state-base --sigma-hidden 256 256 --q-states 256
 smfp-mf0.1-md0-base-q256 Walker2d-v5 0 --meanflow-coef 0.1 --md-lambda 0 --state-base --sigma-hidden 256 256 --q-states 256
+smfp-gauss-256x1 Hopper-v5 0 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
 smfp-mf0.1-md0-relu Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --generator-activation relu
 smfp-mf0.1-md0-sigma256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --sigma-hidden 256 256
 smfp-mf0.1-md0 Hopper-v5 1 --meanflow-coef 0.1 --md-lambda 0
