@@ -26,6 +26,8 @@ mkdir -p "$OUT"
 cat > "$QUEUE.new" <<'LIST'
 smfp-gauss-256x1 Hopper-v5 0 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
 smfp-mf0.1-md0-relu Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --generator-activation relu
+smfp-gauss-256x1-base Hopper-v5 0 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0 --state-base --sigma-hidden 256 256
+smfp-gauss-256x1-relu-sig256 Hopper-v5 0 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0 --generator-activation relu --sigma-hidden 256 256
 smfp-mf0.1-md0-sigma256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --sigma-hidden 256 256
 smfp-mf0.1-md0 Hopper-v5 2 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 Walker2d-v5 1 --meanflow-coef 0.1 --md-lambda 0
