@@ -40,7 +40,7 @@ import torch
 from smfp.bench.sb3_reference import sb3_available, sb3_sac_kwargs
 from smfp.config import ALGOS, ConfigError, TrainConfig, leaf_fields, set_leaf
 from smfp.envs import quiet_native_stderr
-from smfp.precision import native_bf16
+from smfp.precision import cpu_flags, native_bf16
 
 SB3_NAME = "sb3-sac"
 
@@ -189,17 +189,15 @@ def _run(kind: str, cfg: TrainConfig, steps: int, warmup: int, isolate: bool) ->
 # --- the benchmark ------------------------------------------------------------------------
 def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
-    flags = ""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = line
                     break
     except OSError:
         pass
+    flags = cpu_flags()  # smfp.precision's reading of the same file
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "isa": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
