@@ -17,49 +17,23 @@ SMFP="$REPO/.venv/bin/smfp"
 QUEUE="$OUT/queue.txt"
 mkdir -p "$OUT"
 
-# In order of need (2026-12-06, end: the state base did not fix Hopper seed 0 (526); first the Gaussian control on
+# In order of need (2026-12-06, second session: is Hopper seed 0 SAC's luck? "networks as SAC" on Hopper seeds 1-2 and
+# SB3's Hopper seeds 1-2 (SB3's seed 0 made 516, ours 1321), then SAC in bf16 (issue 24's parity), the yardstick's
+# four other tasks, then stage 2's remaining seeds and SAC's curve reruns; 2026-12-06, end: the state base did not fix Hopper seed 0 (526); first the Gaussian control on
 # SAC's batch, the ReLU generator and the 256-wide sigma network on Hopper, then stage 2's remaining seeds, SAC in bf16
 # paired with its fp32 runs, the state base on the other two tasks; 2026-12-05: the method issue's Hopper diagnostics (mf0.1 + md0 reached 0.41 of SAC on Hopper
 # seed 0, and so did its Gaussian control: what in SMFP's shared machinery is slow there?), the rest of stage 2
 # (seeds 1-2 of mf0.1 + md0), SAC's Walker2d seed 0 again for its curve, stage 2's second setting (mf0.1), the SB3
 # check's Hopper seeds, SAC in bf16 paired with its fp32 runs (issue 24's parity check) after the diagnostics, the yardstick's four other tasks, then SAC's other reruns for the curves.
 cat > "$QUEUE.new" <<'LIST'
-smfp-gauss-256x1 Hopper-v5 0 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
-smfp-mf0.1-md0-relu Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --generator-activation relu
-smfp-gauss-256x1-base Hopper-v5 0 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0 --state-base --sigma-hidden 256 256
-smfp-gauss-256x1-relu-sig256 Hopper-v5 0 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0 --generator-activation relu --sigma-hidden 256 256
-smfp-mf0.1-md0-sigma256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --sigma-hidden 256 256
-smfp-mf0.1-md0 Hopper-v5 2 --meanflow-coef 0.1 --md-lambda 0
-smfp-mf0.1-md0 Walker2d-v5 1 --meanflow-coef 0.1 --md-lambda 0
-smfp-mf0.1-md0 HalfCheetah-v5 2 --meanflow-coef 0.1 --md-lambda 0
-smfp-mf0.1-md0 Walker2d-v5 2 --meanflow-coef 0.1 --md-lambda 0
-smfp-mf0.1-md0 HalfCheetah-v5 0 --meanflow-coef 0.1 --md-lambda 0
+smfp-gauss-256x1 Hopper-v5 1 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
+smfp-gauss-256x1 Hopper-v5 2 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
+sb3-sac Hopper-v5 1
+sb3-sac Hopper-v5 2
 sac-bf16 HalfCheetah-v5 0 --precision bf16
 sac-bf16 Hopper-v5 0 --precision bf16
 sac-bf16 HalfCheetah-v5 1 --precision bf16
 sac-bf16 Hopper-v5 1 --precision bf16
-smfp-mf0.1-md0-base-q256 HalfCheetah-v5 0 --meanflow-coef 0.1 --md-lambda 0 --state-base --sigma-hidden 256 256 --q-states 256
-smfp-mf0.1-md0-base-q256 Walker2d-v5 0 --meanflow-coef 0.1 --md-lambda 0 --state-base --sigma-hidden 256 256 --q-states 256
-smfp-mf0.1-md0-q256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --q-states 256
-smfp-mf0-md0 Hopper-v5 0 --meanflow-coef 0 --md-lambda 0
-smfp-mf0.1-md0-256x8 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --actor-states 256
-smfp-mf0.1-md0-base-q256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --state-base --sigma-hidden 256 256 --q-states 256
-smfp-mf0.1-md0 Hopper-v5 1 --meanflow-coef 0.1 --md-lambda 0
-smfp-mf0.1-md0-kappa0 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --noise-scale 0
-smfp-mf0.1-md0 HalfCheetah-v5 1 --meanflow-coef 0.1 --md-lambda 0
-sac Walker2d-v5 0
-sac Hopper-v5 0
-smfp-mf0.1 HalfCheetah-v5 0 --meanflow-coef 0.1
-smfp-mf0.1 Hopper-v5 0 --meanflow-coef 0.1
-smfp-mf0.1 Walker2d-v5 0 --meanflow-coef 0.1
-smfp-mf0.1 HalfCheetah-v5 1 --meanflow-coef 0.1
-smfp-mf0.1 Hopper-v5 1 --meanflow-coef 0.1
-smfp-mf0.1 Walker2d-v5 1 --meanflow-coef 0.1
-smfp-mf0.1 HalfCheetah-v5 2 --meanflow-coef 0.1
-smfp-mf0.1 Hopper-v5 2 --meanflow-coef 0.1
-smfp-mf0.1 Walker2d-v5 2 --meanflow-coef 0.1
-sb3-sac Hopper-v5 1
-sb3-sac Hopper-v5 2
 sac Swimmer-v5 0
 sac InvertedDoublePendulum-v5 0
 sac Ant-v5 0
@@ -72,6 +46,15 @@ sac Swimmer-v5 2
 sac InvertedDoublePendulum-v5 2
 sac Ant-v5 2
 sac Humanoid-v5 2
+smfp-mf0.1-md0 Hopper-v5 2 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0 Walker2d-v5 1 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0 HalfCheetah-v5 2 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0 Walker2d-v5 2 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0 HalfCheetah-v5 0 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0 Hopper-v5 1 --meanflow-coef 0.1 --md-lambda 0
+smfp-mf0.1-md0 HalfCheetah-v5 1 --meanflow-coef 0.1 --md-lambda 0
+sac Walker2d-v5 0
+sac Hopper-v5 0
 sac HalfCheetah-v5 0
 sac HalfCheetah-v5 1
 sac Hopper-v5 1
@@ -79,6 +62,27 @@ sac Walker2d-v5 1
 sac HalfCheetah-v5 2
 sac Hopper-v5 2
 sac Walker2d-v5 2
+smfp-gauss-256x1 Hopper-v5 0 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
+smfp-mf0.1-md0-relu Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --generator-activation relu
+smfp-gauss-256x1-base Hopper-v5 0 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0 --state-base --sigma-hidden 256 256
+smfp-gauss-256x1-relu-sig256 Hopper-v5 0 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0 --generator-activation relu --sigma-hidden 256 256
+smfp-mf0.1-md0-sigma256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --sigma-hidden 256 256
+smfp-mf0.1-md0-base-q256 HalfCheetah-v5 0 --meanflow-coef 0.1 --md-lambda 0 --state-base --sigma-hidden 256 256 --q-states 256
+smfp-mf0.1-md0-base-q256 Walker2d-v5 0 --meanflow-coef 0.1 --md-lambda 0 --state-base --sigma-hidden 256 256 --q-states 256
+smfp-mf0.1-md0-q256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --q-states 256
+smfp-mf0-md0 Hopper-v5 0 --meanflow-coef 0 --md-lambda 0
+smfp-mf0.1-md0-256x8 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --actor-states 256
+smfp-mf0.1-md0-base-q256 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --state-base --sigma-hidden 256 256 --q-states 256
+smfp-mf0.1-md0-kappa0 Hopper-v5 0 --meanflow-coef 0.1 --md-lambda 0 --noise-scale 0
+smfp-mf0.1 HalfCheetah-v5 0 --meanflow-coef 0.1
+smfp-mf0.1 Hopper-v5 0 --meanflow-coef 0.1
+smfp-mf0.1 Walker2d-v5 0 --meanflow-coef 0.1
+smfp-mf0.1 HalfCheetah-v5 1 --meanflow-coef 0.1
+smfp-mf0.1 Hopper-v5 1 --meanflow-coef 0.1
+smfp-mf0.1 Walker2d-v5 1 --meanflow-coef 0.1
+smfp-mf0.1 HalfCheetah-v5 2 --meanflow-coef 0.1
+smfp-mf0.1 Hopper-v5 2 --meanflow-coef 0.1
+smfp-mf0.1 Walker2d-v5 2 --meanflow-coef 0.1
 LIST
 mv "$QUEUE.new" "$QUEUE"
 
