@@ -85,6 +85,20 @@ def _run_all(worker, cases, make_argv) -> dict:
     return counts
 
 
+def _report_all(worker, cases, prepare) -> None:
+    """All cases as the runs of one ``smfp report`` (it overlays runs, each read and plotted on its own): it must work
+    and list every run, each under its case's name. One call, not one per case: the figures cost a second a call."""
+    case = worker.new_dir()
+    runs = [prepare(case / name, data) for name, data in cases]
+    argv = ["report", *map(str, runs), "--out", str(case / "rep")]
+    code, _, err = worker.run(argv, case)
+    assert check_outcome(argv, code, err) == "ok", err
+    table = (case / "rep" / "report.md").read_text()
+    assert sorted(line.split(" | ")[0][2:] for line in table.splitlines()
+                  if line.startswith("| ") and not line.startswith("| run ")) == sorted(name for name, _ in cases)
+    shutil.rmtree(case, ignore_errors=True)
+
+
 def test_damaged_checkpoint_files_through_eval_and_inspect(worker, checkpoint_cases):
     def eval_argv(case, name, data):
         (case / "c.pt").write_bytes(data)
@@ -169,8 +183,8 @@ def _valid_config_variants(trained) -> list[tuple[str, bytes]]:
 def test_damaged_config_json(worker, trained):
     cases = CONFIGS + _valid_config_variants(trained)
 
-    def with_config(case, data):
-        run = case / "run"
+    def with_config(case, data, run_name="run"):
+        run = case / run_name
         shutil.copytree(trained, run)
         (run / "config.json").write_bytes(data)
         return run
@@ -179,7 +193,7 @@ def test_damaged_config_json(worker, trained):
     assert resumed["error"] == len(cases), resumed  # no damaged config is the same run
     # eval and inspect read the config inside the checkpoint; report only displays it
     assert _run_all(worker, cases, lambda c, n, d: ["eval", str(with_config(c, d)), "--episodes", "1"])["ok"] == len(cases)
-    assert _run_all(worker, cases, lambda c, n, d: ["report", str(with_config(c, d)), "--out", str(c / "rep")])["ok"] == len(cases)
+    _report_all(worker, cases, lambda run, d: with_config(run.parent, d, run.name))
     assert _run_all(worker, cases[:6], lambda c, n, d: ["inspect", str(with_config(c, d)), "--samples", "20",
                                                         "--states", "1", "--episodes", "1"])["ok"] == 6
 
@@ -208,16 +222,18 @@ def test_damaged_metrics_and_alerts(worker, trained):
     for name, rows in (("metrics.jsonl", metric_rows), ("alerts.jsonl", alert_rows)):
         cases = _log_cases(rng, rows)
 
-        def with_log(case, data, name=name):
-            run = case / "run"
+        def with_log(case, data, name=name, run_name="run"):
+            run = case / run_name
             shutil.copytree(trained, run)
             (run / name).write_bytes(data)
             return run
 
-        for make in (lambda c, n, d: ["report", str(with_log(c, d)), "--out", str(c / "rep")],
-                     lambda c, n, d: [*BASE_TRAIN, "--run-dir", str(with_log(c, d)), "--resume"],
-                     lambda c, n, d: ["inspect", str(with_log(c, d)), "--samples", "20", "--states", "1",
-                                      "--episodes", "1"]):
+        _report_all(worker, cases, lambda run, d: with_log(run.parent, d, run_name=run.name))
+        commands = [lambda c, n, d: [*BASE_TRAIN, "--run-dir", str(with_log(c, d)), "--resume"]]
+        if name == "metrics.jsonl":  # inspect reads the metrics (the probe states' rows), not the alerts
+            commands.append(lambda c, n, d: ["inspect", str(with_log(c, d)), "--samples", "20", "--states", "1",
+                                             "--episodes", "1"])
+        for make in commands:
             counts = _run_all(worker, cases, make)
             assert counts["ok"] == len(cases), (name, counts)  # a damaged log never stops a run or a report
 
