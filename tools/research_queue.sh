@@ -8,7 +8,8 @@
 # queue survives the loss of OUT; a run interrupted with OUT intact resumes (smfp sweep). After each run, the
 # tables docs/results/mujoco.csv and docs/results/mujoco_curves.csv are updated (commit them).
 # Each line: LABEL ENV SEED FLAGS... (LABEL sac: SAC's defaults; sac-NAME: SAC with
-# FLAGS; sb3-sac: Stable-Baselines3's SAC).
+# FLAGS; sb3-sac: Stable-Baselines3's SAC; cmd-NAME - -: the smfp command FLAGS, with @OUT@ replaced by OUT, done
+# when it exited 0 once (a marker in OUT/.done; the command must resume by itself, as smfp bench multigoal does)).
 set -u
 OUT=${1:?usage: research_queue.sh OUT [WORKERS]}
 WORKERS=${2:-2}
@@ -18,8 +19,8 @@ QUEUE="$OUT/queue.txt"
 mkdir -p "$OUT"
 
 # In order of need (2026-12-06, second session: is Hopper seed 0 SAC's luck? "networks as SAC" on Hopper seeds 1-2 and
-# SB3's Hopper seeds 1-2 (SB3's seed 0 made 516, ours 1321), then SAC in bf16 (issue 24's parity), the yardstick's
-# four other tasks, then stage 2's remaining seeds and SAC's curve reruns; 2026-12-06, end: the state base did not fix Hopper seed 0 (526); first the Gaussian control on
+# SB3's Hopper seeds 1-2 (SB3's seed 0 made 516, ours 1321), then SAC in bf16 (issue 24's parity), MultiGoal at alpha 3 on seeds 1-4 (issue 23's
+# five-seed table: SAC multimodal vs SMFP heads), the yardstick's four other tasks, then stage 2's remaining seeds and SAC's curve reruns; 2026-12-06, end: the state base did not fix Hopper seed 0 (526); first the Gaussian control on
 # SAC's batch, the ReLU generator and the 256-wide sigma network on Hopper, then stage 2's remaining seeds, SAC in bf16
 # paired with its fp32 runs, the state base on the other two tasks; 2026-12-05: the method issue's Hopper diagnostics (mf0.1 + md0 reached 0.41 of SAC on Hopper
 # seed 0, and so did its Gaussian control: what in SMFP's shared machinery is slow there?), the rest of stage 2
@@ -34,6 +35,14 @@ sac-bf16 HalfCheetah-v5 0 --precision bf16
 sac-bf16 Hopper-v5 0 --precision bf16
 sac-bf16 HalfCheetah-v5 1 --precision bf16
 sac-bf16 Hopper-v5 1 --precision bf16
+cmd-mg3-sac-s1 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s1 --seeds 1 --settings multimodal --algos sac --alpha 3
+cmd-mg3-heads-s1 - - bench multigoal --out @OUT@/multigoal_alpha3/heads-s1 --seeds 1 --settings heads --algos smfp --alpha 3
+cmd-mg3-sac-s2 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s2 --seeds 2 --settings multimodal --algos sac --alpha 3
+cmd-mg3-heads-s2 - - bench multigoal --out @OUT@/multigoal_alpha3/heads-s2 --seeds 2 --settings heads --algos smfp --alpha 3
+cmd-mg3-sac-s3 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s3 --seeds 3 --settings multimodal --algos sac --alpha 3
+cmd-mg3-heads-s3 - - bench multigoal --out @OUT@/multigoal_alpha3/heads-s3 --seeds 3 --settings heads --algos smfp --alpha 3
+cmd-mg3-sac-s4 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s4 --seeds 4 --settings multimodal --algos sac --alpha 3
+cmd-mg3-heads-s4 - - bench multigoal --out @OUT@/multigoal_alpha3/heads-s4 --seeds 4 --settings heads --algos smfp --alpha 3
 sac Swimmer-v5 0
 sac InvertedDoublePendulum-v5 0
 sac Ant-v5 0
@@ -86,7 +95,9 @@ smfp-mf0.1 Walker2d-v5 2 --meanflow-coef 0.1
 LIST
 mv "$QUEUE.new" "$QUEUE"
 
-finished() {  # label env seed: a row in the results table (the curves of "sac" HalfCheetah/Hopper/Walker2d
+finished() {  # label env seed
+  case "$1" in cmd-*) [ -e "$OUT/.done/$1" ]; return;; esac
+  # label env seed: a row in the results table (the curves of "sac" HalfCheetah/Hopper/Walker2d
   # runs were lost: those three are rerun once for their curves, so they count only from the curves table)
   local table="$REPO/docs/results/mujoco.csv"
   case "$1:$2" in sac:HalfCheetah-v5|sac:Hopper-v5|sac:Walker2d-v5) table="$REPO/docs/results/mujoco_curves.csv";; esac
@@ -103,6 +114,9 @@ worker() {
     echo "$(date -u +%F\ %H:%M) [w$n] start: $line"
     local dir="$OUT/$label/${env}_s$seed"
     case "$label" in
+      cmd-*) mkdir -p "$OUT/.done"
+             nice -n 10 "$SMFP" ${flags//@OUT@/$OUT} && touch "$OUT/.done/$label"
+             echo "$(date -u +%F\ %H:%M) [w$n] end: $line"; continue ;;
       sb3-sac) nice -n 10 "$SMFP" bench sb3-sac --env "$env" --seed "$seed" --total-steps 100000 --eval-every 10000 \
                  --eval-episodes 10 --out "$dir/sb3-sac-$env-s$seed" ;;
       sac) nice -n 10 "$SMFP" sweep --algos sac --envs "$env" --seeds "$seed" --total-steps 100000 --eval-every 10000 \
