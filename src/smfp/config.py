@@ -179,6 +179,10 @@ class PolicyConfig:
     sigma_hidden: tuple[int, ...] = doc("SMFP/flow output-noise network widths (sigma(s))", default=(64, 64))
     log_std_min: float = doc("lower bound of the output log-std", default=-5.0)
     log_std_max: float = doc("upper bound of the output log-std", default=2.0)
+    log_std_squash: Literal["tanh", "clip"] = doc(
+        "how the network's raw output is bounded into [--log-std-min, --log-std-max]: tanh (smooth; raw 0 is the "
+        "middle: CleanRL's SAC) or clip (clamped; raw 0 is log-std 0: Stable-Baselines3's SAC, with --log-std-min -20)",
+        default="tanh")
     components: int = doc("M, mixture components of the semi-implicit log-density surrogate (1 = conditional)",
                           default=8)
     actor_states: int = doc("states per actor update (each with M actions); 0: batch_size // M", default=0)

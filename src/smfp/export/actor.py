@@ -93,14 +93,20 @@ class _StepField(nn.Module):
 
 
 class _BoundedLogStd(nn.Module):
-    """``log_std(s) = min + (max - min) (tanh(raw(s)) + 1) / 2``, written as ``c0 + c1 tanh(raw)``."""
+    """The policy's ``bound_log_std``: ``tanh``, ``min + (max - min) (tanh(raw(s)) + 1) / 2`` written as
+    ``c0 + c1 tanh(raw)``; ``clip``, ``raw`` clamped to [min, max]."""
 
-    def __init__(self, log_std_min: float, log_std_max: float):
+    def __init__(self, policy: Policy):
         super().__init__()
-        self.c0 = float(log_std_min + 0.5 * (log_std_max - log_std_min))
-        self.c1 = float(0.5 * (log_std_max - log_std_min))
+        low, high = float(policy.log_std_min), float(policy.log_std_max)
+        self.clip = getattr(policy, "log_std_squash", "tanh") == "clip"
+        self.low, self.high = low, high
+        self.c0 = low + 0.5 * (high - low)
+        self.c1 = 0.5 * (high - low)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.clip:
+            return raw.clamp(self.low, self.high)
         return self.c0 + self.c1 * torch.tanh(raw)
 
 
@@ -139,7 +145,7 @@ class GaussianSampleActor(nn.Module):
         super().__init__()
         self.net = _frozen(policy.net)
         self.act_dim = int(policy.act_dim)
-        self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
+        self.log_std = _BoundedLogStd(policy)
         self.rescale = _Rescale(low, high)
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -192,7 +198,7 @@ class MixtureSampleActor(_Transport):
     def __init__(self, policy: Policy, low, high, steps: int):
         super().__init__(policy, low, high, steps)
         self.sigma_net = _frozen(policy.sigma_net)
-        self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
+        self.log_std = _BoundedLogStd(policy)
         self.state_base = bool(getattr(policy, "state_base", False))
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -232,7 +238,7 @@ class MixtureHeadsSampleActor(_Transport):
     def __init__(self, policy: Policy, low, high, steps: int):
         super().__init__(policy, low, high, steps)
         self.sigma_net = _frozen(policy.sigma_net)
-        self.log_std = _BoundedLogStd(policy.log_std_min, policy.log_std_max)
+        self.log_std = _BoundedLogStd(policy)
         self.pick = _Heads(policy)
         self.sigma_heads = int(getattr(policy, "sigma_heads", 1))
 

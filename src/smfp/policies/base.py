@@ -69,19 +69,35 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, act=nn.ReLU) -> nn.S
     return MLP(*layers)
 
 
+LOG_STD_SQUASHES = ("tanh", "clip")
+
+
+def bound_log_std(raw: torch.Tensor, low: float, high: float, squash: str = "tanh") -> torch.Tensor:
+    """The output log-std from the network's raw output: ``tanh``, smoothly into [low, high] (raw 0 is the middle;
+    CleanRL's SAC), or ``clip``, raw clamped to [low, high] (raw 0 is log-std 0; Stable-Baselines3's SAC, with
+    low = -20)."""
+    if squash == "clip":
+        return raw.clamp(low, high)
+    return low + 0.5 * (high - low) * (torch.tanh(raw) + 1.0)
+
+
 class Policy(nn.Module):
     """Base class: subclasses implement ``components`` (and ``init_kwargs``)."""
 
     kind: str = "base"
     is_mixture: bool = True  # False: a single Gaussian, the surrogate is exact with M = 1
 
-    def __init__(self, obs_dim: int, act_dim: int, log_std_min: float = -5.0, log_std_max: float = 2.0):
+    def __init__(self, obs_dim: int, act_dim: int, log_std_min: float = -5.0, log_std_max: float = 2.0,
+                 log_std_squash: str = "tanh"):
         super().__init__()
+        if log_std_squash not in LOG_STD_SQUASHES:
+            raise ValueError(f"unknown log-std squash {log_std_squash!r}; choose {', '.join(LOG_STD_SQUASHES)}")
         self.obs_dim = obs_dim
         self.act_dim = act_dim
         self.noise_dim = act_dim
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max
+        self.log_std_squash = log_std_squash
 
     # --- to implement: ``components``, or ``component_means`` and ``log_std`` -------------
     def components(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +114,7 @@ class Policy(nn.Module):
 
     # --- shared -------------------------------------------------------------------------
     def bound_log_std(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(raw) + 1.0)
+        return bound_log_std(raw, self.log_std_min, self.log_std_max, self.log_std_squash)
 
     def draw_noise(self, batch: int, m: int, like: torch.Tensor, generator=None) -> torch.Tensor:
         return torch.randn(batch, m, self.noise_dim, dtype=like.dtype, device=like.device, generator=generator)
@@ -220,8 +236,9 @@ class TransportPolicy(Policy):
     def __init__(self, obs_dim: int, act_dim: int, time_dim: int, hidden: tuple[int, ...] = (256, 256),
                  sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0,
                  noise_scale: float = 1.0, learn_noise_scale: bool = False, heads: int = 1,
-                 per_head_sigma: bool = False, activation: str = "silu", state_base: bool = False):
-        super().__init__(obs_dim, act_dim, log_std_min, log_std_max)
+                 per_head_sigma: bool = False, activation: str = "silu", state_base: bool = False,
+                 log_std_squash: str = "tanh"):
+        super().__init__(obs_dim, act_dim, log_std_min, log_std_max, log_std_squash)
         if activation not in GENERATOR_ACTIVATIONS:
             raise ValueError(f"unknown generator activation {activation!r}; choose {', '.join(GENERATOR_ACTIVATIONS)}")
         self.activation = activation

@@ -23,10 +23,11 @@ class FlowPolicy(TransportPolicy):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256),
                  sigma_hidden: tuple[int, ...] = (64, 64), steps: int = 20, log_std_min: float = -5.0,
-                 log_std_max: float = 2.0):
+                 log_std_max: float = 2.0, log_std_squash: str = "tanh"):
         if int(steps) < 1:
             raise ValueError(f"flow steps must be positive, got {steps}")
-        super().__init__(obs_dim, act_dim, 1, hidden, sigma_hidden, log_std_min, log_std_max)
+        super().__init__(obs_dim, act_dim, 1, hidden, sigma_hidden, log_std_min, log_std_max,
+                         log_std_squash=log_std_squash)
         self.steps = int(steps)
         self.default_steps = self.steps
 
@@ -41,9 +42,9 @@ class FlowPolicy(TransportPolicy):
     def from_config(cls, obs_dim: int, act_dim: int, cfg) -> "FlowPolicy":
         return cls(obs_dim, act_dim, hidden=cfg.hidden, sigma_hidden=cfg.sigma_hidden, steps=cfg.flow_steps,
                    log_std_min=cfg.log_std_min,
-                   log_std_max=cfg.log_std_max)
+                   log_std_max=cfg.log_std_max, log_std_squash=cfg.log_std_squash)
 
     def init_kwargs(self) -> dict:
         return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=self.hidden, sigma_hidden=self.sigma_hidden,
                     steps=self.steps,
-                    log_std_min=self.log_std_min, log_std_max=self.log_std_max)
+                    log_std_min=self.log_std_min, log_std_max=self.log_std_max, log_std_squash=self.log_std_squash)

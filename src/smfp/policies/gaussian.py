@@ -12,8 +12,8 @@ class GaussianPolicy(Policy):
     is_mixture = False
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256),
-                 log_std_min: float = -5.0, log_std_max: float = 2.0):
-        super().__init__(obs_dim, act_dim, log_std_min, log_std_max)
+                 log_std_min: float = -5.0, log_std_max: float = 2.0, log_std_squash: str = "tanh"):
+        super().__init__(obs_dim, act_dim, log_std_min, log_std_max, log_std_squash)
         self.hidden = tuple(hidden)
         self.net = mlp(obs_dim, self.hidden, 2 * act_dim)
 
@@ -33,8 +33,9 @@ class GaussianPolicy(Policy):
 
     @classmethod
     def from_config(cls, obs_dim: int, act_dim: int, cfg) -> "GaussianPolicy":
-        return cls(obs_dim, act_dim, hidden=cfg.hidden, log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max)
+        return cls(obs_dim, act_dim, hidden=cfg.hidden, log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
+                   log_std_squash=cfg.log_std_squash)
 
     def init_kwargs(self) -> dict:
         return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=self.hidden,
-                    log_std_min=self.log_std_min, log_std_max=self.log_std_max)
+                    log_std_min=self.log_std_min, log_std_max=self.log_std_max, log_std_squash=self.log_std_squash)

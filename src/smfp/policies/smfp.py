@@ -23,9 +23,10 @@ class SMFPPolicy(TransportPolicy):
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256),
                  sigma_hidden: tuple[int, ...] = (64, 64), log_std_min: float = -5.0, log_std_max: float = 2.0,
                  noise_scale: float = 1.0, learn_noise_scale: bool = False, heads: int = 1,
-                 per_head_sigma: bool = False, activation: str = "silu", state_base: bool = False):
+                 per_head_sigma: bool = False, activation: str = "silu", state_base: bool = False,
+                 log_std_squash: str = "tanh"):
         super().__init__(obs_dim, act_dim, 2, hidden, sigma_hidden, log_std_min, log_std_max, noise_scale,
-                         learn_noise_scale, heads, per_head_sigma, activation, state_base)
+                         learn_noise_scale, heads, per_head_sigma, activation, state_base, log_std_squash)
 
     def step_times(self, i: int, steps: int) -> tuple[list[float], float]:
         t, r = 1.0 - i / steps, 1.0 - (i + 1) / steps
@@ -87,10 +88,11 @@ class SMFPPolicy(TransportPolicy):
         return cls(obs_dim, act_dim, hidden=cfg.hidden, sigma_hidden=cfg.sigma_hidden, log_std_min=cfg.log_std_min,
                    log_std_max=cfg.log_std_max, noise_scale=cfg.noise_scale, learn_noise_scale=cfg.learn_noise_scale,
                    heads=cfg.heads, per_head_sigma=cfg.per_head_sigma, activation=cfg.generator_activation,
-                   state_base=cfg.state_base)
+                   state_base=cfg.state_base, log_std_squash=cfg.log_std_squash)
 
     def init_kwargs(self) -> dict:
         return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=self.hidden, sigma_hidden=self.sigma_hidden,
                     log_std_min=self.log_std_min, log_std_max=self.log_std_max, noise_scale=self.noise_scale,
                     learn_noise_scale=self.learn_noise_scale, heads=self.heads,
-                    per_head_sigma=self.per_head_sigma, activation=self.activation, state_base=self.state_base)
+                    per_head_sigma=self.per_head_sigma, activation=self.activation, state_base=self.state_base,
+                    log_std_squash=self.log_std_squash)

@@ -144,10 +144,11 @@ def set_constant_gaussian(policy: GaussianPolicy, mean: Sequence[float] | float,
     u = 2.0 * (log_std - lo) / (hi - lo) - 1.0
     if not bool(((u > -1) & (u < 1)).all()):
         raise ValueError(f"std {std} is outside the policy's log-std bounds [{lo}, {hi}]")
+    raw = log_std if policy.log_std_squash == "clip" else torch.atanh(u)
     last = policy.net[-1]
     with torch.no_grad():
         last.weight.zero_()
-        last.bias.copy_(torch.cat([mean_t, torch.atanh(u)]).to(last.bias.dtype))
+        last.bias.copy_(torch.cat([mean_t, raw]).to(last.bias.dtype))
     return policy
 
 
