@@ -18,7 +18,8 @@ SMFP="$REPO/.venv/bin/smfp"
 QUEUE="$OUT/queue.txt"
 mkdir -p "$OUT"
 
-# In order of need (2026-12-06, second session: is Hopper seed 0 SAC's luck? "networks as SAC" on Hopper seeds 1-2 and
+# In order of need (2026-12-06, second session, later: SB3's SAC made 517 / 318 on Hopper seeds 0-1, ours 1321 / 886:
+# our SAC with SB3's log-std bound (clip to [-20, 2], log-std 0 at the start) on those seeds; earlier: is Hopper seed 0 SAC's luck? "networks as SAC" on Hopper seeds 1-2 and
 # SB3's Hopper seeds 1-2 (SB3's seed 0 made 516, ours 1321), then SAC in bf16 (issue 24's parity), MultiGoal at alpha 3 on seeds 1-4 (issue 23's
 # five-seed table: SAC multimodal vs SMFP heads), the yardstick's four other tasks, then stage 2's remaining seeds and SAC's curve reruns; 2026-12-06, end: the state base did not fix Hopper seed 0 (526); first the Gaussian control on
 # SAC's batch, the ReLU generator and the 256-wide sigma network on Hopper, then stage 2's remaining seeds, SAC in bf16
@@ -29,6 +30,8 @@ mkdir -p "$OUT"
 cat > "$QUEUE.new" <<'LIST'
 smfp-gauss-256x1 Hopper-v5 1 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
 smfp-gauss-256x1 Hopper-v5 2 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
+sac-logstd-clip Hopper-v5 0 --log-std-squash clip --log-std-min -20
+sac-logstd-clip Hopper-v5 1 --log-std-squash clip --log-std-min -20
 sb3-sac Hopper-v5 1
 sb3-sac Hopper-v5 2
 sac-bf16 HalfCheetah-v5 0 --precision bf16
