@@ -179,6 +179,9 @@ class PolicyConfig:
     sigma_hidden: tuple[int, ...] = doc("SMFP/flow output-noise network widths (sigma(s))", default=(64, 64))
     log_std_min: float = doc("lower bound of the output log-std", default=-5.0)
     log_std_max: float = doc("upper bound of the output log-std", default=2.0)
+    squash_log_det_eps: float = doc(
+        "the tanh squash's log-det in the training log-densities: 0 is exact; eps > 0 is Stable-Baselines3's "
+        "log(1 - tanh(x)^2 + eps) (SB3: 1e-6), floored at log(eps) for saturated actions", default=0.0)
     log_std_squash: Literal["tanh", "clip"] = doc(
         "how the network's raw output is bounded into [--log-std-min, --log-std-max]: tanh (smooth; raw 0 is the "
         "middle: CleanRL's SAC) or clip (clamped; raw 0 is log-std 0: Stable-Baselines3's SAC, with --log-std-min -20)",
@@ -466,7 +469,7 @@ class TrainConfig:
         non_negative = {
             "--learning-starts": self.update.learning_starts, "--eval-every": self.eval.eval_every,
             "--checkpoint-every": self.checkpoint.checkpoint_every, "--actor-states": self.policy.actor_states,
-            "--q-states": self.policy.q_states, "--target-components": self.policy.target_components, "--grad-clip": self.update.grad_clip,
+            "--q-states": self.policy.q_states, "--squash-log-det-eps": self.policy.squash_log_det_eps, "--target-components": self.policy.target_components, "--grad-clip": self.update.grad_clip,
             "--meanflow-coef": self.policy.meanflow_coef, "--entropy-gap-every": self.update.entropy_gap_every, "--cover-coef": self.update.cover_coef,
             "--cover-uniform": self.update.cover_uniform, "--md-lambda": self.update.md_lambda or 0.0,
             "--alpha": self.update.alpha, "--anchor-tau": self.update.anchor_tau,

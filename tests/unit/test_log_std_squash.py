@@ -78,3 +78,40 @@ def test_a_run_records_the_squash_and_its_checkpoint_acts_with_it(tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["policy"]["log_std_squash"] == "clip"
     assert load_agent(tmp_path / "run").policy.log_std_squash == "clip"
+
+
+def test_the_sb3_log_det_floors_saturated_actions_and_the_default_stays_exact():
+    from smfp.policies.distributions import tanh_log_det
+
+    x = torch.tensor([0.0, 1.0, 20.0], requires_grad=True)
+    exact, sb3 = tanh_log_det(x), tanh_log_det(x, 1e-6)
+    assert torch.allclose(sb3[:2], exact[:2], atol=1e-5)  # the same away from saturation
+    assert exact[2].item() == pytest.approx(2 * np.log(2.0) - 40.0, abs=1e-4)
+    assert sb3[2].item() == pytest.approx(np.log(1e-6), abs=1e-4)  # floored
+    (grad_exact,) = torch.autograd.grad(exact[2], x, retain_graph=True)
+    (grad_sb3,) = torch.autograd.grad(sb3[2], x)
+    assert grad_exact[2].item() == pytest.approx(-2.0) and abs(grad_sb3[2].item()) < 1e-6  # no pull back
+
+
+def test_squash_log_det_eps_reaches_the_training_log_density_and_is_checked():
+    from smfp.config import ConfigError, TrainConfig
+    from smfp.policies import policy_from_config
+
+    cfg = TrainConfig(algo="sac", run_dir="unused")
+    cfg.policy.hidden, cfg.policy.squash_log_det_eps = (8,), 1e-6
+    floored = policy_from_config("gaussian", 3, 2, cfg.policy)
+    exact = build_policy("gaussian", obs_dim=3, act_dim=2, hidden=(8,))
+    exact.load_state_dict(floored.state_dict())
+    assert floored.log_det_eps == 1e-6 and exact.log_det_eps == 0.0
+    with torch.no_grad():  # a mean deep in saturation: the two log-densities part there
+        floored.net[-1].bias[:2] = 15.0
+        exact.net[-1].bias[:2] = 15.0
+    obs = torch.randn(6, 3)
+    torch.manual_seed(0)
+    lp_floored = floored.sample(obs).log_prob
+    torch.manual_seed(0)
+    lp_exact = exact.sample(obs).log_prob
+    assert (lp_exact - lp_floored > 20.0).all()
+    cfg.policy.squash_log_det_eps = -1.0
+    with pytest.raises(ConfigError, match="--squash-log-det-eps"):
+        cfg.resolved()

@@ -17,7 +17,8 @@ box), reset-seeded with ``--seed``.
 What stays different (SB3's own choices, not settable): its actor has separate mean and log-std
 heads with the log-std clipped to [-20, 2] (ours: one output layer, log-std squashed smoothly
 into [-5, 2] by default; ``--log-std-squash clip --log-std-min -20`` gives SB3's bound, and with it a
-log-std of 0 where ours starts at -1.5); its temperature loss is ``-log_alpha * (log_pi + target)`` (ours: the same
+log-std of 0 where ours starts at -1.5); its squash log-det ``log(1 - tanh(x)^2 + 1e-6)`` (ours: exact;
+``--squash-log-det-eps 1e-6`` gives SB3's); its temperature loss is ``-log_alpha * (log_pi + target)`` (ours: the same
 gradient, set directly); network initialisation follows PyTorch's defaults in both.
 
 Evaluation, as ``smfp train`` evaluates: every ``--eval-every`` steps (after that step's update)

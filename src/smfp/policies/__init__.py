@@ -13,7 +13,9 @@ def policy_from_config(kind: str, obs_dim: int, act_dim: int, cfg) -> Policy:
     """The ``kind`` policy a ``PolicyConfig`` describes, exactly as ``smfp train`` builds it."""
     if kind not in POLICY_CLASSES:
         raise ValueError(f"unknown policy {kind!r}; choose one of {', '.join(POLICY_CLASSES)}")
-    return POLICY_CLASSES[kind].from_config(obs_dim, act_dim, cfg)
+    policy = POLICY_CLASSES[kind].from_config(obs_dim, act_dim, cfg)
+    policy.log_det_eps = float(getattr(cfg, "squash_log_det_eps", 0.0))  # a training setting: not a constructor one
+    return policy
 
 
 def build_policy(kind: str, **kwargs) -> Policy:

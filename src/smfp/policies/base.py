@@ -86,6 +86,7 @@ class Policy(nn.Module):
 
     kind: str = "base"
     is_mixture: bool = True  # False: a single Gaussian, the surrogate is exact with M = 1
+    log_det_eps: float = 0.0  # the squash's log-det in sample(): exact (0) or SB3's floored form (training only)
 
     def __init__(self, obs_dim: int, act_dim: int, log_std_min: float = -5.0, log_std_max: float = 2.0,
                  log_std_squash: str = "tanh"):
@@ -131,7 +132,7 @@ class Policy(nn.Module):
         x = mean + torch.exp(log_std) * torch.randn_like(mean)
         # With one component the surrogate is the Gaussian log-density itself (same values, fewer ops).
         log_density = gaussian_log_prob(x, mean, log_std) if m == 1 else semi_implicit_log_prob(x, mean, log_std)
-        log_prob = log_density - tanh_log_det(x).sum(-1)
+        log_prob = log_density - tanh_log_det(x, self.log_det_eps).sum(-1)
         return PolicySample(squash(x), log_prob, x, noise, mean, log_std)
 
     def sample_first(self, obs: torch.Tensor, num_components: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +148,7 @@ class Policy(nn.Module):
         eps = torch.randn_like(mean)
         x = mean[:, :1] + torch.exp(log_std[:, :1]) * eps[:, :1]  # (B, 1, d)
         log_density = gaussian_log_prob(x, mean, log_std) if m == 1 else semi_implicit_log_prob(x, mean, log_std)
-        log_prob = log_density - tanh_log_det(x).sum(-1)
+        log_prob = log_density - tanh_log_det(x, self.log_det_eps).sum(-1)
         return squash(x[:, 0]), log_prob[:, 0]
 
     def act(self, obs: torch.Tensor, mode: str = "sample", num_candidates: int = 16,

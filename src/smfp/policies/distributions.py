@@ -17,12 +17,16 @@ LOG_2 = math.log(2.0)
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def tanh_log_det(x: torch.Tensor) -> torch.Tensor:
+def tanh_log_det(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """``log(1 - tanh(x)^2)`` elementwise, stable for large ``|x|``.
 
     The naive form returns ``-inf`` once ``tanh(x)`` rounds to 1 (|x| > ~9 in float32);
     the identity ``log(1 - tanh^2 x) = 2 (log 2 - x - softplus(-2x))`` stays finite.
+    ``eps > 0``: Stable-Baselines3's form ``log(1 - tanh(x)^2 + eps)`` instead (SB3: eps = 1e-6), which floors each
+    term at ``log(eps)`` and loses its gradient there (``--squash-log-det-eps``, to compare the two SACs).
     """
+    if eps > 0.0:
+        return torch.log(1.0 - torch.tanh(x).pow(2) + eps)
     return 2.0 * (LOG_2 - x - F.softplus(-2.0 * x))
 
 
