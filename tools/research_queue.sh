@@ -18,7 +18,8 @@ SMFP="$REPO/.venv/bin/smfp"
 QUEUE="$OUT/queue.txt"
 mkdir -p "$OUT"
 
-# In order of need (2026-12-06, second session, later: SB3's SAC made 517 / 318 on Hopper seeds 0-1, ours 1321 / 886:
+# In order of need (2026-12-06, second session, end: SB3's bound did not explain the gap (590, 1111); our SAC with SB3's
+# squash log-det, then with both, on Hopper seeds 1 and 0; later: SB3's SAC made 517 / 318 on Hopper seeds 0-1, ours 1321 / 886:
 # our SAC with SB3's log-std bound (clip to [-20, 2], log-std 0 at the start) on those seeds; earlier: is Hopper seed 0 SAC's luck? "networks as SAC" on Hopper seeds 1-2 and
 # SB3's Hopper seeds 1-2 (SB3's seed 0 made 516, ours 1321), then SAC in bf16 (issue 24's parity), MultiGoal at alpha 3 on seeds 1-4 (issue 23's
 # five-seed table: SAC multimodal vs SMFP heads), the yardstick's four other tasks, then stage 2's remaining seeds and SAC's curve reruns; 2026-12-06, end: the state base did not fix Hopper seed 0 (526); first the Gaussian control on
@@ -30,6 +31,10 @@ mkdir -p "$OUT"
 cat > "$QUEUE.new" <<'LIST'
 smfp-gauss-256x1 Hopper-v5 1 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
 smfp-gauss-256x1 Hopper-v5 2 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
+sac-logdet-sb3 Hopper-v5 1 --squash-log-det-eps 1e-6
+sac-logdet-sb3 Hopper-v5 0 --squash-log-det-eps 1e-6
+sac-sb3like Hopper-v5 1 --squash-log-det-eps 1e-6 --log-std-squash clip --log-std-min -20
+sac-sb3like Hopper-v5 0 --squash-log-det-eps 1e-6 --log-std-squash clip --log-std-min -20
 sac-logstd-clip Hopper-v5 0 --log-std-squash clip --log-std-min -20
 sac-logstd-clip Hopper-v5 1 --log-std-squash clip --log-std-min -20
 sb3-sac Hopper-v5 1
