@@ -36,7 +36,7 @@ from torch import nn
 
 from smfp.config import ACT_MODES
 from smfp.policies import Policy, TransportPolicy
-from smfp.policies.base import head_one_hot
+from smfp.policies.base import bound_log_std, head_one_hot
 from smfp.policies.distributions import squash
 
 MODES = ACT_MODES  # the act modes an actor can be exported in (smfp.config: the one list)
@@ -93,21 +93,15 @@ class _StepField(nn.Module):
 
 
 class _BoundedLogStd(nn.Module):
-    """The policy's ``bound_log_std``: ``tanh``, ``min + (max - min) (tanh(raw(s)) + 1) / 2`` written as
-    ``c0 + c1 tanh(raw)``; ``clip``, ``raw`` clamped to [min, max]."""
+    """The policy's log-std bound (``smfp.policies.base.bound_log_std``, the same function)."""
 
     def __init__(self, policy: Policy):
         super().__init__()
-        low, high = float(policy.log_std_min), float(policy.log_std_max)
-        self.clip = getattr(policy, "log_std_squash", "tanh") == "clip"
-        self.low, self.high = low, high
-        self.c0 = low + 0.5 * (high - low)
-        self.c1 = 0.5 * (high - low)
+        self.low, self.high = float(policy.log_std_min), float(policy.log_std_max)
+        self.squash = str(policy.log_std_squash)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        if self.clip:
-            return raw.clamp(self.low, self.high)
-        return self.c0 + self.c1 * torch.tanh(raw)
+        return bound_log_std(raw, self.low, self.high, self.squash)
 
 
 class _MinQ(nn.Module):
