@@ -1,6 +1,7 @@
 """Our SAC update is Stable-Baselines3's SAC update: from the same weights, on the same batches and with the same
 Gaussian noises, ``Learner.update`` and SB3's ``SAC.train`` keep every parameter equal to float rounding over many
-updates (issue 25's "is our SAC a correct SAC?", checked update by update rather than through returns).
+updates (issue 25's "is our SAC a correct SAC?", checked update by update rather than through returns); and
+``smfp train``'s whole loop collects, stores and updates as SB3's ``learn`` does, given the same random numbers.
 
 Three differences are SB3's choices, set here on our side so that the updates can agree: its log-std bound
 (``--log-std-squash clip --log-std-min -20``), its squash log-det floor (``--squash-log-det-eps 1e-6``), and its
@@ -140,3 +141,97 @@ def test_the_lockstep_notices_a_different_update(monkeypatch):
     """Our default log-std bound (tanh into [-5, 2]) and exact log-det are not SB3's: the actor moves apart at once."""
     history = lockstep(monkeypatch, sb3_choices=False, updates=3)
     assert history[0]["actor"] > 1e-5, history[0]
+
+
+def test_smfp_train_collects_and_updates_as_sb3_learn(monkeypatch, tmp_path):
+    """The whole training loop (warm-up, acting, storing, episode ends, updates) against SB3's ``learn``, given the same
+    random numbers: the same warm-up actions, acting noises, batch indices and update noises. Episodes are cut at 20
+    steps so that truncations (bootstrapped) and terminations (not) are both stored; SB3's stored ``done`` without its
+    time-outs must equal our ``terminated``. Transitions and parameters agree to float rounding: ~1e-6 here, where a
+    wrong transition or a skipped or extra update would differ by O(0.1) (MuJoCo then amplifies the rounding: past
+    ~1500 steps the two runs part as two float orders of one run would)."""
+    import numpy as np
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import configure
+
+    import smfp.update.learner as learner_module
+    from smfp.bench.sb3_reference import sb3_sac_kwargs
+    from smfp.envs import make_env
+    from smfp.training.loop import run_training
+    from smfp.training.run import open_run
+
+    total, starts = 700, 300
+    base = configs(sb3_choices=True)
+    cfg = dataclasses.replace(
+        base, total_steps=total, run_dir=str(tmp_path / "run"),
+        env=dataclasses.replace(base.env, max_episode_steps=20),
+        update=dataclasses.replace(base.update, learning_starts=starts),
+        eval=dataclasses.replace(base.eval, eval_every=0, eval_episodes=1),
+        log=dataclasses.replace(base.log, log_every=10 * total, progress=False, tensorboard=False),
+        monitor=dataclasses.replace(base.monitor, alarms=False, probe_every=0),
+        checkpoint=dataclasses.replace(base.checkpoint, checkpoint_every=0)).resolved()
+
+    g = torch.Generator().manual_seed(7)
+    warm_up = list(np.random.default_rng(3).uniform(-1, 1, (starts, ACT)).astype(np.float32))
+    acting = [torch.randn(1, ACT, generator=g) for _ in range(total)]
+    eps_next = [torch.randn(BATCH, ACT, generator=g) for _ in range(total)]
+    eps_actor = [torch.randn(BATCH, ACT, generator=g) for _ in range(total)]
+    indices = [torch.randint(0, t, (BATCH,), generator=g) for t in range(1, total + 1)]  # after step t: t stored
+
+    full_loss = learner_module.critic_loss
+    monkeypatch.setattr(learner_module, "critic_loss", lambda *a: (lambda lq: (0.5 * lq[0], lq[1]))(full_loss(*a)))
+    noise: list[torch.Tensor] = []
+    randn_like = torch.randn_like  # the final evaluation, after training, draws its own
+    monkeypatch.setattr(torch, "randn_like", lambda t, *a, **k: noise.pop(0).reshape(t.shape) if noise
+                        else randn_like(t, *a, **k))
+    monkeypatch.setattr(torch.distributions.Normal, "rsample",
+                        lambda self, sample_shape=torch.Size(): self.loc + self.scale * noise.pop(0))
+
+    def queue_noises(actor_first: bool) -> None:
+        for t in range(total):  # environment step t + 1: act (after the warm-up), then update (after learning starts)
+            if t >= starts:
+                noise.append(acting[t])
+                noise.extend([eps_actor[t], eps_next[t]] if actor_first else [eps_next[t], eps_actor[t]])
+
+    class WarmUp:  # the collector's numpy generator, for its uniform warm-up actions
+        def __init__(self):
+            self.actions = list(warm_up)
+
+        def uniform(self, low, high, size):
+            return self.actions.pop(0)
+
+    env = make_env(ENV, seed=cfg.seed, max_episode_steps=20)
+    model = SAC("MlpPolicy", env, **sb3_sac_kwargs(cfg))
+    model.set_logger(configure(None, []))
+    with open_run(cfg) as run:
+        copy_ours_into_sb3(run.learner, model)
+        run.collector.rng = WarmUp()
+        buffer = run.buffer
+        monkeypatch.setattr(buffer, "sample", lambda batch_size: Batch(*(getattr(buffer, f)[indices[run.step - 1]]
+                                                                         for f in buffer.FIELDS)))
+        queue_noises(actor_first=False)
+        run_training(run)
+        assert not noise
+        learner, n = run.learner, buffer.size
+
+    sb3_warm_up = list(warm_up)
+    monkeypatch.setattr(model.action_space, "sample", lambda *a, **k: sb3_warm_up.pop(0))
+    rb = model.replay_buffer
+    monkeypatch.setattr(rb, "sample", lambda batch_size, env=None:
+                        rb._get_samples(indices[model.num_timesteps - 1].numpy(), env=env))
+    queue_noises(actor_first=True)
+    model.learn(total_timesteps=total)
+    assert not noise and not sb3_warm_up
+    env.close()
+
+    assert n == total and learner.updates == model._n_updates == total - starts
+    timeouts, dones = rb.timeouts[:n, 0], rb.dones[:n, 0]
+    assert timeouts.sum() >= 10 and (dones * (1 - timeouts)).sum() >= 10  # both kinds of episode end were stored
+    ours = {"obs": buffer.obs, "action": buffer.action, "reward": buffer.reward, "next_obs": buffer.next_obs,
+            "terminated": buffer.terminated}
+    sb3 = {"obs": rb.observations[:n, 0], "action": rb.actions[:n, 0], "reward": rb.rewards[:n, 0],
+           "next_obs": rb.next_observations[:n, 0], "terminated": dones * (1 - timeouts)}
+    stored = {k: float(np.abs(sb3[k] - ours[k][:n].numpy()).max()) for k in ours}
+    assert max(stored.values()) < 1e-4, stored
+    params = largest_difference(learner, model)
+    assert max(params.values()) < 1e-5, params
