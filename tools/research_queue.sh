@@ -18,7 +18,7 @@ SMFP="$REPO/.venv/bin/smfp"
 QUEUE="$OUT/queue.txt"
 mkdir -p "$OUT"
 
-# In order of need (2026-12-06, second session, end: SB3's bound did not explain the gap (590, 1111); our SAC with SB3's
+# In order of need (2026-12-06, third session: SAC in bf16 on Hopper seed 1 after the MultiGoal seeds; second session, end: SB3's bound did not explain the gap (590, 1111); our SAC with SB3's
 # squash log-det, then with both, on Hopper seeds 1 and 0; later: SB3's SAC made 517 / 318 on Hopper seeds 0-1, ours 1321 / 886:
 # our SAC with SB3's log-std bound (clip to [-20, 2], log-std 0 at the start) on those seeds; earlier: is Hopper seed 0 SAC's luck? "networks as SAC" on Hopper seeds 1-2 and
 # SB3's Hopper seeds 1-2 (SB3's seed 0 made 516, ours 1321), then SAC in bf16 (issue 24's parity), MultiGoal at alpha 3 on seeds 1-4 (issue 23's
@@ -42,7 +42,6 @@ sb3-sac Hopper-v5 2
 sac-bf16 HalfCheetah-v5 0 --precision bf16
 sac-bf16 Hopper-v5 0 --precision bf16
 sac-bf16 HalfCheetah-v5 1 --precision bf16
-sac-bf16 Hopper-v5 1 --precision bf16
 cmd-mg3-sac-s1 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s1 --seeds 1 --settings multimodal --algos sac --alpha 3
 cmd-mg3-heads-s1 - - bench multigoal --out @OUT@/multigoal_alpha3/heads-s1 --seeds 1 --settings heads --algos smfp --alpha 3
 cmd-mg3-sac-s2 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s2 --seeds 2 --settings multimodal --algos sac --alpha 3
@@ -51,6 +50,7 @@ cmd-mg3-sac-s3 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s3 --seeds 3
 cmd-mg3-heads-s3 - - bench multigoal --out @OUT@/multigoal_alpha3/heads-s3 --seeds 3 --settings heads --algos smfp --alpha 3
 cmd-mg3-sac-s4 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s4 --seeds 4 --settings multimodal --algos sac --alpha 3
 cmd-mg3-heads-s4 - - bench multigoal --out @OUT@/multigoal_alpha3/heads-s4 --seeds 4 --settings heads --algos smfp --alpha 3
+sac-bf16 Hopper-v5 1 --precision bf16
 sac Swimmer-v5 0
 sac InvertedDoublePendulum-v5 0
 sac Ant-v5 0
