@@ -123,7 +123,8 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "policy.per_head_sigma": False, "update.em_mass_coef": 1.0,
                 "update.em_masses": "candidates",
                 "update.em_reverse_logits": True, "multimodal_policy": "plain",
-                "policy.generator_activation": "silu", "policy.state_base": False}
+                "policy.generator_activation": "silu", "policy.state_base": False,
+                "policy.log_std_squash": "tanh", "policy.squash_log_det_eps": 0.0}
 
 # The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_", "update.em_")
