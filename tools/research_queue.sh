@@ -135,7 +135,8 @@ worker() {
       *) nice -n 10 "$SMFP" sweep --algos smfp --envs "$env" --seeds "$seed" --total-steps 100000 --eval-every 10000 \
            --eval-episodes 10 --checkpoint-every 10000 --num-cpus 1 --label "$label" $flags --out "$dir" ;;
     esac
-    echo "$(date -u +%F\ %H:%M) [w$n] end rc=$?: $line"
+    local rc=$?  # before the echo: its $(date) would reset $?
+    echo "$(date -u +%F\ %H:%M) [w$n] end rc=$rc: $line"
     flock "$QUEUE.lock" "$SMFP" aggregate "$dir" --csv "$REPO/docs/results/mujoco.csv" \
       --curves-csv "$REPO/docs/results/mujoco_curves.csv" --no-report
   done
