@@ -53,3 +53,27 @@ def test_the_heads_setting_is_multimodal_smfp_with_heads_and_em():
     assert cfg.policy.heads == 4 and cfg.update.actor_update == "em" and cfg.update.md_lambda == 0.0
     plain = run_config("multimodal", "smfp", 0, 20_000, 10.0, "unused").resolved()
     assert plain.policy.heads == 1 and plain.update.actor_update == "reparam"
+
+
+def _row(setting, algo, seed, counts, entropy, tv, blocked):
+    return {"setting": setting, "algo": algo, "seed": seed, "goal_counts": dict(zip(("right", "left", "up", "down"), counts)),
+            "reached": sum(counts), "goal_entropy": entropy, "tv_origin": tv, "blocked_success": blocked}
+
+
+def test_the_goal_check_counts_each_bar_per_seed():
+    from smfp.bench.acceptance.multigoal import goal_check
+
+    sac = [_row("multimodal", "sac", s, (28, 15, 37, 20), 1.33, 0.59, 72) for s in range(5)]
+    heads = [_row("heads", "smfp", s, (20, 22, 36, 22), 1.36, 0.15, 75) for s in range(4)]
+    heads.append(_row("heads", "smfp", 4, (5, 30, 35, 30), 1.20, 0.25, 70))  # one seed misses three bars
+    lines = goal_check(sac + heads)
+    assert lines[0] == "smfp (heads) vs sac (multimodal), seeds 0,1,2,3,4:"
+    assert "4 of 5 seeds (goal: >= 4 of 5): met" in lines[1]
+    assert "1.33 on average" in lines[2] and lines[2].endswith(": met")  # (4 x 1.36 + 1.20) / 5
+    assert "0.17 on average (sac 0.59); <= 0.2 in 4 of 5 seeds, below sac's in 5 of 5" in lines[3]
+    assert lines[3].endswith("met on average, not met in every seed")
+    assert "4 of 5 seeds" in lines[4] and lines[4].endswith(": met")
+    # Fewer than five seeds are not judged, and a setting without SAC's rows of the same seeds is not checked.
+    short = goal_check(sac[:3] + heads[:3])
+    assert short[0].endswith("seeds 0,1,2:") and all("too few seeds to judge" in line and " met" not in line for line in short[1:])
+    assert goal_check(heads) == [] and goal_check(sac) == []

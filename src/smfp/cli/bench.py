@@ -93,6 +93,12 @@ def cmd_bench_multigoal(args: argparse.Namespace) -> int:
                             settings=[s for s in args.settings.split(",") if s], steps=args.steps, alpha=args.alpha,
                             episodes=args.episodes)
     run_multigoal(opts, say=lambda line: print(line, flush=True))
+    from pathlib import Path
+
+    from smfp.bench.acceptance.multigoal import goal_check, previous_rows
+
+    for line in goal_check(previous_rows(Path(args.out))):  # every seed in the table, this command's and earlier ones
+        print(line)
     print(f"table: {args.out}/multigoal.md")
     return 0
 

@@ -140,6 +140,47 @@ def format_row(r: dict) -> str:
             f"[{r['train_seconds']}s]")
 
 
+def goal_check(rows: Sequence[dict]) -> list[str]:
+    """The issue's goal on these rows, one line per bar: SMFP with ``--multimodal`` (the ``heads`` setting, what
+    ``smfp train --algo smfp --multimodal`` does; the ``multimodal`` setting's plain SMFP too if it ran) against SAC's
+    ``multimodal`` rows of the same seeds. Empty when no seed has both. Bars (MultiGoal, 5 seeds): all 4 goals with
+    >= 10% each in >= 4 of 5 seeds; goal entropy >= 0.85 log 4 on average; TV to the critic's target at the origin
+    <= 0.2 and below SAC's; blocked-goal success above SAC's in >= 4 of 5 seeds."""
+    sac = {r["seed"]: r for r in rows if r["setting"] == "multimodal" and r["algo"] == "sac"}
+    out = []
+    for setting in ("heads", "multimodal"):
+        smfp = {r["seed"]: r for r in rows if r["setting"] == setting and r["algo"] == "smfp" and r["seed"] in sac}
+        if not smfp:
+            continue
+        seeds = sorted(smfp)
+        n = len(seeds)
+        spread = sum(all(c >= 0.1 * max(r["reached"], 1) for c in r["goal_counts"].values()) and r["reached"] > 0
+                     for r in (smfp[s] for s in seeds))
+        entropy = sum(smfp[s]["goal_entropy"] for s in seeds) / n
+        tv = [smfp[s]["tv_origin"] for s in seeds]
+        tv_sac = [sac[s]["tv_origin"] for s in seeds]
+        tv_ok = sum(t <= 0.2 for t in tv)
+        tv_below = sum(t < u for t, u in zip(tv, tv_sac))
+        blocked_above = sum(smfp[s]["blocked_success"] > sac[s]["blocked_success"] for s in seeds)
+
+        def verdict(ok: bool) -> str:
+            return "too few seeds to judge" if n < 5 else "met" if ok else "not met"
+
+        name = f"smfp ({setting}) vs sac (multimodal), seeds {','.join(map(str, seeds))}"
+        mean_tv, mean_tv_sac = sum(tv) / n, sum(tv_sac) / n
+        out += [f"{name}:",
+                f"  all 4 goals >= 10%: {spread} of {n} seeds (goal: >= 4 of 5): {verdict(spread >= 4)}",
+                f"  goal entropy: {entropy:.2f} on average (goal: >= 0.85 log 4 = {0.85 * math.log(4):.2f}): "
+                f"{verdict(entropy >= 0.85 * math.log(4))}",
+                f"  TV to the critic's target at the origin: {mean_tv:.2f} on average (sac {mean_tv_sac:.2f}); <= 0.2 in "
+                f"{tv_ok} of {n} seeds, below sac's in {tv_below} of {n} (goal: <= 0.2 and below sac's): "
+                f"{verdict(mean_tv <= 0.2 and mean_tv < mean_tv_sac)} on average, "
+                f"{verdict(tv_ok == n and tv_below == n)} in every seed",
+                f"  blocked-goal success above sac's: {blocked_above} of {n} seeds (goal: >= 4 of 5): "
+                f"{verdict(blocked_above >= 4)}"]
+    return out
+
+
 def write(out: Path, rows: list[dict]) -> None:
     from smfp.storage.atomic import atomic_write_text
 
@@ -151,7 +192,10 @@ def write(out: Path, rows: list[dict]) -> None:
         lines.append(f"| {r['setting']} | {r['algo']} | {r['seed']} | {'/'.join(map(str, r['goal_counts'].values()))} | "
                      f"{r['goal_entropy']:.2f} | {r['tv_origin']:.2f} | {r['target_modes_origin']} | "
                      f"{r['tv_(2.5, 2.5)']:.2f} | {r['blocked_goal']} | {r['blocked_success']} |")
+    check = goal_check(rows)
+    if check:
+        lines += ["", "Against the issue's goal (judged on 5 seeds or more):", "", "```", *check, "```"]
     atomic_write_text(out / "multigoal.md", "\n".join(lines) + "\n")
 
 
-__all__ = ["MultiGoalOptions", "SETTINGS", "evaluate", "run_config", "run_multigoal"]
+__all__ = ["MultiGoalOptions", "SETTINGS", "evaluate", "goal_check", "run_config", "run_multigoal"]
