@@ -63,6 +63,7 @@ sac Swimmer-v5 2
 sac InvertedDoublePendulum-v5 2
 sac Ant-v5 2
 sac Humanoid-v5 2
+sac-sb3like Hopper-v5 2 --squash-log-det-eps 1e-6 --log-std-squash clip --log-std-min -20
 smfp-mf0.1-md0 Hopper-v5 2 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 Walker2d-v5 1 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 HalfCheetah-v5 2 --meanflow-coef 0.1 --md-lambda 0
