@@ -6,7 +6,7 @@ updates (issue 25's "is our SAC a correct SAC?", checked update by update rather
 Three differences are SB3's choices, set here on our side so that the updates can agree: its log-std bound
 (``--log-std-squash clip --log-std-min -20``), its squash log-det floor (``--squash-log-det-eps 1e-6``), and its
 critic loss, half of ours. Adam is invariant to a loss scale except through its ``eps``; that small difference would
-grow over a lockstep run (two networks fed each other's slightly different outputs), so ours is halved here. The
+grow over a lockstep run (the critic's and the actor's updates feed each other), so ours is halved here. The
 order of the steps differs too (SB3 steps the temperature first; ours last): both use the temperature from before the
 update, so the results agree, which is what this test checks.
 """
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ENV, OBS, ACT, BATCH, HIDDEN = "Hopper-v5", 11, 3, 64, (64, 64)
 
 
-def configs(sb3_choices: bool) -> TrainConfig:
+def sac_config(sb3_choices: bool) -> TrainConfig:
     cfg = TrainConfig()
     policy = dataclasses.replace(cfg.policy, hidden=HIDDEN)
     if sb3_choices:
@@ -88,7 +88,7 @@ def lockstep(monkeypatch, sb3_choices: bool, updates: int) -> list[dict[str, flo
     from smfp.bench.sb3_reference import sb3_sac_kwargs
     from smfp.envs import make_env
 
-    cfg = configs(sb3_choices)
+    cfg = sac_config(sb3_choices)
     torch.manual_seed(0)
     learner = Learner(cfg, OBS, ACT)
     env = make_env(ENV, seed=0)
@@ -161,7 +161,7 @@ def test_smfp_train_collects_and_updates_as_sb3_learn(monkeypatch, tmp_path):
     from smfp.training.run import open_run
 
     total, starts = 700, 300
-    base = configs(sb3_choices=True)
+    base = sac_config(sb3_choices=True)
     cfg = dataclasses.replace(
         base, total_steps=total, run_dir=str(tmp_path / "run"),
         env=dataclasses.replace(base.env, max_episode_steps=20),
