@@ -73,6 +73,8 @@ def test_the_goal_check_counts_each_bar_per_seed():
     assert "0.17 on average (sac 0.59); <= 0.2 in 4 of 5 seeds, below sac's in 5 of 5" in lines[3]
     assert lines[3].endswith("met on average, not met in every seed")
     assert "4 of 5 seeds" in lines[4] and lines[4].endswith(": met")
+    heads[0]["episodes"] = 250  # 10% of the episodes, not of those that reached a goal: 20 of 250 is too few
+    assert "3 of 5 seeds (goal: >= 4 of 5): not met" in goal_check(sac + heads)[1]
     # Fewer than five seeds are not judged, and a setting without SAC's rows of the same seeds is not checked.
     short = goal_check(sac[:3] + heads[:3])
     assert short[0].endswith("seeds 0,1,2:") and all("too few seeds to judge" in line and " met" not in line for line in short[1:])

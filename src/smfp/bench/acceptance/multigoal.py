@@ -109,7 +109,7 @@ def run_multigoal(opts: MultiGoalOptions, say: Callable[[str], None] = print) ->
                 t0 = time.perf_counter()
                 train_or_stop(cfg)
                 row = {"setting": setting, "algo": algo, "seed": seed, "train_seconds": round(time.perf_counter() - t0),
-                       **evaluate(run_dir, opts.episodes, opts.eval_seed)}
+                       "episodes": opts.episodes, **evaluate(run_dir, opts.episodes, opts.eval_seed)}
                 rows.append(row)
                 table[(setting, algo, seed)] = row
                 say(format_row(row))
@@ -154,7 +154,8 @@ def goal_check(rows: Sequence[dict]) -> list[str]:
             continue
         seeds = sorted(smfp)
         n = len(seeds)
-        spread = sum(all(c >= 0.1 * max(r["reached"], 1) for c in r["goal_counts"].values()) and r["reached"] > 0
+        # >= 10% of the episodes (rows written before "episodes" was recorded: every episode reached a goal)
+        spread = sum(r["reached"] > 0 and all(c >= 0.1 * r.get("episodes", r["reached"]) for c in r["goal_counts"].values())
                      for r in (smfp[s] for s in seeds))
         entropy = sum(smfp[s]["goal_entropy"] for s in seeds) / n
         tv = [smfp[s]["tv_origin"] for s in seeds]
