@@ -164,8 +164,10 @@ def goal_check(rows: Sequence[dict]) -> list[str]:
         tv_below = sum(t < u for t, u in zip(tv, tv_sac))
         blocked_above = sum(smfp[s]["blocked_success"] > sac[s]["blocked_success"] for s in seeds)
 
+        too_few = "too few seeds to judge"
+
         def verdict(ok: bool) -> str:
-            return "too few seeds to judge" if n < 5 else "met" if ok else "not met"
+            return too_few if n < 5 else "met" if ok else "not met"
 
         name = f"smfp ({setting}) vs sac (multimodal), seeds {','.join(map(str, seeds))}"
         mean_tv, mean_tv_sac = sum(tv) / n, sum(tv_sac) / n
@@ -175,7 +177,7 @@ def goal_check(rows: Sequence[dict]) -> list[str]:
                 f"{verdict(entropy >= 0.85 * math.log(4))}",
                 f"  TV to the critic's target at the origin: {mean_tv:.2f} on average (sac {mean_tv_sac:.2f}); <= 0.2 in "
                 f"{tv_ok} of {n} seeds, below sac's in {tv_below} of {n} (goal: <= 0.2 and below sac's): "
-                + (verdict(True) if n < 5 else f"{verdict(mean_tv <= 0.2 and mean_tv < mean_tv_sac)} on average, "
+                + (too_few if n < 5 else f"{verdict(mean_tv <= 0.2 and mean_tv < mean_tv_sac)} on average, "
                    f"{verdict(tv_ok == n and tv_below == n)} in every seed"),
                 f"  blocked-goal success above sac's: {blocked_above} of {n} seeds (goal: >= 4 of 5): "
                 f"{verdict(blocked_above >= 4)}"]
