@@ -16,6 +16,12 @@ import torch
 from hypothesis import settings
 
 from smfp.config import TrainConfig
+from smfp.precision import NATIVE_BF16_ENV
+
+# The default precision (auto) follows the CPU: bf16 where it has AMX or avx512_bf16. Every test, and every command
+# a test runs in a subprocess, resolves auto to fp32, so that no test's numbers depend on the machine; the bf16 path
+# has its own tests, which ask for it by name.
+os.environ[NATIVE_BF16_ENV] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -137,13 +137,16 @@ worker() {
              echo "$(date -u +%F\ %H:%M) [w$n] end: $line"; continue ;;
       sb3-sac) nice -n 10 "$SMFP" bench sb3-sac --env "$env" --seed "$seed" --total-steps 100000 --eval-every 10000 \
                  --eval-episodes 10 --out "$dir/sb3-sac-$env-s$seed" ;;
+      # --precision fp32: every run of the yardstick and the method screens so far ran in fp32 (the default until
+      # 2026-12-06, now auto = bf16 on this CPU); a line's own --precision (sac-bf16) comes after and wins.
       sac) nice -n 10 "$SMFP" sweep --algos sac --envs "$env" --seeds "$seed" --total-steps 100000 --eval-every 10000 \
-             --eval-episodes 10 --eval-mode mean --checkpoint-every 10000 --num-cpus 1 --out "$dir" ;;
+             --eval-episodes 10 --eval-mode mean --checkpoint-every 10000 --num-cpus 1 --precision fp32 --out "$dir" ;;
       sac-*) nice -n 10 "$SMFP" sweep --algos sac --envs "$env" --seeds "$seed" --total-steps 100000 --eval-every 10000 \
-               --eval-episodes 10 --eval-mode mean --checkpoint-every 10000 --num-cpus 1 --label "$label" $flags \
-               --out "$dir" ;;
+               --eval-episodes 10 --eval-mode mean --checkpoint-every 10000 --num-cpus 1 --label "$label" \
+               --precision fp32 $flags --out "$dir" ;;
       *) nice -n 10 "$SMFP" sweep --algos smfp --envs "$env" --seeds "$seed" --total-steps 100000 --eval-every 10000 \
-           --eval-episodes 10 --checkpoint-every 10000 --num-cpus 1 --label "$label" $flags --out "$dir" ;;
+           --eval-episodes 10 --checkpoint-every 10000 --num-cpus 1 --label "$label" --precision fp32 $flags \
+           --out "$dir" ;;
     esac
     local rc=$?  # before the echo: its $(date) would reset $?
     echo "$(date -u +%F\ %H:%M) [w$n] end rc=$rc: $line"

@@ -327,8 +327,9 @@ class UpdateConfig:
     precision: Literal["fp32", "bf16", "auto"] = doc(
         "matmul precision of the hidden-to-hidden layers in updates: fp32, bf16 (fp32 master weights, "
         "first/last layers, losses and optimiser; pays on CPUs with AMX/avx512_bf16), or auto (bf16 where the CPU "
-        "has AMX or avx512_bf16, else fp32; the run's config records which); see docs/performance.md",
-        default="fp32")
+        "has AMX or avx512_bf16, else fp32; the run's config records which, and a resumed run keeps it); see "
+        "docs/performance.md",
+        default="auto")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import Iterator, Optional
 
 import torch
@@ -41,8 +42,17 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# Overrides the CPU's flags: 0 (fp32 under auto) or 1 (bf16 under auto), e.g. for a test suite whose numbers must
+# not depend on the machine, or a virtual machine whose flags promise what its host does not run.
+NATIVE_BF16_ENV = "SMFP_NATIVE_BF16"
+
+
 def native_bf16() -> bool:
-    """True when this CPU computes bfloat16 products natively (``NATIVE_BF16_FLAGS``)."""
+    """True when this CPU computes bfloat16 products natively (``NATIVE_BF16_FLAGS``; ``SMFP_NATIVE_BF16=0/1``
+    overrides)."""
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
 
 

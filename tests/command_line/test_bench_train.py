@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from smfp.bench.speed.train import candidate_config, run_train_bench, sb3_available
+from smfp.bench.speed.train import candidate_config, format_table, run_train_bench, sb3_available
 from smfp.config import ConfigError, TrainConfig
 from smfp.critic import QEnsemble
 from smfp.policies import POLICY_CLASSES, build_policy
@@ -69,6 +69,8 @@ def test_round_robin_medians_and_candidate_options_in_process():
     report = run_train_bench("Pendulum-v1", ["sac", "sac:batch_size=16:precision=bf16"], steps=5, repeats=3,
                              compare_sb3=False, warmup=8, overrides=base, log=None, isolate=False)
     assert [r["name"] for r in report["results"]] == ["sac", "sac:batch_size=16:precision=bf16"]
+    assert [r["precision"] for r in report["results"]] == ["fp32", "bf16"]  # auto is fp32 in the tests (conftest)
+    assert "sac:batch_size=16:precision=bf16      bf16" in format_table(report)
     for result in report["results"]:
         _check_result(result, repeats=3, steps=5)
         f = result["floor"]  # the update against its own GEMMs timed alone
@@ -241,7 +243,25 @@ def test_precision_auto_resolves_to_what_the_cpu_runs_natively_and_is_recorded(n
 def test_native_bf16_reads_the_cpu_flags(monkeypatch):
     import smfp.precision as precision
 
+    monkeypatch.delenv(precision.NATIVE_BF16_ENV)  # set by conftest for every other test
     for flags, native in ((frozenset({"avx2", "avx512f", "avx512_bf16"}), True), (frozenset({"amx_bf16"}), True),
                           (frozenset({"avx2", "avx512f"}), False), (frozenset(), False)):
         monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
         assert precision.native_bf16() is native
+
+
+def test_smfp_native_bf16_overrides_the_cpu_flags(monkeypatch):
+    import smfp.precision as precision
+
+    for flags in (frozenset({"avx512_bf16"}), frozenset()):
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
+        for forced, native in (("0", False), ("1", True)):
+            monkeypatch.setenv(precision.NATIVE_BF16_ENV, forced)
+            assert precision.native_bf16() is native
+            assert precision.resolve_precision("auto") == ("bf16" if native else "fp32")
+        monkeypatch.setenv(precision.NATIVE_BF16_ENV, "yes")  # not 0/1: the flags decide
+        assert precision.native_bf16() is bool(flags)
+
+
+def test_the_default_precision_is_auto():
+    assert TrainConfig().update.precision == "auto"

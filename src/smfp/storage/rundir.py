@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from smfp.config import TrainConfig
 from smfp.storage.userfiles import read_json_object, read_saved_config
 
 
@@ -91,4 +92,21 @@ class RunDir:
         return read_saved_config(self.config, fix)
 
 
-__all__ = ["RunDir"]
+def resolve_for_run_dir(cfg: TrainConfig) -> TrainConfig:
+    """``cfg.resolved()``, except that a resumed run left at ``--precision auto`` keeps the precision it was saved
+    with: a run continues as it ran when the default changed or it moved to another CPU (an explicit ``fp32`` /
+    ``bf16`` may still change it; a run saved before the field existed ran in fp32). An unreadable saved config
+    is left to the run dir's own check, which names it."""
+    resolved = cfg.resolved()
+    if not (cfg.resume and cfg.update.precision == "auto"):
+        return resolved
+    try:
+        saved = RunDir(Path(resolved.run_dir)).read_flat_config("")
+    except (OSError, ValueError):
+        return resolved
+    if saved is not None:
+        resolved.update.precision = saved.get("update.precision", "fp32")
+    return resolved
+
+
+__all__ = ["RunDir", "resolve_for_run_dir"]

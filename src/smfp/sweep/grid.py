@@ -17,7 +17,7 @@ from typing import Optional
 from smfp.config import ALGOS, ConfigError, TrainConfig, changed_fields
 from smfp.storage.atomic import atomic_write_text
 from smfp.storage.checkpoint import list_checkpoints
-from smfp.storage.rundir import RunDir
+from smfp.storage.rundir import RunDir, resolve_for_run_dir
 from smfp.storage.userfiles import read_json_object, reading
 
 SWEEP_FILE = "sweep.json"
@@ -99,7 +99,7 @@ def build_grid(algos: list[str], envs: list[str], seeds: list[int], out: Path, b
                 cfg.resume, cfg.threads, cfg.log.progress = True, cpus_per_run, False
                 cfg.run_dir = str(out / run_name(algo, env, seed))
                 try:
-                    cfg = cfg.resolved()
+                    cfg = resolve_for_run_dir(cfg)  # a run it resumes keeps its precision
                 except ConfigError as exc:
                     raise ConfigError(f"{run_name(algo, env, seed)}: {exc}") from None
                 spec = RunSpec(algo, env, seed, cfg)

@@ -27,7 +27,7 @@ from smfp.monitor.logger import MetricsLogger, TensorBoardSink
 from smfp.storage.atomic import atomic_write_text
 from smfp.storage.checkpoint import CheckpointError, latest_checkpoint, safe_load, save_checkpoint
 from smfp.storage.lock import lock_run_dir
-from smfp.storage.rundir import RunDir
+from smfp.storage.rundir import RunDir, resolve_for_run_dir
 from smfp.storage.userfiles import describe
 from smfp.training.collect import Collector
 from smfp.training.recovery import Recovery
@@ -59,7 +59,7 @@ class Run:
 @contextlib.contextmanager
 def open_run(cfg: TrainConfig) -> Iterator[Run]:
     with contextlib.ExitStack() as closing:
-        yield _open(cfg.resolved(), closing)
+        yield _open(resolve_for_run_dir(cfg), closing)
 
 
 SOFT_BACKUP_MAX_DIM = 4  # past this the uniform candidates of the soft-optimal backup cover the box too thinly

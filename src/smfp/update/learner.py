@@ -22,7 +22,7 @@ from smfp.config import TrainConfig
 from smfp.critic import QEnsemble
 from smfp.policies import Policy, policy_from_config
 from smfp.policies.distributions import gaussian_log_prob, tanh_log_det
-from smfp.precision import PRECISIONS, matmul_precision
+from smfp.precision import PRECISIONS, matmul_precision, resolve_precision
 from smfp.update.losses import (actor_loss, critic_loss, em_actor_loss, fit_actor_loss, md_target_samples,
                                 soft_optimal_target, soft_target)
 
@@ -99,7 +99,7 @@ class Learner:
         # Large-M entropy minus the M-component surrogate's (nats, running mean): the surrogate's bias.
         self.entropy_gap = torch.zeros(())
         self.entropy_large_m = torch.zeros(())
-        self.matmul_dtype = PRECISIONS[u.precision]
+        self.matmul_dtype = PRECISIONS[resolve_precision(u.precision)]  # auto too: a config not yet resolved
         tune_allocator()
 
     def frozen_min_q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:

@@ -269,7 +269,8 @@ def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = (
 
     results = []
     for name in names:
-        results.append({"name": name,
+        precision = "fp32" if name == SB3_NAME else candidate_config(name, env, 0, steps, warmup, base).update.precision
+        results.append({"name": name, "precision": precision,  # what ran (auto resolved)
                         "steps_per_s": statistics.median(x["steps_per_s"] for x in runs[name]),
                         "cpu_steps_per_s": statistics.median(x["cpu_steps_per_s"] for x in runs[name]),
                         "runs": runs[name]})
@@ -310,10 +311,11 @@ def format_table(report: dict) -> str:
     w = max([9] + [len(x["name"]) for x in report["results"]])
     lines = [f"{report['env']}: {s['steps']} timed steps (1 env step + {s['updates_per_step']} update each) after "
              f"{s['warmup']} random steps; {s['repeats']} round-robin runs per candidate; {s['threads']} torch thread(s)",
-             f"{'candidate':<{w}} {'steps/s median':>15} {'per CPU-s':>10}   runs (steps/s)"]
+             f"{'candidate':<{w}} {'precision':>9} {'steps/s median':>15} {'per CPU-s':>10}   runs (steps/s)"]
     for x in report["results"]:
         runs = " ".join(f"{r['steps_per_s']:.1f}" for r in x["runs"])
-        lines.append(f"{x['name']:<{w}} {x['steps_per_s']:>15.1f} {x['cpu_steps_per_s']:>10.1f}   {runs}")
+        lines.append(f"{x['name']:<{w}} {x.get('precision', '?'):>9} {x['steps_per_s']:>15.1f} "
+                     f"{x['cpu_steps_per_s']:>10.1f}   {runs}")
     wr = max([10] + [len(k) for k in report["ratios"]])
     for key, value in report["ratios"].items():
         cpu = report["cpu_ratios"].get(key)
