@@ -13,7 +13,7 @@ from conftest import assert_one_line_error, run_cli
 def test_multigoal_bench_trains_evaluates_and_writes_its_table(tmp_path):
     out = tmp_path / "mg"
     proc = run_cli("bench", "multigoal", "--out", out, "--seeds", "0", "--algos", "sac,smfp", "--settings", "default",
-                   "--steps", "800", "--episodes", "4", timeout=600)
+                   "--steps", "800", "--episodes", "4", "--precision", "bf16", timeout=600)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads((out / "multigoal.json").read_text())
     assert [(r["setting"], r["algo"], r["seed"]) for r in rows] == [("default", "sac", 0), ("default", "smfp", 0)]
@@ -22,12 +22,18 @@ def test_multigoal_bench_trains_evaluates_and_writes_its_table(tmp_path):
         assert 0.0 <= r["goal_entropy"] <= math.log(4) + 1e-9
         assert 0.0 <= r["tv_origin"] <= 1.0 and 0.0 <= r["tv_(2.5, 2.5)"] <= 1.0 and r["target_modes_origin"] >= 1
         assert r["blocked_goal"] in ("right", "left", "up", "down") and 0 <= r["blocked_success"] <= 4
+        assert 0 <= r["blocked_escaped"] <= r["blocked_met"] <= 4  # an escape is an episode that met the obstacle
+        assert r["blocked_success"] - r["blocked_escaped"] <= 4 - r["blocked_met"]
+        assert r["block_radius"] == 2.0
+        assert json.loads((out / "default" / f"{r['algo']}-s0" / "config.json").read_text())["update"]["precision"] == "bf16"
     assert (out / "multigoal.md").read_text().count("\n") == 2 + len(rows)
     again = run_cli("bench", "multigoal", "--out", out, "--seeds", "0", "--algos", "sac", "--settings", "default",
-                    "--steps", "800", "--episodes", "4", timeout=600)
+                    "--steps", "800", "--episodes", "4", "--block-radius", "4", timeout=600)
     assert again.returncode == 0, again.stderr  # a finished run is evaluated again, not retrained
     table = json.loads((out / "multigoal.json").read_text())
     assert [(r["algo"], r["step"]) for r in table] == [("sac", 800), ("smfp", 800)]  # smfp's row stays
+    assert [r["block_radius"] for r in table] == [4.0, 2.0] and "obstacle radius 4" in again.stdout
+    assert json.loads((out / "default" / "sac-s0" / "config.json").read_text())["update"]["precision"] == "bf16"
     (out / "multigoal.json").write_text("[1, 2]")
     broken = run_cli("bench", "multigoal", "--out", out, "--seeds", "0", "--algos", "sac", "--settings", "default",
                      "--steps", "800", "--episodes", "1")
@@ -39,6 +45,7 @@ def test_multigoal_bench_trains_evaluates_and_writes_its_table(tmp_path):
     (["--settings", "fancy"], "unknown setting"),
     (["--algos", "ppo"], "unknown algo"),
     (["--alpha", "0"], "must be positive"),
+    (["--block-radius", "0"], "--block-radius"),
     (["--settings", "heads", "--algos", "sac"], "the heads setting runs smfp only"),
 ])
 def test_multigoal_bench_mistakes_are_one_line(tmp_path, args, needle):
@@ -79,3 +86,14 @@ def test_the_goal_check_counts_each_bar_per_seed():
     short = goal_check(sac[:3] + heads[:3])
     assert short[0].endswith("seeds 0,1,2:") and all("too few seeds to judge" in line and " met" not in line for line in short[1:])
     assert goal_check(heads) == [] and goal_check(sac) == []
+    assert len(lines) == 5  # rows written before the obstacle counts: no line about them
+    assert "(obstacle radius 2)" in lines[4]  # rows written before the radius was recorded: the bench's 2
+    heads[1]["block_radius"] = 4.0
+    assert goal_check(sac + heads)[4].endswith("not judged: the rows' obstacles differ; evaluate them again with one "
+                                               "--block-radius")
+    del heads[1]["block_radius"]
+    for r, (met, escaped) in zip(sac + heads, [(27, 0)] * 5 + [(30, 2), (30, 3), (30, 0), (30, 1), (35, 4)]):
+        r["blocked_met"], r["blocked_escaped"] = met, escaped
+    assert goal_check(sac + heads)[5] == ("  (episodes that met the obstacle and still reached another goal, seeds "
+                                          "0,1,2,3,4: smfp 10 of 155, sac 0 of 135; the rest of the success is episodes "
+                                          "that never headed for the walled goal)")

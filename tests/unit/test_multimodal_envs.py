@@ -206,14 +206,18 @@ def test_a_blocked_goal_cannot_be_reached_and_the_others_still_can():
 
     env = MultiGoalEnv(blocked_goal=0)  # right, at (5, 0)
     env.reset(seed=0)
+    refused = []
     for _ in range(20):  # straight at it: the obstacle stops the agent 2 units short
         _, _, terminated, _, info = env.step(np.array([1.0, 0.0], np.float32))
         assert not terminated and info["goal"] == -1
+        refused.append(info["blocked"])
     assert 2.0 <= np.linalg.norm(env.pos - GOALS[0]) < 3.0
+    assert refused == [False, False] + [True] * 18  # moves to x = 1, 2; then x = 3 would enter the disc
     env.reset(seed=0)
     goals = []
     for _ in range(20):  # another goal is reached as before
         _, _, terminated, _, info = env.step(np.array([0.0, 1.0], np.float32))
+        assert not info["blocked"]
         if terminated:
             goals.append(info["goal"])
             break
@@ -233,15 +237,21 @@ def test_multigoal_checks_count_goals_and_run_the_blocked_goal_test():
     assert goal_entropy(list(counts.values())) == 0.0 and goal_entropy([5, 5, 5, 5]) == pytest.approx(math.log(4))
     assert goal_entropy([0, 0, 0, 0]) == 0.0
     # a policy that only knows one way fails when it is blocked; one that turns toward another goal succeeds
-    assert blocked_goal_test(right, counts, 3, seed=0) == {"blocked_goal": "right", "blocked_success": 0}
+    assert blocked_goal_test(right, counts, 3, seed=0) == {"blocked_goal": "right", "blocked_success": 0,
+                                                           "blocked_met": 3, "blocked_escaped": 0}
 
-    turned = {"yes": False}
+    state = {"turned": False, "last": None}
 
-    def detour(obs):  # right until x > 1.5 (the obstacle stops it at 2), then toward the upper goal for the rest
+    def detour(obs):  # right until the obstacle refuses a move (at x = 2), then toward the upper goal for the rest
         if np.linalg.norm(obs) < 0.5:
-            turned["yes"] = False  # a new episode
-        turned["yes"] = turned["yes"] or obs[0] > 1.5
-        if not turned["yes"]:
+            state.update(turned=False, last=None)  # a new episode
+        state["turned"] = state["turned"] or (state["last"] is not None and np.array_equal(obs, state["last"]))
+        state["last"] = obs.copy()
+        if not state["turned"]:
             return np.array([1.0, 0.0], np.float32)
         return np.clip(np.array([0.0, 5.0]) - obs, -1.0, 1.0).astype(np.float32)
-    assert blocked_goal_test(detour, counts, 3, seed=0)["blocked_success"] == 3
+    assert blocked_goal_test(detour, counts, 3, seed=0) == {"blocked_goal": "right", "blocked_success": 3,
+                                                            "blocked_met": 3, "blocked_escaped": 3}
+    up = lambda obs: np.array([0.0, 1.0], np.float32)  # noqa: E731  never meets the obstacle: success, no escape
+    assert blocked_goal_test(up, counts, 3, seed=0) == {"blocked_goal": "right", "blocked_success": 3,
+                                                        "blocked_met": 0, "blocked_escaped": 0}

@@ -91,7 +91,7 @@ def cmd_bench_multigoal(args: argparse.Namespace) -> int:
         fail(str(exc))
     opts = MultiGoalOptions(out=args.out, seeds=seeds, algos=[a for a in args.algos.split(",") if a],
                             settings=[s for s in args.settings.split(",") if s], steps=args.steps, alpha=args.alpha,
-                            episodes=args.episodes)
+                            episodes=args.episodes, block_radius=args.block_radius, precision=args.precision)
     run_multigoal(opts, say=lambda line: print(line, flush=True))
     from pathlib import Path
 
@@ -166,6 +166,13 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--alpha", type=float, default=10.0, help="the fixed temperature of --multimodal (default: 10, "
                                                              "Soft Q-Learning's 1 at reward scale 0.1)")
     b.add_argument("--episodes", type=int, default=100, help="episodes per evaluation (default: 100)")
+    b.add_argument("--block-radius", type=float, default=2.0, metavar="R",
+                   help="the blocked-goal test's obstacle: no move enters a disc of radius R around the walled goal "
+                        "(default: 2, its rim 3 from the start; 4 puts the rim 1 from the start, where the task still "
+                        "offers the other goals; docs/demo.md)")
+    b.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"),
+                   help="the runs' matmul precision (smfp train --precision; default: auto; a run being resumed "
+                        "keeps its own)")
     b.set_defaults(func=cmd_bench_multigoal)
 
     from smfp.bench.sb3_reference import OPTIONS

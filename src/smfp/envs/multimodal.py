@@ -7,7 +7,8 @@ Pure NumPy, deterministic given the reset seed, each with a fast ``render()`` to
     ``s' = clip(s + a, -7, 7)``; start ``N(0, 0.1^2 I)``; goals at ``(+-5, 0)`` and ``(0, +-5)``.
     Reward ``-30 ||a||^2 - min_g ||s' - g||^2``, plus 10 and termination on coming within
     distance 1 of a goal. Time limit 50 steps. ``info["goal"]`` is the index of the goal
-    reached (-1 while none), ``info["position"]`` the position.
+    reached (-1 while none), ``info["position"]`` the position, ``info["blocked"]`` whether the blocked-goal
+    test's obstacle (``blocked_goal``) refused the move.
 
 ``smfp/Hallway-v0`` (this project's task)
     A point robot with inertia crosses a corridor ``x in [0, 10]``, ``|y| < 3`` with a round
@@ -106,7 +107,8 @@ class MultiGoalEnv(gym.Env):
     def step(self, action):
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
         new = np.clip(self.pos + a, -self.bound, self.bound)
-        if self.blocked_goal is None or np.linalg.norm(new - GOALS[self.blocked_goal]) >= self.block_radius:
+        refused = self.blocked_goal is not None and np.linalg.norm(new - GOALS[self.blocked_goal]) < self.block_radius
+        if not refused:
             self.pos = new  # otherwise the obstacle stops the move: the agent stays where it was
         self.trail.append(self.pos.copy())
         dists = np.linalg.norm(GOALS - self.pos, axis=1)
@@ -115,7 +117,7 @@ class MultiGoalEnv(gym.Env):
         terminated = goal >= 0
         if terminated:
             reward += self.goal_reward
-        info = {"goal": goal, "position": self.pos.copy()}
+        info = {"goal": goal, "position": self.pos.copy(), "blocked": bool(refused)}
         return self.pos.astype(np.float32), self.reward_scale * reward, terminated, False, info
 
     def render(self):

@@ -19,16 +19,24 @@ BLOCK_RADIUS = 2.0
 
 def goals_reached(act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int, **env_kwargs) -> list[int]:
     """The goal index each episode ended in (-1: none), episode i reset with ``seed + i``."""
+    return [goal for goal, _ in episode_outcomes(act, episodes, seed, **env_kwargs)]
+
+
+def episode_outcomes(act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int,
+                     **env_kwargs) -> list[tuple[int, bool]]:
+    """Per episode (reset with ``seed + i``): the goal it ended in (-1: none) and whether the blocked-goal test's
+    obstacle refused one of its moves."""
     env = make_env(ENV, env_kwargs=env_kwargs)
     out = []
     try:
         for i in range(episodes):
             obs, info = env.reset(seed=seed + i)
-            done = False
+            done, met = False, False
             while not done:
                 obs, _, terminated, truncated, info = env.step(act(obs))
+                met = met or bool(info.get("blocked", False))
                 done = terminated or truncated
-            out.append(int(info.get("goal", -1)))
+            out.append((int(info.get("goal", -1)), met))
     finally:
         env.close()
     return out
@@ -53,12 +61,16 @@ def most_reached_goal(counts: dict[str, int]) -> int:
 
 
 def blocked_goal_test(act: Callable[[np.ndarray], np.ndarray], counts: dict[str, int], episodes: int,
-                      seed: int) -> dict:
+                      seed: int, block_radius: float = BLOCK_RADIUS) -> dict:
     """Wall off the goal reached most often (``MultiGoalEnv(blocked_goal=...)``: no move enters a disc of
-    ``BLOCK_RADIUS`` around it) and count the episodes that still reach a goal."""
+    ``block_radius`` around it) and count the episodes that still reach a goal (``blocked_success``), those that
+    met the obstacle (a move refused: ``blocked_met``) and those of them that still reached another goal
+    (``blocked_escaped``). Success = the episodes that never headed for the walled goal + the escapes: only the
+    escapes measure turning away from a blocked route."""
     blocked = most_reached_goal(counts)
-    after = goals_reached(act, episodes, seed, blocked_goal=blocked, block_radius=BLOCK_RADIUS)
-    return {"blocked_goal": GOAL_NAMES[blocked], "blocked_success": sum(g >= 0 for g in after)}
+    after = episode_outcomes(act, episodes, seed, blocked_goal=blocked, block_radius=block_radius)
+    return {"blocked_goal": GOAL_NAMES[blocked], "blocked_success": sum(g >= 0 for g, _ in after),
+            "blocked_met": sum(met for _, met in after), "blocked_escaped": sum(met and g >= 0 for g, met in after)}
 
 
 def target_at(policy, critic, alpha: float, obs, seed: int) -> dict:
@@ -72,5 +84,5 @@ def target_at(policy, critic, alpha: float, obs, seed: int) -> dict:
     return {"target_modes": rep.modes, "tv_to_target": rep.tv_to_target}
 
 
-__all__ = ["BLOCK_RADIUS", "ENV", "blocked_goal_test", "goal_counts", "goal_entropy", "goals_reached", "most_reached_goal",
-           "target_at"]
+__all__ = ["BLOCK_RADIUS", "ENV", "blocked_goal_test", "episode_outcomes", "goal_counts", "goal_entropy", "goals_reached",
+           "most_reached_goal", "target_at"]

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices
-from smfp.monitor.multigoal import ENV, blocked_goal_test, goal_counts, goal_entropy, goals_reached, target_at
+from smfp.monitor.multigoal import (BLOCK_RADIUS, ENV, blocked_goal_test, goal_counts, goal_entropy, goals_reached,
+                                    target_at)
 
 SETTINGS = ("default", "multimodal", "heads")
 PROBES = {"origin": (0.0, 0.0), "(2.5, 2.5)": (2.5, 2.5)}
@@ -46,6 +47,8 @@ class MultiGoalOptions:
     alpha: float = 10.0
     episodes: int = 100
     eval_seed: int = 10_000
+    block_radius: float = BLOCK_RADIUS  # the blocked-goal test's obstacle: a disc of this radius around the goal
+    precision: str = "auto"  # the runs' --precision (a run being resumed keeps its own)
 
 
 def run_config(setting: str, algo: str, seed: int, steps: int, alpha: float, run_dir: Path) -> TrainConfig:
@@ -61,7 +64,7 @@ def run_config(setting: str, algo: str, seed: int, steps: int, alpha: float, run
     return cfg
 
 
-def evaluate(run_dir: Path, episodes: int, eval_seed: int) -> dict:
+def evaluate(run_dir: Path, episodes: int, eval_seed: int, block_radius: float = BLOCK_RADIUS) -> dict:
     """Goals, target TVs and the blocked-goal test of the run's latest checkpoint."""
     import torch
 
@@ -81,7 +84,7 @@ def evaluate(run_dir: Path, episodes: int, eval_seed: int) -> dict:
         t = target_at(agent.policy, agent.critic, agent.alpha, state, eval_seed)
         row[f"tv_{name}"], row[f"target_modes_{name}"] = t["tv_to_target"], t["target_modes"]
     torch.manual_seed(eval_seed + 1)
-    row.update(blocked_goal_test(act, counts, episodes, eval_seed + episodes))
+    row.update(blocked_goal_test(act, counts, episodes, eval_seed + episodes, block_radius), block_radius=block_radius)
     return row
 
 
@@ -91,8 +94,8 @@ def run_multigoal(opts: MultiGoalOptions, say: Callable[[str], None] = print) ->
 
     check_choices(opts.algos, ALGOS, "algo")
     check_choices(opts.settings, SETTINGS, "setting")
-    if opts.steps <= 0 or opts.episodes <= 0 or not opts.alpha > 0:
-        raise ConfigError("--steps, --episodes and --alpha must be positive")
+    if opts.steps <= 0 or opts.episodes <= 0 or not opts.alpha > 0 or not opts.block_radius > 0:
+        raise ConfigError("--steps, --episodes, --alpha and --block-radius must be positive")
     if list(opts.settings) == ["heads"] and "smfp" not in opts.algos:
         raise ConfigError("the heads setting runs smfp only; add smfp to --algos")
     out = Path(opts.out)
@@ -105,11 +108,13 @@ def run_multigoal(opts: MultiGoalOptions, say: Callable[[str], None] = print) ->
                     continue  # heads are an SMFP policy option
                 run_dir = out / setting / f"{algo}-s{seed}"
                 cfg = run_config(setting, algo, seed, opts.steps, opts.alpha, run_dir)
+                cfg.update.precision = opts.precision
                 cfg.resume = RunDir(run_dir).config.exists()
                 t0 = time.perf_counter()
                 train_or_stop(cfg)
                 row = {"setting": setting, "algo": algo, "seed": seed, "train_seconds": round(time.perf_counter() - t0),
-                       "episodes": opts.episodes, **evaluate(run_dir, opts.episodes, opts.eval_seed)}
+                       "episodes": opts.episodes,
+                       **evaluate(run_dir, opts.episodes, opts.eval_seed, opts.block_radius)}
                 rows.append(row)
                 table[(setting, algo, seed)] = row
                 say(format_row(row))
@@ -136,8 +141,16 @@ def format_row(r: dict) -> str:
     counts = "/".join(str(c) for c in r["goal_counts"].values())
     return (f"{r['setting']:<10} {r['algo']:<5} seed {r['seed']}: goals {counts} (entropy {r['goal_entropy']:.2f}), "
             f"TV origin {r['tv_origin']:.2f} ({r['target_modes_origin']} target modes), "
-            f"TV (2.5, 2.5) {r['tv_(2.5, 2.5)']:.2f}, blocked {r['blocked_goal']}: {r['blocked_success']} reached "
-            f"[{r['train_seconds']}s]")
+            f"TV (2.5, 2.5) {r['tv_(2.5, 2.5)']:.2f}, blocked {r['blocked_goal']} (obstacle radius "
+            f"{r.get('block_radius', BLOCK_RADIUS):g}): {r['blocked_success']} reached"
+            f"{_escapes(r)} [{r['train_seconds']}s]")
+
+
+def _escapes(r: dict) -> str:
+    """`` (N met the obstacle, K of them reached another goal)`` (rows written before these counts: empty)."""
+    if "blocked_met" not in r:
+        return ""
+    return f" ({r['blocked_met']} met the obstacle, {r['blocked_escaped']} of them reached another goal)"
 
 
 def goal_check(rows: Sequence[dict]) -> list[str]:
@@ -163,6 +176,8 @@ def goal_check(rows: Sequence[dict]) -> list[str]:
         tv_ok = sum(t <= 0.2 for t in tv)
         tv_below = sum(t < u for t, u in zip(tv, tv_sac))
         blocked_above = sum(smfp[s]["blocked_success"] > sac[s]["blocked_success"] for s in seeds)
+        radii = sorted({r.get("block_radius", BLOCK_RADIUS) for rs in (smfp, sac) for r in (rs[s] for s in seeds)})
+        counted = [s for s in seeds if "blocked_met" in smfp[s] and "blocked_met" in sac[s]]
 
         too_few = "too few seeds to judge"
 
@@ -179,8 +194,16 @@ def goal_check(rows: Sequence[dict]) -> list[str]:
                 f"{tv_ok} of {n} seeds, below sac's in {tv_below} of {n} (goal: <= 0.2 and below sac's): "
                 + (too_few if n < 5 else f"{verdict(mean_tv <= 0.2 and mean_tv < mean_tv_sac)} on average, "
                    f"{verdict(tv_ok == n and tv_below == n)} in every seed"),
-                f"  blocked-goal success above sac's: {blocked_above} of {n} seeds (goal: >= 4 of 5): "
-                f"{verdict(blocked_above >= 4)}"]
+                f"  blocked-goal success above sac's (obstacle radius {'/'.join(f'{r:g}' for r in radii)}): "
+                f"{blocked_above} of {n} seeds (goal: >= 4 of 5): "
+                + (verdict(blocked_above >= 4) if len(radii) == 1
+                   else "not judged: the rows' obstacles differ; evaluate them again with one --block-radius")]
+        if counted:  # what the success is made of: only an escape is a policy turning away from the blocked route
+            met = {a: sum(rs[s]["blocked_met"] for s in counted) for a, rs in (("smfp", smfp), ("sac", sac))}
+            esc = {a: sum(rs[s]["blocked_escaped"] for s in counted) for a, rs in (("smfp", smfp), ("sac", sac))}
+            out.append(f"  (episodes that met the obstacle and still reached another goal, seeds "
+                       f"{','.join(map(str, counted))}: smfp {esc['smfp']} of {met['smfp']}, sac {esc['sac']} of "
+                       f"{met['sac']}; the rest of the success is episodes that never headed for the walled goal)")
     return out
 
 
@@ -190,11 +213,14 @@ def write(out: Path, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "multigoal.json", json.dumps(rows, indent=1))
     lines = ["| setting | algo | seed | goals R/L/U/D | goal entropy (max %.2f) | TV origin | target modes origin | "
-             "TV (2.5, 2.5) | blocked goal | blocked success |" % math.log(4), "|" + "---|" * 10]
+             "TV (2.5, 2.5) | blocked goal | blocked success | met the obstacle | of them reached a goal |"
+             % math.log(4), "|" + "---|" * 12]
     for r in rows:
         lines.append(f"| {r['setting']} | {r['algo']} | {r['seed']} | {'/'.join(map(str, r['goal_counts'].values()))} | "
                      f"{r['goal_entropy']:.2f} | {r['tv_origin']:.2f} | {r['target_modes_origin']} | "
-                     f"{r['tv_(2.5, 2.5)']:.2f} | {r['blocked_goal']} | {r['blocked_success']} |")
+                     f"{r['tv_(2.5, 2.5)']:.2f} | {r['blocked_goal']} (radius {r.get('block_radius', BLOCK_RADIUS):g}) | "
+                     f"{r['blocked_success']} | "
+                     f"{r.get('blocked_met', '')} | {r.get('blocked_escaped', '')} |")
     check = goal_check(rows)
     if check:
         lines += ["", "Against the issue's goal (judged on 5 seeds or more):", "", "```", *check, "```"]
