@@ -70,3 +70,26 @@ def test_cli_json_schema_and_bad_input(tmp_path):
         assert isinstance(r["tv"], float) and len(r["shares"]) == len(r["target_shares"])
     bad = subprocess.run(cmd[:-1] + ["--steps", "6000"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "--steps" in bad.stderr
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp32", None)])
+def test_the_suite_runs_each_actor_step_in_the_precision_training_would(monkeypatch, precision, dtype):
+    from smfp.precision import matmul_dtype
+
+    seen = []
+    actor_step = Learner.actor_step
+
+    def recording(self, obs, q_fn):
+        seen.append(matmul_dtype())
+        return actor_step(self, obs, q_fn)
+
+    monkeypatch.setattr(Learner, "actor_step", recording)
+    case = next(c for c in CASES if c.target == "unimodal")
+
+    def options(cfg):
+        cfg.update.precision = precision
+        cfg.policy.hidden = cfg.critic.critic_hidden = (128, 128)
+
+    run_case(case, "sac", 0, steps=3, overrides=options)
+    assert seen == [dtype] * 3
+    assert matmul_dtype() is None  # and nothing leaks out of the suite

@@ -28,6 +28,7 @@ import torch
 from smfp.bench.acceptance.bandit import (KnownQ, _max_of_bumps, bandit_obs, boltzmann_bins, histogram, peak_shares,
                                sample_actions, total_variation)
 from smfp.config import TrainConfig
+from smfp.precision import matmul_precision
 from smfp.update import Learner
 
 TV_MAX = 0.15
@@ -132,9 +133,10 @@ def run_case(case: Case, algo: str, seed: int, steps: int = 5000,
     learner = bandit_learner(algo, q.dim, case.alpha, seed, overrides)
     obs = bandit_obs(learner.cfg.update.batch_size, 1)
     start = time.perf_counter()
-    for _ in range(steps):
-        if learner.actor_step(obs, q) is None:
-            raise RuntimeError(f"non-finite actor update on {case.target} (seed {seed})")
+    with matmul_precision(learner.matmul_dtype):  # the precision training's updates run in (--precision)
+        for _ in range(steps):
+            if learner.actor_step(obs, q) is None:
+                raise RuntimeError(f"non-finite actor update on {case.target} (seed {seed})")
     seconds = time.perf_counter() - start
     torch.manual_seed(10_000 + seed)
     actions = sample_actions(learner.policy, SAMPLES, "sample")
