@@ -181,3 +181,49 @@ def test_cli_export_user_mistakes(smfp_run, tmp_path, capsys, argv, needle):
 def test_cli_export_missing_run_is_one_line(tmp_path):
     proc = run_cli("export", tmp_path / "nope", "--format", "onnx", "--out", tmp_path / "a.onnx")
     assert_one_line_error(proc, "nope")
+
+
+def test_best_of_n_verification_accepts_a_near_tie_and_nothing_else(tmp_path, monkeypatch):
+    """best-of-n keeps the candidate with the highest min-Q; where two candidates' min-Q agree to float rounding,
+    the file may keep the other one (ONNX Runtime sums in another order than PyTorch): that row agrees. A file that
+    keeps a worse candidate, or an action that is no candidate, still fails the check."""
+    import smfp.export as export
+    from smfp.export import reference_candidates
+    from smfp.policies import SMFPPolicy
+
+    torch.manual_seed(3)
+    policy = SMFPPolicy(3, 2, hidden=(16, 16), sigma_hidden=(8,)).eval()
+    critic = QEnsemble(3, 2, (8,), 2).eval()
+    low, high = np.array([-1.0, -2.0]), np.array([1.0, 2.0])
+    real_runner = export.load_runner
+
+    def runner_keeping(pick):
+        def load(path, fmt):
+            run = real_runner(path, fmt)
+
+            def act(obs, noise):
+                cands, q = reference_candidates(policy, low, high, torch.as_tensor(obs), torch.as_tensor(noise), None,
+                                                critic)
+                return pick(run(obs, noise), cands.detach().numpy(), q.detach().numpy())
+            return act
+        return load
+
+    out = tmp_path / "a.onnx"
+    assert export_policy(policy, low, high, "onnx", out, "best-of-n", None, critic)["near_ties"] == 0
+    with torch.no_grad():  # every candidate ties: min-Q does not depend on the action
+        critic.weights[-1].zero_()
+    second = lambda got, cands, q: cands[:, 1]  # noqa: E731  another tied candidate, in every row
+    monkeypatch.setattr(export, "load_runner", runner_keeping(second))
+    summary = export_policy(policy, low, high, "onnx", out, "best-of-n", None, critic)
+    assert summary["near_ties"] == 64 and summary["max_abs_error"] <= summary["tolerance"]
+    off = lambda got, cands, q: got + 0.01  # noqa: E731  no candidate
+    monkeypatch.setattr(export, "load_runner", runner_keeping(off))
+    with pytest.raises(ExportError, match="disagrees"):
+        export_policy(policy, low, high, "onnx", out, "best-of-n", None, critic)
+
+    torch.manual_seed(3)
+    critic = QEnsemble(3, 2, (8,), 2).eval()  # candidates' min-Q differ again: keeping the worst one is wrong
+    worst = lambda got, cands, q: cands[np.arange(len(q)), q.argmin(axis=1)]  # noqa: E731
+    monkeypatch.setattr(export, "load_runner", runner_keeping(worst))
+    with pytest.raises(ExportError, match="disagrees"):
+        export_policy(policy, low, high, "onnx", out, "best-of-n", None, critic)

@@ -164,6 +164,19 @@ def test_speed_bench_and_reference_share_one_hyperparameter_mapping():
     assert "sb3_sac_kwargs(" in src and "ent_coef" not in src
 
 
+def test_the_reference_runs_in_fp32_on_a_bf16_cpu_and_refuses_an_explicit_bf16(monkeypatch):
+    from smfp.bench.sb3_reference import reference_config
+    from smfp.config import ConfigError
+    from smfp.precision import NATIVE_BF16_ENV
+
+    monkeypatch.setenv(NATIVE_BF16_ENV, "1")  # auto would be bf16 for our own runs here
+    assert reference_config("unused").update.precision == "fp32"
+    base = TrainConfig()
+    base.update.precision = "bf16"
+    with pytest.raises(ConfigError, match="--precision bf16"):
+        reference_config("unused", base)
+
+
 def test_git_commit_of_a_folder_outside_any_checkout_is_unknown(tmp_path):
     assert git_commit(tmp_path) == "unknown"
     assert git_commit(tmp_path / "missing") == "unknown"

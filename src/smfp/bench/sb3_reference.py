@@ -118,6 +118,8 @@ def reference_config(run_dir: str | os.PathLike, base: Optional[TrainConfig] = N
     """The ``TrainConfig`` an sb3-sac run records: ``base``'s options, algo sac, label sb3-sac,
     eval mode ``mean`` (SB3's deterministic action), resolved and checked."""
     cfg = base if base is not None else TrainConfig()
+    if cfg.update.precision == "auto":  # SB3 computes in fp32; auto (bf16 on some CPUs) is no request for bf16
+        cfg = dataclasses.replace(cfg, update=dataclasses.replace(cfg.update, precision="fp32"))
     cfg = dataclasses.replace(cfg, algo="sac", label=SB3_LABEL, run_dir=str(Path(run_dir).resolve()), resume=False,
                               eval=dataclasses.replace(cfg.eval, eval_mode="mean"),
                               log=dataclasses.replace(cfg.log, progress=False, tensorboard=False))

@@ -27,7 +27,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"  input {name}: {text}")
     print(f"  output action: {summary['output']}")
     print(f"verified against the eager policy on {summary['verified_on']} observations: "
-          f"max abs error {summary['max_abs_error']:.3g} (tolerance {summary['tolerance']:.3g})")
+          f"max abs error {summary['max_abs_error']:.3g} (tolerance {summary['tolerance']:.3g})"
+          + (f"; {summary['near_ties']} of them picked another of two candidates whose min-Q tie to float rounding"
+             if summary.get("near_ties") else ""))
     return 0
 
 

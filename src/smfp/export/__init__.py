@@ -17,12 +17,15 @@ import torch
 from torch import nn
 
 from smfp.export.actor import (MODES, ExportError, build_actor, default_steps, noise_shape, reference_actions,
-                               resolve_mode)
+                               reference_candidates, resolve_mode)
 from smfp.export.runtime import FORMATS, export_onnx, export_torchscript, load_runner, read_meta
 from smfp.policies import Policy
 
 META_FORMAT = "smfp-actor"
 META_VERSION = 1
+# best-of-n: candidates whose min-Q is within this fraction (of max(1, |Q|)) of the best are a tie that float
+# rounding may decide either way (ONNX Runtime and PyTorch sum in different orders).
+NEAR_TIE = 1e-5
 
 
 def _describe_inputs(obs_dim: int, shape: Optional[tuple[int, ...]], policy: Policy, mode: str) -> dict:
@@ -82,12 +85,24 @@ def export_policy(policy: Policy, low, high, fmt: str, out: str | Path, mode: st
     got = load_runner(out, fmt)(*arrays)
     if got.shape != expected.shape:
         raise ExportError(f"exported actor returned shape {got.shape}, expected {expected.shape}")
-    err = float(np.abs(got - expected).max())
     scale = float(max(1.0, np.max(high - low) / 2.0))
     tol = 1e-4 * scale
+    row_err = np.abs(got - expected).max(axis=1)
+    near_ties = 0
+    if mode == "best-of-n" and noise is not None and noise.ndim == 3 and (row_err > tol).any():
+        # Two candidates whose min-Q agree to float rounding are equally good; the file and the eager policy may
+        # round them apart and keep different ones. Such a row agrees if the file's action is one of them.
+        cands, q = (t.detach().numpy() for t in reference_candidates(policy, low, high, obs, noise, steps, critic))
+        for r in np.flatnonzero(row_err > tol):
+            best = q[r].max()
+            tied = q[r] >= best - NEAR_TIE * max(1.0, abs(best))
+            nearest = float(np.abs(cands[r][tied] - got[r]).max(axis=1).min())
+            if tied.sum() > 1 and nearest <= tol:
+                row_err[r], near_ties = nearest, near_ties + 1
+    err = float(row_err.max())
     summary = {"path": str(out), "format": fmt, "policy": policy.kind, "mode": mode, "steps": steps,
                "inputs": meta["inputs"], "output": meta["output"], "max_abs_error": err, "tolerance": tol,
-               "verified_on": verify_batch}
+               "verified_on": verify_batch, "near_ties": near_ties}
     if not err <= tol:
         raise ExportError(f"exported actor {out} disagrees with the eager policy: max abs error {err:.3g} "
                           f"> {tol:.3g} on {verify_batch} observations")

@@ -369,17 +369,36 @@ def reference_actions(policy: Policy, low, high, mode: str, obs: torch.Tensor, n
         mean = policy.means(obs, z, steps)
         a = squash(mean + torch.exp(policy.noise_log_std(obs, z)) * xi)[:, 0]
     else:
-        n = noise.shape[1]
-        if getattr(policy, "heads", 1) > 1:
-            noise = torch.cat([noise[..., :d], head_one_hot(policy.head_log_probs(obs).exp(), noise[..., d])], dim=-1)
-        cand = squash(policy.means(obs, noise, steps))
-        obs_rep = obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1)
-        q = critic(obs_rep, cand.reshape(b * n, d)).min(dim=0).values.reshape(b, n)
+        cand, q = _candidates(policy, obs, noise, steps, critic)
         a = cand[torch.arange(b), q.argmax(dim=1)]
+    return _rescale(a, low, high)
+
+
+def _rescale(a: torch.Tensor, low, high) -> torch.Tensor:
     low_t = torch.as_tensor(np.asarray(low, dtype=np.float32))
     high_t = torch.as_tensor(np.asarray(high, dtype=np.float32))
     return low_t + (a + 1.0) * 0.5 * (high_t - low_t)
 
 
+def _candidates(policy: Policy, obs: torch.Tensor, noise: torch.Tensor, steps: int,
+                critic: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """best-of-n's candidates in [-1, 1] (B, N, d) and their min-Q (B, N)."""
+    b, n, d = obs.shape[0], noise.shape[1], policy.act_dim
+    if getattr(policy, "heads", 1) > 1:
+        noise = torch.cat([noise[..., :d], head_one_hot(policy.head_log_probs(obs).exp(), noise[..., d])], dim=-1)
+    cand = squash(policy.means(obs, noise, steps))
+    obs_rep = obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1)
+    return cand, critic(obs_rep, cand.reshape(b * n, d)).min(dim=0).values.reshape(b, n)
+
+
+def reference_candidates(policy: Policy, low, high, obs: torch.Tensor, noise: torch.Tensor,
+                         steps: Optional[int], critic: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """best-of-n's candidates in the task's bounds (B, N, d) and their min-Q (B, N), as ``reference_actions``
+    computes them (to tell a real disagreement from a near-tie that float rounding decided the other way)."""
+    steps = default_steps(policy) if steps is None else int(steps)
+    cand, q = _candidates(policy, obs, noise, steps, critic)
+    return _rescale(cand, low, high), q
+
+
 __all__ = ["MODES", "ExportError", "build_actor", "default_steps", "noise_shape", "reference_actions",
-           "resolve_mode"]
+           "reference_candidates", "resolve_mode"]
