@@ -91,13 +91,15 @@ def rollouts(agent, env_id: str, episodes: int, seed: int, mode: str = "sample",
     try:
         for i in range(episodes):
             obs, info = env.reset(seed=seed + i)
-            path, total, done = [obs[:2].copy()], 0.0, False
+            path, total, done, met = [obs[:2].copy()], 0.0, False, False
             while not done:
                 obs, reward, terminated, truncated, info = env.step(agent.act_normalized(obs, mode))
                 path.append(obs[:2].copy())
                 total += reward
+                met = met or bool(info.get("blocked", False))  # the blocked-goal test's obstacle refused a move
                 done = terminated or truncated
-            out.append({"return": total, "length": len(path) - 1, "info": info, "path": np.asarray(path)})
+            out.append({"return": total, "length": len(path) - 1, "info": info, "path": np.asarray(path),
+                        "met_obstacle": met})
     finally:
         env.close()
     return out
@@ -149,10 +151,12 @@ def blocked_rollouts(agent, summ: dict, episodes: int, seed: int) -> tuple[dict,
     blocked = most_reached_goal(summ["goal_counts"])
     eps = rollouts(agent, TASKS["multigoal"], episodes, seed + episodes,
                    env_kwargs={"blocked_goal": blocked, "block_radius": BLOCK_RADIUS})
-    success = sum(int(e["info"].get("goal", -1)) >= 0 for e in eps)
+    reached = [int(e["info"].get("goal", -1)) >= 0 for e in eps]
     for e in eps:
         e["blocked_goal"] = GOAL_NAMES[blocked]
-    return {"blocked_goal": GOAL_NAMES[blocked], "blocked_success": success}, eps
+    return {"blocked_goal": GOAL_NAMES[blocked], "blocked_success": sum(reached),
+            "blocked_met": sum(e["met_obstacle"] for e in eps),
+            "blocked_escaped": sum(e["met_obstacle"] and r for e, r in zip(eps, reached))}, eps
 
 
 def multigoal_checks(agent, seed: int) -> dict:
@@ -399,6 +403,8 @@ def format_summary(task: str, s: dict) -> str:
         text = f"goals reached {s['reached']}/{s['episodes']}, distinct {s['distinct']} ({counts})"
         if "blocked_goal" in s:
             text += f"; {s['blocked_goal']} blocked: {s['blocked_success']}/{s['episodes']} reach another goal"
+            if "blocked_met" in s:
+                text += f" ({s['blocked_met']} met the wall, {s['blocked_escaped']} of them still reached one)"
         if "target_modes_start" in s:
             text += (f"; the critic's target at the start has {s['target_modes_start']} mode(s), "
                      f"policy TV to it {s['tv_to_target_start']:.2f}")
@@ -445,7 +451,8 @@ def format_table(results: dict, episodes: int) -> str:
     if "multigoal" in results["tasks"]:
         lines.append("goals right/left/up/down: episodes ending there; goal H: entropy of that choice (log 4 = 1.39 is "
                      "all four equally)")
-        lines.append("blocked: episodes that reach a goal with the run's most reached goal walled off; tgt modes / "
+        lines.append("blocked: episodes that reach a goal with the run's most reached goal walled off (those that "
+                     "never headed for it, plus those that met the wall and still reached another); tgt modes / "
                      "TV: the critic's target exp(Q/alpha) at the start (and at (2.5, 2.5)), its modes and the "
                      "policy's TV to it")
     for task, by_algo in results["tasks"].items():

@@ -72,6 +72,8 @@ def test_demo_quick_smoke_runs_end_to_end(tmp_path):
     mg = summary["tasks"]["multigoal"]["smfp"]["0"]
     assert mg["episodes"] == 10 and sum(mg["goal_counts"].values()) == mg["reached"] <= 10
     assert 0 <= mg["blocked_success"] <= 10 and mg["blocked_goal"] in mg["goal_counts"]
+    assert 0 <= mg["blocked_escaped"] <= mg["blocked_met"] <= 10  # an escape is an episode that met the wall
+    assert mg["blocked_success"] - mg["blocked_escaped"] <= 10 - mg["blocked_met"]
     assert {"tv_to_target_start", "tv_to_target_between", "goal_entropy"} <= set(mg)
     # smfp inspect's verdict on each SAC run (what `smfp inspect RUN_DIR` would print), from the run's own critic
     for task in ("multigoal",):
