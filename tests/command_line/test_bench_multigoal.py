@@ -97,3 +97,30 @@ def test_the_goal_check_counts_each_bar_per_seed():
     assert goal_check(sac + heads)[5] == ("  (episodes that met the obstacle and still reached another goal, seeds "
                                           "0,1,2,3,4: smfp 10 of 155, sac 0 of 135; the rest of the success is episodes "
                                           "that never headed for the walled goal)")
+
+
+def test_merge_joins_per_seed_folders_into_one_table_and_goal_check(tmp_path):
+    from smfp.bench.acceptance.multigoal import write
+
+    def full(r):
+        return {**r, "tv_(2.5, 2.5)": 0.3, "target_modes_origin": 4, "blocked_goal": "up", "train_seconds": 1,
+                "episodes": 100, "block_radius": 4.0, "blocked_met": 25, "blocked_escaped": 1 + (r["algo"] == "smfp")}
+
+    folders = []
+    for s in range(5):
+        for algo, setting, tv, blocked in (("sac", "multimodal", 0.6, 74), ("smfp", "heads", 0.18, 78)):
+            folder = tmp_path / f"{algo}-s{s}"
+            write(folder, [full(_row(setting, algo, s, (25, 25, 25, 25), 1.38, tv, blocked))])
+            folders.append(folder)
+    proc = run_cli("bench", "multigoal", "--out", tmp_path / "all", "--merge", *folders)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "all" / "multigoal.json").read_text())
+    assert [(r["seed"], r["algo"]) for r in rows] == [(s, a) for s in range(5) for a in ("sac", "smfp")]  # by seed, setting
+    assert "merged 10 rows from 10 folders" in proc.stdout
+    assert "blocked-goal success above sac's (obstacle radius 4): 5 of 5 seeds (goal: >= 4 of 5): met" in proc.stdout
+    assert "smfp 10 of 125, sac 5 of 125" in proc.stdout
+    assert not (tmp_path / "all" / "heads").exists()  # nothing trained
+    twice = run_cli("bench", "multigoal", "--out", tmp_path / "x", "--merge", folders[0], folders[0])
+    assert_one_line_error(twice, "seed 0 is in both")
+    assert_one_line_error(run_cli("bench", "multigoal", "--out", tmp_path / "y", "--merge", tmp_path / "none"),
+                          "holds no multigoal.json")

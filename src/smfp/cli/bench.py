@@ -82,8 +82,19 @@ def cmd_bench_sb3(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_multigoal(args: argparse.Namespace) -> int:
-    from smfp.bench.acceptance.multigoal import MultiGoalOptions, run_multigoal
+    from pathlib import Path
+
+    from smfp.bench.acceptance.multigoal import MultiGoalOptions, goal_check, merge_tables, run_multigoal, write
     from smfp.sweep.grid import SweepError, parse_seeds
+
+    if args.merge:  # tables of runs made side by side, one folder each: one table and one goal check, nothing trained
+        rows = merge_tables(args.merge)
+        write(Path(args.out), rows)
+        print(f"merged {len(rows)} rows from {len(args.merge)} folders")
+        for line in goal_check(rows):
+            print(line)
+        print(f"table: {args.out}/multigoal.md")
+        return 0
 
     try:
         seeds = parse_seeds(args.seeds)
@@ -93,9 +104,7 @@ def cmd_bench_multigoal(args: argparse.Namespace) -> int:
                             settings=[s for s in args.settings.split(",") if s], steps=args.steps, alpha=args.alpha,
                             episodes=args.episodes, block_radius=args.block_radius, precision=args.precision)
     run_multigoal(opts, say=lambda line: print(line, flush=True))
-    from pathlib import Path
-
-    from smfp.bench.acceptance.multigoal import goal_check, previous_rows
+    from smfp.bench.acceptance.multigoal import previous_rows
 
     for line in goal_check(previous_rows(Path(args.out))):  # every seed in the table, this command's and earlier ones
         print(line)
@@ -170,6 +179,8 @@ def add_bench_parser(sub) -> None:
                    help="the blocked-goal test's obstacle: no move enters a disc of radius R around the walled goal "
                         "(default: 2, its rim 3 from the start; 4 puts the rim 1 from the start, where the task still "
                         "offers the other goals; docs/demo.md)")
+    b.add_argument("--merge", nargs="+", metavar="DIR", help="train nothing: merge the tables of these folders "
+                   "(e.g. one per seed, run side by side) into --out and print the goal check over all of them")
     b.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"),
                    help="the runs' matmul precision (smfp train --precision; default: auto; a run being resumed "
                         "keeps its own)")

@@ -118,7 +118,7 @@ def run_multigoal(opts: MultiGoalOptions, say: Callable[[str], None] = print) ->
                 rows.append(row)
                 table[(setting, algo, seed)] = row
                 say(format_row(row))
-                write(out, [table[k] for k in sorted(table, key=lambda k: (k[2], SETTINGS.index(k[0]), k[1]))])
+                write(out, sorted(table.values(), key=row_order))
     return rows
 
 
@@ -135,6 +135,28 @@ def previous_rows(out: Path) -> list[dict]:
                                                  and r["setting"] in SETTINGS for r in rows):
             raise ValueError("expected a list of rows with setting, algo and seed")
         return rows
+
+
+def row_order(r: dict) -> tuple:
+    return r["seed"], SETTINGS.index(r["setting"]), r["algo"]
+
+
+def merge_tables(folders: Sequence[Path]) -> list[dict]:
+    """The rows of several folders' ``multigoal.json`` (e.g. one folder per seed, run side by side) as one table;
+    a run (setting, algo, seed) in two folders is an error, a folder without a table too."""
+    where: dict = {}
+    rows = []
+    for folder in map(Path, folders):
+        if not (folder / "multigoal.json").is_file():
+            raise ConfigError(f"{folder} holds no multigoal.json; give folders written by smfp bench multigoal")
+        for r in previous_rows(folder):
+            key = (r["setting"], r["algo"], r["seed"])
+            if key in where:
+                raise ConfigError(f"{key[0]} {key[1]} seed {key[2]} is in both {where[key]} and {folder}; "
+                                  "merge folders of different runs")
+            where[key] = folder
+            rows.append(r)
+    return sorted(rows, key=row_order)
 
 
 def format_row(r: dict) -> str:
@@ -227,4 +249,5 @@ def write(out: Path, rows: list[dict]) -> None:
     atomic_write_text(out / "multigoal.md", "\n".join(lines) + "\n")
 
 
-__all__ = ["MultiGoalOptions", "SETTINGS", "evaluate", "goal_check", "run_config", "run_multigoal"]
+__all__ = ["MultiGoalOptions", "SETTINGS", "evaluate", "goal_check", "merge_tables", "run_config", "run_multigoal",
+           "write"]
