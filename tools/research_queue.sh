@@ -19,7 +19,7 @@ QUEUE="$OUT/queue.txt"
 mkdir -p "$OUT"
 
 # In order of need (2026-12-06, fourth session: issue 23's pre-registered confirmation first, MultiGoal seeds 5-9 at
-# obstacle radius 4 (docs/demo.md), then the yardstick; third session: SAC in bf16 on Hopper seed 1 after the MultiGoal seeds; SAC's curve reruns (the yardstick needs them) before stage 2's remaining seeds (its issue ended); SMFP's default on the three tasks last (the yardstick's item 4); second session, end: SB3's bound did not explain the gap (590, 1111); our SAC with SB3's
+# obstacle radius 4 (docs/demo.md), then the yardstick, SMFP's defaults (its item 4) before the ended issue 21's runs; third session: SAC in bf16 on Hopper seed 1 after the MultiGoal seeds; SAC's curve reruns (the yardstick needs them) before stage 2's remaining seeds (its issue ended); SMFP's default on the three tasks last (the yardstick's item 4); second session, end: SB3's bound did not explain the gap (590, 1111); our SAC with SB3's
 # squash log-det, then with both, on Hopper seeds 1 and 0; later: SB3's SAC made 517 / 318 on Hopper seeds 0-1, ours 1321 / 886:
 # our SAC with SB3's log-std bound (clip to [-20, 2], log-std 0 at the start) on those seeds; earlier: is Hopper seed 0 SAC's luck? "networks as SAC" on Hopper seeds 1-2 and
 # SB3's Hopper seeds 1-2 (SB3's seed 0 made 516, ours 1321), then SAC in bf16 (issue 24's parity), MultiGoal at alpha 3 on seeds 1-4 (issue 23's
@@ -84,6 +84,15 @@ sac Walker2d-v5 1
 sac HalfCheetah-v5 2
 sac Hopper-v5 2
 sac Walker2d-v5 2
+smfp HalfCheetah-v5 0
+smfp Hopper-v5 0
+smfp Walker2d-v5 0
+smfp HalfCheetah-v5 1
+smfp Hopper-v5 1
+smfp Walker2d-v5 1
+smfp HalfCheetah-v5 2
+smfp Hopper-v5 2
+smfp Walker2d-v5 2
 smfp-mf0.1-md0 Hopper-v5 2 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 Walker2d-v5 1 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 HalfCheetah-v5 2 --meanflow-coef 0.1 --md-lambda 0
@@ -112,15 +121,6 @@ smfp-mf0.1 Walker2d-v5 1 --meanflow-coef 0.1
 smfp-mf0.1 HalfCheetah-v5 2 --meanflow-coef 0.1
 smfp-mf0.1 Hopper-v5 2 --meanflow-coef 0.1
 smfp-mf0.1 Walker2d-v5 2 --meanflow-coef 0.1
-smfp HalfCheetah-v5 0
-smfp Hopper-v5 0
-smfp Walker2d-v5 0
-smfp HalfCheetah-v5 1
-smfp Hopper-v5 1
-smfp Walker2d-v5 1
-smfp HalfCheetah-v5 2
-smfp Hopper-v5 2
-smfp Walker2d-v5 2
 LIST
 mv "$QUEUE.new" "$QUEUE"
 
