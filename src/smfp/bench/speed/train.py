@@ -187,7 +187,8 @@ def _run(kind: str, cfg: TrainConfig, steps: int, warmup: int, isolate: bool) ->
 
 
 # --- the benchmark ------------------------------------------------------------------------
-def machine_info() -> dict:
+def machine_info(threads: int) -> dict:
+    """The CPU (model, ISA PyTorch dispatches to, bfloat16 support) and the torch threads each timed run uses."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -199,7 +200,7 @@ def machine_info() -> dict:
         pass
     flags = cpu_flags()  # smfp.precision's reading of the same file
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "isa": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "threads": threads, "python": platform.python_version(),
             "torch": torch.__version__, "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "native_bf16": native_bf16()}
     try:
@@ -248,7 +249,7 @@ def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = (
 
     names = specs + ([SB3_NAME] if compare_sb3 else [])
     runs: dict[str, list[dict]] = {n: [] for n in names}
-    machine = machine_info()
+    machine = machine_info(base.threads)
     total = len(names) * repeats
     for r in range(repeats):
         for name in names:
