@@ -21,6 +21,7 @@ def test_multigoal_bench_trains_evaluates_and_writes_its_table(tmp_path):
         assert sum(r["goal_counts"].values()) == r["reached"] <= 4
         assert 0.0 <= r["goal_entropy"] <= math.log(4) + 1e-9
         assert 0.0 <= r["tv_origin"] <= 1.0 and 0.0 <= r["tv_(2.5, 2.5)"] <= 1.0 and r["target_modes_origin"] >= 1
+        assert r["target_grid"] == "cell centres"
         assert r["blocked_goal"] in ("right", "left", "up", "down") and 0 <= r["blocked_success"] <= 4
         assert 0 <= r["blocked_escaped"] <= r["blocked_met"] <= 4  # an escape is an episode that met the obstacle
         assert r["blocked_success"] - r["blocked_escaped"] <= 4 - r["blocked_met"]
@@ -64,7 +65,8 @@ def test_the_heads_setting_is_multimodal_smfp_with_heads_and_em():
 
 def _row(setting, algo, seed, counts, entropy, tv, blocked):
     return {"setting": setting, "algo": algo, "seed": seed, "goal_counts": dict(zip(("right", "left", "up", "down"), counts)),
-            "reached": sum(counts), "goal_entropy": entropy, "tv_origin": tv, "blocked_success": blocked}
+            "reached": sum(counts), "goal_entropy": entropy, "tv_origin": tv, "blocked_success": blocked,
+            "target_grid": "cell centres"}
 
 
 def test_the_goal_check_counts_each_bar_per_seed():
@@ -92,6 +94,13 @@ def test_the_goal_check_counts_each_bar_per_seed():
     assert goal_check(sac + heads)[4].endswith("not judged: the rows' obstacles differ; evaluate them again with one "
                                                "--block-radius")
     del heads[1]["block_radius"]
+    # TVs from two target grids are not compared; rows from before the grid was recorded are judged with a warning
+    del heads[2]["target_grid"]
+    assert goal_check(sac + heads)[3].endswith("not judged: the rows' TVs come from two target grids; re-assess them "
+                                               "with tools/multigoal_retarget.py")
+    for r in sac + heads:
+        r.pop("target_grid", None)
+    assert "not met in every seed (TVs from the edge-to-edge grid used before 2026-12-06" in goal_check(sac + heads)[3]
     for r, (met, escaped) in zip(sac + heads, [(27, 0)] * 5 + [(30, 2), (30, 3), (30, 0), (30, 1), (35, 4)]):
         r["blocked_met"], r["blocked_escaped"] = met, escaped
     assert goal_check(sac + heads)[5] == ("  (episodes that met the obstacle and still reached another goal, seeds "

@@ -7,8 +7,10 @@ run's temperature; actions in [-1, 1]^d). Its modes are counted with the same ru
 (``smfp.monitor.modes.count_modes``) on draws from it, so "the target has 2 modes, the policy 1" compares
 like with like:
 
-- ``d <= 2``: the target is evaluated on a grid of the action box (``GRID`` points per side) and
-  ``DRAWS`` points are drawn from the grid cells by their probability (uniform within a cell);
+- ``d <= 2``: the target is evaluated at the centres of a grid of cells tiling the action box (``GRID``
+  cells per side, a whole number of them in each histogram bin below: the midpoint rule, so that a bin's
+  mass is its own cells' and no point on a bin edge is counted in one bin only) and ``DRAWS`` points are
+  drawn from the cells by their probability (uniform within a cell);
 - ``d > 2``: a grid cannot cover the box, so self-normalised importance sampling: ``CANDIDATES``
   proposals, half uniform on the box and half the policy's own samples, weighted by
   ``exp(Q / alpha) / q`` with ``q`` the proposals' mixture density (the policy's density from its
@@ -30,7 +32,9 @@ import torch
 
 from smfp.monitor.modes import DEFAULT_MIN_MASS, count_modes, sample_actions
 
-GRID = {1: 401, 2: 121}
+GRID = {1: 400, 2: 120}  # cells per side: 10 and 6 per histogram bin
+GRID_RULE = "cell centres"  # recorded beside TVs: before 2026-12-06 the grid ran edge to edge (1-D 401, 2-D 121
+# points; biased TV on targets piled at the box edge: 0.07 for an exact sampler, tests/unit/test_target.py)
 TV_BINS = {1: 40, 2: 20}
 DRAWS = 2000
 CANDIDATES = 20_000
@@ -60,8 +64,14 @@ class TargetReport:
                 **({"ess": self.ess} if self.ess is not None else {})}
 
 
+def _ticks(d: int) -> np.ndarray:
+    """The cell centres along one side of the box."""
+    n = GRID[d]
+    return -1.0 + (np.arange(n) + 0.5) * 2.0 / n
+
+
 def _grid(d: int) -> np.ndarray:
-    ticks = np.linspace(-1.0, 1.0, GRID[d])
+    ticks = _ticks(d)
     if d == 1:
         return ticks[:, None]
     a, b = np.meshgrid(ticks, ticks, indexing="ij")
@@ -120,9 +130,9 @@ def assess_target(policy, critic, obs, alpha: float, rng: np.random.Generator, p
     if d <= 2:
         points = _grid(d)
         probs = _softmax(_q(critic, obs, points) / alpha)
-        cell = 2.0 / (GRID[d] - 1)
+        cell = 2.0 / GRID[d]
         pick = rng.choice(len(points), size=DRAWS, p=probs)
-        draws = np.clip(points[pick] + rng.uniform(-cell / 2, cell / 2, (DRAWS, d)), -1.0, 1.0)
+        draws = points[pick] + rng.uniform(-cell / 2, cell / 2, (DRAWS, d))
         tv = _tv(points, probs, policy_actions, TV_BINS[d])
         method, tv_kind = "grid", f"histogram TV, {TV_BINS[d]} bins per side"
         grid_density = probs.reshape((GRID[d],) * d)
@@ -176,8 +186,7 @@ def plot_target(report: TargetReport, path, title: str = ""):
     pol = report.policy_actions[:2000]
     d = pol.shape[1]
     if report.grid_density is not None and d == 1:
-        ticks = np.linspace(-1.0, 1.0, GRID[1])
-        ax.plot(ticks, report.grid_density / (2.0 / (GRID[1] - 1)), color="k", lw=1.2, label="critic target")
+        ax.plot(_ticks(1), report.grid_density / (2.0 / GRID[1]), color="k", lw=1.2, label="critic target")
         ax.hist(pol[:, 0], bins=TV_BINS[1], range=(-1, 1), density=True, alpha=0.4, label="policy samples")
         ax.set_xlabel("action")
     elif report.grid_density is not None:
