@@ -63,6 +63,31 @@ def test_the_heads_setting_is_multimodal_smfp_with_heads_and_em():
     assert plain.policy.heads == 1 and plain.update.actor_update == "reparam"
 
 
+def test_a_screen_changes_one_setting_on_top_of_the_heads_setting():
+    from smfp.bench.acceptance.multigoal import run_config
+
+    cfg = run_config("heads", "smfp", 0, 20_000, 3.0, "unused", {"actor_lr": 1e-3, "em_per_head": 8}).resolved()
+    assert cfg.update.actor_lr == 1e-3 and cfg.update.em_per_head == 8  # the screen's values win
+    assert cfg.policy.heads == 4 and cfg.update.actor_update == "em" and cfg.update.alpha == 3.0  # the rest stays
+
+
+def test_the_bench_passes_policy_and_update_options_and_refuses_its_own(monkeypatch, tmp_path):
+    import smfp.bench.acceptance.multigoal as mg
+
+    # nothing trained: the options the command hands to run_multigoal
+
+    seen = {}
+    monkeypatch.setattr(mg, "run_multigoal", lambda opts, say: seen.setdefault("opts", opts))
+    monkeypatch.setattr(mg, "previous_rows", lambda out: [])
+    from smfp.cli.main import main
+
+    assert main(["bench", "multigoal", "--out", str(tmp_path / "mg"), "--settings", "heads", "--algos", "smfp",
+                 "--actor-lr", "0.001"]) == 0
+    assert seen["opts"].overrides == {"actor_lr": 0.001}
+    assert_one_line_error(run_cli("bench", "multigoal", "--out", tmp_path / "mg", "--value-backup", "policy"),
+                          "unrecognized arguments")
+
+
 def _row(setting, algo, seed, counts, entropy, tv, blocked):
     return {"setting": setting, "algo": algo, "seed": seed, "goal_counts": dict(zip(("right", "left", "up", "down"), counts)),
             "reached": sum(counts), "goal_entropy": entropy, "tv_origin": tv, "blocked_success": blocked,

@@ -24,6 +24,10 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 # The suite's cases fix alpha; every other policy and update setting may be varied (a candidate's rows).
 BANDIT_OVERRIDES = {f.name for path, f, _ in leaf_fields() if path[0] in ("policy", "update")} - {
     "alpha", "autotune_alpha", "learning_starts", "updates_per_step"}
+# The MultiGoal bench sets the temperature and precision itself (--alpha, --precision) and --multimodal the rest of
+# the temperature, the backup and the warm-up; any other policy / update setting may be screened on top.
+MULTIGOAL_OVERRIDES = {f.name for path, f, _ in leaf_fields() if path[0] in ("policy", "update")} - {
+    "alpha", "autotune_alpha", "learning_starts", "precision", "value_backup"}
 
 
 def cmd_bench_bandit(args: argparse.Namespace) -> int:
@@ -100,9 +104,14 @@ def cmd_bench_multigoal(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.seeds)
     except SweepError as exc:
         fail(str(exc))
+    given = {k: v for k, v in vars(args).items() if k in MULTIGOAL_OVERRIDES}
     opts = MultiGoalOptions(out=args.out, seeds=seeds, algos=[a for a in args.algos.split(",") if a],
                             settings=[s for s in args.settings.split(",") if s], steps=args.steps, alpha=args.alpha,
-                            episodes=args.episodes, block_radius=args.block_radius, precision=args.precision)
+                            episodes=args.episodes, block_radius=args.block_radius, precision=args.precision,
+                            overrides=given)
+    if given:
+        print("settings on top of each setting's: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items()),
+              flush=True)
     run_multigoal(opts, say=lambda line: print(line, flush=True))
     from smfp.bench.acceptance.multigoal import previous_rows
 
@@ -184,6 +193,7 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"),
                    help="the runs' matmul precision (smfp train --precision; default: auto; a run being resumed "
                         "keeps its own)")
+    add_dataclass_args(b, TrainConfig, skip=tuple(f.name for _, f, _ in leaf_fields() if f.name not in MULTIGOAL_OVERRIDES))
     b.set_defaults(func=cmd_bench_multigoal)
 
     from smfp.bench.sb3_reference import OPTIONS

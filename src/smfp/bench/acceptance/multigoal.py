@@ -25,11 +25,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices
+from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices, leaf_fields, set_leaf
 from smfp.monitor.multigoal import (BLOCK_RADIUS, ENV, blocked_goal_test, goal_counts, goal_entropy, goals_reached,
                                     target_at)
 
@@ -50,9 +50,13 @@ class MultiGoalOptions:
     eval_seed: int = 10_000
     block_radius: float = BLOCK_RADIUS  # the blocked-goal test's obstacle: a disc of this radius around the goal
     precision: str = "auto"  # the runs' --precision (a run being resumed keeps its own)
+    overrides: dict = field(default_factory=dict)  # policy / update fields on top of each setting (a screen's change)
 
 
-def run_config(setting: str, algo: str, seed: int, steps: int, alpha: float, run_dir: Path) -> TrainConfig:
+def run_config(setting: str, algo: str, seed: int, steps: int, alpha: float, run_dir: Path,
+               overrides: dict | None = None) -> TrainConfig:
+    """The run of one (setting, algo, seed); ``overrides``: policy / update fields by name (e.g.
+    ``{"actor_lr": 1e-3}``), applied on top of the setting (``--multimodal``'s own values stay unless overridden)."""
     cfg = TrainConfig(algo=algo, total_steps=steps, seed=seed, run_dir=str(run_dir), threads=1)
     cfg.env.env = ENV
     cfg.eval.eval_every = 0
@@ -62,6 +66,10 @@ def run_config(setting: str, algo: str, seed: int, steps: int, alpha: float, run
         cfg.multimodal = True
         cfg.update.alpha = alpha
         cfg.multimodal_policy = "heads" if setting == "heads" else "plain"
+    for path, f, _ in leaf_fields():
+        if path[0] in ("policy", "update") and f.name in (overrides or {}):
+            value = overrides[f.name]
+            cfg = set_leaf(cfg, path, tuple(value) if isinstance(value, list) else value)
     return cfg
 
 
@@ -123,13 +131,13 @@ def run_multigoal(opts: MultiGoalOptions, say: Callable[[str], None] = print) ->
                 if setting == "heads" and algo != "smfp":
                     continue  # heads are an SMFP policy option
                 run_dir = out / setting / f"{algo}-s{seed}"
-                cfg = run_config(setting, algo, seed, opts.steps, opts.alpha, run_dir)
+                cfg = run_config(setting, algo, seed, opts.steps, opts.alpha, run_dir, opts.overrides)
                 cfg.update.precision = opts.precision
                 cfg.resume = RunDir(run_dir).config.exists()
                 t0 = time.perf_counter()
                 train_or_stop(cfg)
                 row = {"setting": setting, "algo": algo, "seed": seed, "train_seconds": round(time.perf_counter() - t0),
-                       "episodes": opts.episodes,
+                       "episodes": opts.episodes, **({"overrides": dict(opts.overrides)} if opts.overrides else {}),
                        **evaluate(run_dir, opts.episodes, opts.eval_seed, opts.block_radius)}
                 rows.append(row)
                 table[(setting, algo, seed)] = row
