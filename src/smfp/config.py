@@ -122,7 +122,7 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "update.em_sharpness": 1.0, "update.em_reverse": "draws", "update.em_proposal": "draws",
                 "policy.per_head_sigma": False, "update.em_mass_coef": 1.0,
                 "update.em_masses": "candidates",
-                "update.em_reverse_logits": True, "multimodal_policy": "plain",
+                "update.em_reverse_logits": True, "update.em_fit_weight": "equal", "multimodal_policy": "plain",
                 "policy.generator_activation": "silu", "policy.state_base": False,
                 "policy.log_std_squash": "tanh", "policy.squash_log_det_eps": 0.0}
 
@@ -303,6 +303,11 @@ class UpdateConfig:
         "shares) or heads (each head's own reverse-KL draws: m_c ~ p_c x the mean of p*/pi over them, the EM step "
         "for mixture weights, which does not follow the current p(c|s); no extra critic rows; needs --em-reverse "
         "heads)", default="candidates")
+    em_fit_weight: Literal["equal", "mass"] = doc(
+        "em update: weight of each head's map regression at a state: equal (every head's fit counts the same, "
+        "whatever its share of the target there) or mass (K x the head's target mass there, so that a head with no "
+        "target mass at a state does not pull the shared network toward the candidates left in its cell)",
+        default="equal")
     em_reverse_logits: bool = doc("em update with --em-reverse heads: the reverse KL's gradient also reaches the "
                                   "heads' probabilities (off: they follow their masses' cross-entropy alone)",
                                   default=True)

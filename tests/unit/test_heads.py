@@ -100,6 +100,26 @@ def test_each_head_regresses_only_onto_its_own_targets():
     assert math.isclose(float(fit.detach()), 0.5, rel_tol=1e-5)
 
 
+def test_mass_weighted_fit_leaves_a_head_without_target_mass_unfitted():
+    # head 0 sits on the only candidate with weight; head 1's cell holds a candidate of (almost) no weight
+    mean = torch.tensor([[[-0.5], [0.5]]], requires_grad=True)
+    x = torch.tensor([[[-1.0], [1.0]]])
+    w = torch.tensor([[1.0 - 1e-9, 1e-9]])
+    cand = Candidates(x, w, torch.tensor(0.5), w.log())
+    log_p = torch.log(torch.tensor([[0.5, 0.5]]))
+    equal, _, masses = em_fit_loss(mean, torch.zeros(1, 2, 1), log_p, cand, 1, 0.1)
+    (g_equal,) = torch.autograd.grad(equal, mean)
+    mass, _, _ = em_fit_loss(mean, torch.zeros(1, 2, 1), log_p, cand, 1, 0.1, head_weight="mass")
+    (g_mass,) = torch.autograd.grad(mass, mean)
+    assert torch.allclose(masses, torch.tensor([[1.0, 0.0]]), atol=1e-6)
+    # equal: both heads pulled with the same force; mass: head 0 twice as hard (K x m = 2), head 1 not at all
+    assert math.isclose(float(g_equal[0, 0, 0]), -float(g_equal[0, 1, 0]), rel_tol=1e-5)
+    assert math.isclose(float(g_mass[0, 0, 0]), 2 * float(g_equal[0, 0, 0]), rel_tol=1e-5)
+    assert abs(float(g_mass[0, 1, 0])) < 1e-6
+    with pytest.raises(ValueError, match="choose equal or mass"):
+        em_fit_loss(mean, torch.zeros(1, 2, 1), log_p, cand, 1, 0.1, head_weight="masses")
+
+
 def test_em_loss_moves_the_map_by_the_fit_and_sigma_by_the_reverse_kl():
     pol = _policy(heads=2, obs_dim=1, act_dim=1)
     cfg = dataclasses.replace(TrainConfig().update, actor_update="em", fit_anchor=0, fit_local=4, fit_uniform=8)

@@ -218,8 +218,8 @@ def _greedy_assignment(cost: torch.Tensor, max_swaps: int = 64) -> torch.Tensor:
     return perm
 
 
-def coupled_regression_loss(mean: torch.Tensor, noise: torch.Tensor, cand: Candidates,
-                            norm: str = "l1") -> tuple[torch.Tensor, torch.Tensor]:
+def coupled_regression_loss(mean: torch.Tensor, noise: torch.Tensor, cand: Candidates, norm: str = "l1",
+                            row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One-step regression of the pre-squash means onto OT-paired samples of the weighted target.
 
     Per state: draw N (= the policy's noises per state) targets from the candidates by systematic
@@ -228,8 +228,8 @@ def coupled_regression_loss(mean: torch.Tensor, noise: torch.Tensor, cand: Candi
     coupling: sorting in 1-D); pull each ``mean(s, z_n)`` (B, N, d) toward its partner. ``l1``: by the
     Euclidean distance, so the map learns the partners' (geometric) median, which switches sharply
     between modes; ``l2``: by half the squared distance, so it learns their mean, which puts the
-    noises whose partner is uncertain between the modes. Returns the loss and each mean's displacement
-    to its partner (B, N, d), detached.
+    noises whose partner is uncertain between the modes. ``row_weight`` (B,): each state's weight in the mean
+    (None: equal). Returns the loss and each mean's displacement to its partner (B, N, d), detached.
     """
     b, n, d = mean.shape
     idx = systematic_resample(cand.w, n)
@@ -239,11 +239,12 @@ def coupled_regression_loss(mean: torch.Tensor, noise: torch.Tensor, cand: Candi
     y_pair = torch.gather(y, 1, perm.unsqueeze(-1).expand(b, n, d))
     delta = y_pair - mean
     if norm == "l2":
-        loss = 0.5 * delta.pow(2).sum(-1).mean()
+        per = 0.5 * delta.pow(2).sum(-1)
     elif norm == "l1":
-        loss = (delta.pow(2).sum(-1) + 1e-12).sqrt().mean()
+        per = (delta.pow(2).sum(-1) + 1e-12).sqrt()
     else:
         raise ValueError(f"unknown regression norm {norm!r}; choose l1 or l2")
+    loss = per.mean() if row_weight is None else (per.mean(1) * row_weight).mean()
     return loss, delta.detach()
 
 
@@ -267,14 +268,17 @@ def head_responsibilities(cand: Candidates, mean: torch.Tensor, log_p: torch.Ten
 
 
 def em_fit_loss(mean: torch.Tensor, noise: torch.Tensor, log_p: torch.Tensor, cand: Candidates, per_head: int,
-                bandwidth: float, sharpness: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                bandwidth: float, sharpness: float = 1.0,
+                head_weight: str = "equal") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The EM step toward the weighted target for a policy with K heads (docs/method.md, "Heads").
 
     E-step: the responsibilities ``r`` of the heads for the candidates (``head_responsibilities``, held). M-step,
     as two losses: the heads' probabilities by the cross-entropy ``-sum_c m_c log p_c`` to the target's masses
     ``m_c = sum_k w_k r_kc`` (its minimum is ``p = m``), and each head's map by the coupled regression
     (``coupled_regression_loss``) onto targets resampled from its own share ``w_k r_kc`` and paired with the
-    head's noises ``z`` (B, K * per_head, d). Returns (map loss, probability loss, masses (B, K)).
+    head's noises ``z`` (B, K * per_head, d). ``head_weight``: ``equal`` (each head's regression counts the same)
+    or ``mass`` (K x its mass ``m_c``: a head the target gives nothing at a state is not fitted there).
+    Returns (map loss, probability loss, masses (B, K)).
     """
     b, n, d = mean.shape
     k = log_p.shape[1]
@@ -286,7 +290,11 @@ def em_fit_loss(mean: torch.Tensor, noise: torch.Tensor, log_p: torch.Tensor, ca
         w_head = w_head / w_head.sum(1, keepdim=True)
     x_head = cand.x.unsqueeze(1).expand(b, k, *cand.x.shape[1:]).reshape(b * k, *cand.x.shape[1:])
     per = Candidates(x_head, w_head, cand.ess, w_head.log())
-    fit, _ = coupled_regression_loss(mean.reshape(b * k, per_head, d), noise.reshape(b * k, per_head, d), per)
+    if head_weight not in ("equal", "mass"):
+        raise ValueError(f"unknown head weight {head_weight!r}; choose equal or mass")
+    row_weight = (k * masses).reshape(b * k) if head_weight == "mass" else None
+    fit, _ = coupled_regression_loss(mean.reshape(b * k, per_head, d), noise.reshape(b * k, per_head, d), per,
+                                     row_weight=row_weight)
     probs = -(masses * log_p).sum(1).mean()
     return fit, probs, masses
 

@@ -264,7 +264,7 @@ def em_actor_loss(policy: Policy, q_fn: Callable[[torch.Tensor, torch.Tensor], t
         layout = policy.head_layout(b, cfg.em_per_head, obs)
         mean = policy.component_means(obs, layout)
     fit, probs, masses = em_fit_loss(mean, layout[..., :d], log_p, cand, cfg.em_per_head, cfg.em_bandwidth,
-                                     cfg.em_sharpness)
+                                     cfg.em_sharpness, cfg.em_fit_weight)
     loss = cfg.fit_coef * fit + (cfg.em_mass_coef * probs if cfg.em_masses == "candidates" else 0.0)
     if cfg.hybrid_coef > 0:
         if cfg.em_reverse == "heads":  # every head's noises, weighted by p(c|s): the logits get this gradient too
