@@ -67,7 +67,11 @@ cmd-mg4lr-heads-s5 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_lr1e-3/he
 cmd-mg4lr-heads-s6 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_lr1e-3/heads-s6 --seeds 6 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --actor-lr 0.001
 cmd-mg4lr-heads-s7 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_lr1e-3/heads-s7 --seeds 7 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --actor-lr 0.001
 cmd-mg4lr-heads-s8 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_lr1e-3/heads-s8 --seeds 8 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --actor-lr 0.001
-cmd-mg4lr-heads-s9 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_lr1e-3/heads-s9 --seeds 9 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --actor-lr 0.001
+cmd-mg4mass-heads-s5 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_mass/heads-s5 --seeds 5 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --em-fit-weight mass
+cmd-mg4mass-heads-s6 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_mass/heads-s6 --seeds 6 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --em-fit-weight mass
+cmd-mg4mass-heads-s7 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_mass/heads-s7 --seeds 7 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --em-fit-weight mass
+cmd-mg4mass-heads-s8 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_mass/heads-s8 --seeds 8 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --em-fit-weight mass
+cmd-mg4mass-heads-s9 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_mass/heads-s9 --seeds 9 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --em-fit-weight mass
 sac Swimmer-v5 0
 sac InvertedDoublePendulum-v5 0
 sac Ant-v5 0
