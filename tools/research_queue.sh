@@ -18,7 +18,8 @@ SMFP="$REPO/.venv/bin/smfp"
 QUEUE="$OUT/queue.txt"
 mkdir -p "$OUT"
 
-# In order of need (2026-12-06, fifth session: the heads setting with --actor-lr 1e-3 on the confirmation's seeds (its
+# In order of need (2026-12-06, sixth session: the heads setting with --em-fit-weight mass on the confirmation's seeds (each
+# head's fit weighted by its target mass; the lr screen showed nothing and was stopped after 4 seeds); fifth session: the heads setting with --actor-lr 1e-3 on the confirmation's seeds (its
 # TV to the critic's target at the origin, ~0.21, is the shared network following slowly: docs/experiments.md); fourth session: issue 23's pre-registered confirmation first, MultiGoal seeds 5-9 at
 # obstacle radius 4 (docs/demo.md), then the yardstick, SMFP's defaults (its item 4) before the ended issue 21's runs; third session: SAC in bf16 on Hopper seed 1 after the MultiGoal seeds; SAC's curve reruns (the yardstick needs them) before stage 2's remaining seeds (its issue ended); SMFP's default on the three tasks last (the yardstick's item 4); second session, end: SB3's bound did not explain the gap (590, 1111); our SAC with SB3's
 # squash log-det, then with both, on Hopper seeds 1 and 0; later: SB3's SAC made 517 / 318 on Hopper seeds 0-1, ours 1321 / 886:
