@@ -280,6 +280,8 @@ def em_fit_loss(mean: torch.Tensor, noise: torch.Tensor, log_p: torch.Tensor, ca
     or ``mass`` (K x its mass ``m_c``: a head the target gives nothing at a state is not fitted there).
     Returns (map loss, probability loss, masses (B, K)).
     """
+    if head_weight not in ("equal", "mass"):
+        raise ValueError(f"unknown head weight {head_weight!r}; choose equal or mass")
     b, n, d = mean.shape
     k = log_p.shape[1]
     with torch.no_grad():
@@ -290,8 +292,6 @@ def em_fit_loss(mean: torch.Tensor, noise: torch.Tensor, log_p: torch.Tensor, ca
         w_head = w_head / w_head.sum(1, keepdim=True)
     x_head = cand.x.unsqueeze(1).expand(b, k, *cand.x.shape[1:]).reshape(b * k, *cand.x.shape[1:])
     per = Candidates(x_head, w_head, cand.ess, w_head.log())
-    if head_weight not in ("equal", "mass"):
-        raise ValueError(f"unknown head weight {head_weight!r}; choose equal or mass")
     row_weight = (k * masses).reshape(b * k) if head_weight == "mass" else None
     fit, _ = coupled_regression_loss(mean.reshape(b * k, per_head, d), noise.reshape(b * k, per_head, d), per,
                                      row_weight=row_weight)
