@@ -6,8 +6,9 @@
 # WORKERS processes (default 2: the two cores) take the lines of QUEUE below in order, one run at a time each,
 # at nice 10. A line whose run already has a row in docs/results/mujoco.csv (label, env, seed) is skipped, so the
 # queue survives the loss of OUT; a run interrupted with OUT intact resumes (smfp sweep). To stop without losing the
-# steps since the last checkpoint, signal the Ray workers first (they write one; the sweep driver does not forward
-# its SIGTERM): pkill -TERM -f 'ray::smfp-train'; sleep 20; pkill -TERM -f research_queue.sh; pkill -TERM -f 'smfp ' After each run, the
+# steps since the last checkpoint: pkill -TERM -f research_queue.sh; pkill -TERM -f 'smfp sweep' (each sweep asks
+# its running runs to write a checkpoint and stop, and exits 143; sweeps started before 2026-12-06 20:00 did not,
+# for them signal the Ray workers first: pkill -TERM -f 'ray::smfp-train'). After each run, the
 # tables docs/results/mujoco.csv and docs/results/mujoco_curves.csv are updated (commit them).
 # Each line: LABEL ENV SEED FLAGS... (LABEL sac: SAC's defaults; sac-NAME: SAC with
 # FLAGS; sb3-sac: Stable-Baselines3's SAC; cmd-NAME - -: the smfp command FLAGS, with @OUT@ replaced by OUT, done

@@ -328,3 +328,48 @@ def test_two_sweeps_sharing_a_folder_keep_each_others_records(tmp_path):
     record = json.loads((out / "sweep.json").read_text())
     assert record["runs"][specs[0].name]["status"] == "done" and record["runs"][specs[1].name]["status"] == "running"
     assert [inv["id"] for inv in record["invocations"]] == ["sweep-a", "sweep-b"]
+
+
+def test_sigterm_to_the_sweep_checkpoints_its_running_runs_and_records_them(ray_address, tmp_path):
+    """SIGTERM to ``smfp sweep`` (not to its workers): each running run writes a checkpoint at the step it
+    reached, is not retried, and is recorded as interrupted; the sweep exits 143 with one error line."""
+    out = tmp_path / "stopped"
+    argv = sweep_argv(out, "0,1", ray_address)
+    total = 20000  # far more than the runs reach before the signal
+    argv[argv.index("--total-steps") + 1] = str(total)
+    argv[argv.index("--checkpoint-every") + 1] = str(total)  # so any checkpoint below total is the stop's own
+    since = time.time()
+    proc = _start_sweep(argv)
+    deadline = Deadline()
+    names = [f"sac-{ENV}-s{seed}" for seed in (0, 1)]
+    seen = None
+    try:
+        while (done := _wait(proc, 0.05)) is None:
+            beats = _beats(out, since)
+            if beats:
+                deadline.workers_up()
+            deadline.check(proc)
+            if seen is None and all(n in beats and beats[n]["step"] >= 600 for n in names):
+                seen = {n: beats[n]["step"] for n in names}
+                proc.send_signal(signal.SIGTERM)
+                deadline.workers_up()
+        stdout, stderr = done
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert seen is not None, f"the sweep exited before both runs were training; stderr:\n{stderr}"
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("smfp: error: stopped by SIGTERM; 2 run(s) not finished") and "Traceback" not in stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert (summary["runs"], summary["done"], summary["failed"], summary["interrupted"]) == (2, 0, 0, 2)
+    record = json.loads((out / "sweep.json").read_text())
+    sweep_id = record["invocations"][-1]["id"]
+    for name in names:
+        run_dir = out / name
+        steps = [s for s, _ in list_checkpoints(run_dir)]
+        assert len(steps) == 1 and seen[name] <= steps[0] < total, (name, steps, seen)  # written by the stop
+        assert f"{name} at {steps[0]}" in last
+        assert len(read_attempts(run_dir, sweep_id)) == 1  # a cancelled task is not retried
+        assert record["runs"][name]["status"] == "interrupted" and record["runs"][name]["step"] == steps[0]
+        assert load_weights_only(run_dir / "checkpoints" / f"step_{steps[0]:010d}.pt")["step"] == steps[0]

@@ -52,8 +52,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         fail(str(exc))
     summary = {"out": str(result.out), "runs": len(specs), "done": result.count("done"),
                "skipped": result.count("skipped"), "failed": result.count("failed"),
-               "elapsed_s": round(result.elapsed, 1)}
+               "interrupted": result.count("interrupted"), "elapsed_s": round(result.elapsed, 1)}
     print(json.dumps(summary))
+    if result.stop_signal is not None:
+        import signal
+
+        shown = list(result.stopped_at.items())
+        steps = ", ".join(f"{name} at {step}" for name, step in shown[:4]) + (", ..." if len(shown) > 4 else "")
+        print(f"smfp: error: stopped by {signal.Signals(result.stop_signal).name}; "
+              f"{result.count('interrupted')} run(s) not finished, resumable from their last checkpoints "
+              f"({steps}); rerun the same command to go on", file=sys.stderr, flush=True)
+        return 128 + result.stop_signal
     if result.errors:
         first = next(iter(result.errors.items()))
         fail(f"{len(result.errors)} of {len(specs)} runs failed (first: {first[0]}: {first[1]}); see "

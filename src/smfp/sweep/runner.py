@@ -9,6 +9,11 @@ run dir, with ``threads`` = the CPUs Ray granted it. Resumability comes from the
   (``max_retries``); the retry resumes from the last checkpoint, so at most
   ``--checkpoint-every`` steps are redone. A worker stopped by SIGTERM/SIGINT writes a
   checkpoint first (the training loop's graceful stop) and the task is retried the same way.
+- SIGTERM/SIGINT to the sweep itself stops the whole sweep gracefully: every task is cancelled
+  without force, which Ray delivers to a running task as SIGINT, so each running run writes a
+  checkpoint at the step it reached and returns (a cancelled task is not retried); queued runs
+  never start. The sweep waits for them (at most ``STOP_GRACE_S``; a second signal stops at once,
+  losing at most ``--checkpoint-every`` steps per run) and records them as ``interrupted``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from smfp.sweep.grid import (ATTEMPTS_FILE, LOG_FILE, PROGRESS_FILE, RunSpec, Sw
                              read_attempts, read_progress, run_state)
 
 LOCAL_OBJECT_STORE_BYTES = 100 * 2**20  # tasks exchange only small dicts; keep shared memory small
+STOP_GRACE_S = 300.0  # after SIGTERM/SIGINT: how long running runs get to write their checkpoints
 
 
 class RunInterrupted(RuntimeError):
@@ -120,6 +126,8 @@ class SweepResult:
     statuses: dict  # run name -> done | skipped | failed | interrupted
     errors: dict  # run name -> message
     elapsed: float
+    stop_signal: Optional[int] = None  # SIGTERM/SIGINT that stopped the sweep before every run finished
+    stopped_at: dict = dataclasses.field(default_factory=dict)  # interrupted run name -> its checkpoint step
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.statuses.values() if s == status)
@@ -215,7 +223,12 @@ def run_sweep(specs: list[RunSpec], out: Path, grid: dict, cpus_per_run: int = 1
     if not todo:
         return SweepResult(out, statuses, errors, 0.0)
 
+    from smfp.training.run import StopSignals
+
+    stop = StopSignals()
+    stop_deadline = None  # set when the first signal has cancelled the tasks
     try:
+        stop.__enter__()
         remote = ray.remote(train_task).options(num_cpus=cpus_per_run, max_retries=max_retries,
                                                 retry_exceptions=[RunInterrupted], name="smfp-train")
         pending = {remote.remote(spec.config.to_dict(), sweep_id): spec for spec in todo}
@@ -226,7 +239,17 @@ def run_sweep(specs: list[RunSpec], out: Path, grid: dict, cpus_per_run: int = 1
         last_emit = -1e9
         last_line = ""
         while True:
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=min(2.0, progress_every)) \
+            if stop.signum is not None and stop_deadline is None:
+                import signal as _signal
+
+                emit(f"smfp sweep: {_signal.Signals(stop.signum).name}: asking {len(pending)} unfinished run(s) to "
+                     "checkpoint and stop (a second signal stops at once)")
+                for ref in pending:
+                    ray.cancel(ref, force=False)  # a running task gets SIGINT: the loop checkpoints and returns
+                stop_deadline = time.time() + STOP_GRACE_S
+            if stop_deadline is not None and (stop.count > 1 or time.time() > stop_deadline):
+                break
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=min(1.0, progress_every)) \
                 if pending else ([], [])
             for ref in ready:
                 spec = pending.pop(ref)
@@ -234,6 +257,10 @@ def run_sweep(specs: list[RunSpec], out: Path, grid: dict, cpus_per_run: int = 1
                 try:
                     res = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - any task failure is recorded, the others go on
+                    if stop_deadline is not None and _stopped_by_cancel(exc):
+                        statuses[spec.name] = "interrupted"
+                        record.set_run(spec, status="interrupted", attempts=attempts, step=run_state(spec).step)
+                        continue
                     statuses[spec.name] = "failed"
                     errors[spec.name] = _one_line(exc)
                     record.set_run(spec, status="failed", error=errors[spec.name], attempts=attempts,
@@ -253,19 +280,35 @@ def run_sweep(specs: list[RunSpec], out: Path, grid: dict, cpus_per_run: int = 1
                     last_line, last_emit = line, now
             if not pending:
                 break
+        if stop_deadline is not None:
+            _mark_interrupted(todo, statuses, record)
     except KeyboardInterrupt:
-        for name, status in statuses.items():
-            if status in ("queued", "running"):
-                statuses[name] = "interrupted"
-        for spec in todo:
-            if statuses[spec.name] == "interrupted":
-                record.set_run(spec, status="interrupted", step=run_state(spec).step)
-        record.save()
+        _mark_interrupted(todo, statuses, record)
         raise
     finally:
+        stop.__exit__(None, None, None)
         if started_ray:
             ray.shutdown()
-    return SweepResult(out, statuses, errors, time.time() - t_start)
+    stopped_at = {spec.name: run_state(spec).step for spec in todo if statuses[spec.name] == "interrupted"}
+    return SweepResult(out, statuses, errors, time.time() - t_start,
+                       stop.signum if stop_deadline is not None else None, stopped_at)
+
+
+def _stopped_by_cancel(exc: BaseException) -> bool:
+    """A task that ended because the sweep cancelled it: before it started (TaskCancelledError) or after its
+    graceful stop (RunInterrupted, raised by ``train_task`` when the loop stopped early)."""
+    import ray.exceptions
+
+    return isinstance(exc, (ray.exceptions.TaskCancelledError, RunInterrupted)) or \
+        isinstance(getattr(exc, "cause", None), RunInterrupted)
+
+
+def _mark_interrupted(todo, statuses, record) -> None:
+    for spec in todo:
+        if statuses[spec.name] in ("queued", "running", "interrupted"):
+            statuses[spec.name] = "interrupted"
+            record.set_run(spec, status="interrupted", step=run_state(spec).step)
+    record.save()
 
 
 def _progress_line(specs, todo, statuses, start_steps, sweep_id, elapsed, record) -> str:

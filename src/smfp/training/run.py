@@ -238,6 +238,7 @@ class StopSignals:
 
     def __init__(self):
         self.signum: Optional[int] = None
+        self.count = 0  # signals received (a sweep driver stops at once on the second)
         self.previous = {}
 
     def __enter__(self) -> "StopSignals":
@@ -250,6 +251,7 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum if self.signum is None else self.signum
+        self.count += 1
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
