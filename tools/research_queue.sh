@@ -21,7 +21,8 @@ SMFP="$REPO/.venv/bin/smfp"
 QUEUE="$OUT/queue.txt"
 mkdir -p "$OUT"
 
-# In order of need (2026-12-06, sixth session: the heads setting with --em-fit-weight mass on the confirmation's seeds (each
+# In order of need (2026-12-06, seventh session: the heads setting with a three-layer actor on the confirmation's seeds
+# (the fixed-critic test: TV 0.245 -> 0.199-0.208 on seed 6, 0.264 -> 0.224 on seed 5; docs/experiments.md); sixth session: the heads setting with --em-fit-weight mass on the confirmation's seeds (each
 # head's fit weighted by its target mass; the lr screen showed nothing and was stopped after 4 seeds); fifth session: the heads setting with --actor-lr 1e-3 on the confirmation's seeds (its
 # TV to the critic's target at the origin, ~0.21, is the shared network following slowly: docs/experiments.md); fourth session: issue 23's pre-registered confirmation first, MultiGoal seeds 5-9 at
 # obstacle radius 4 (docs/demo.md), then the yardstick, SMFP's defaults (its item 4) before the ended issue 21's runs; third session: SAC in bf16 on Hopper seed 1 after the MultiGoal seeds; SAC's curve reruns (the yardstick needs them) before stage 2's remaining seeds (its issue ended); SMFP's default on the three tasks last (the yardstick's item 4); second session, end: SB3's bound did not explain the gap (590, 1111); our SAC with SB3's
@@ -35,6 +36,11 @@ mkdir -p "$OUT"
 # (seeds 1-2 of mf0.1 + md0), SAC's Walker2d seed 0 again for its curve, stage 2's second setting (mf0.1), the SB3
 # check's Hopper seeds, SAC in bf16 paired with its fp32 runs (issue 24's parity check) after the diagnostics, the yardstick's four other tasks, then SAC's other reruns for the curves.
 cat > "$QUEUE.new" <<'LIST'
+cmd-mg4l3-heads-s5 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/heads-s5 --seeds 5 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
+cmd-mg4l3-heads-s6 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/heads-s6 --seeds 6 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
+cmd-mg4l3-heads-s7 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/heads-s7 --seeds 7 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
+cmd-mg4l3-heads-s8 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/heads-s8 --seeds 8 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
+cmd-mg4l3-heads-s9 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/heads-s9 --seeds 9 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
 smfp-gauss-256x1 Hopper-v5 1 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
 smfp-gauss-256x1 Hopper-v5 2 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
 sac-logdet-sb3 Hopper-v5 1 --squash-log-det-eps 1e-6
