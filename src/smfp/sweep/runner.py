@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -227,6 +228,7 @@ def run_sweep(specs: list[RunSpec], out: Path, grid: dict, cpus_per_run: int = 1
 
     stop = StopSignals()
     stop_deadline = None  # set when the first signal has cancelled the tasks
+    stopped_at: dict[str, int] = {}
     try:
         stop.__enter__()
         remote = ray.remote(train_task).options(num_cpus=cpus_per_run, max_retries=max_retries,
@@ -240,9 +242,7 @@ def run_sweep(specs: list[RunSpec], out: Path, grid: dict, cpus_per_run: int = 1
         last_line = ""
         while True:
             if stop.signum is not None and stop_deadline is None:
-                import signal as _signal
-
-                emit(f"smfp sweep: {_signal.Signals(stop.signum).name}: asking {len(pending)} unfinished run(s) to "
+                emit(f"smfp sweep: {signal.Signals(stop.signum).name}: asking {len(pending)} unfinished run(s) to "
                      "checkpoint and stop (a second signal stops at once)")
                 for ref in pending:
                     ray.cancel(ref, force=False)  # a running task gets SIGINT: the loop checkpoints and returns
@@ -281,7 +281,7 @@ def run_sweep(specs: list[RunSpec], out: Path, grid: dict, cpus_per_run: int = 1
             if not pending:
                 break
         if stop_deadline is not None:
-            _mark_interrupted(todo, statuses, record)
+            stopped_at = _mark_interrupted(todo, statuses, record)
     except KeyboardInterrupt:
         _mark_interrupted(todo, statuses, record)
         raise
@@ -289,7 +289,6 @@ def run_sweep(specs: list[RunSpec], out: Path, grid: dict, cpus_per_run: int = 1
         stop.__exit__(None, None, None)
         if started_ray:
             ray.shutdown()
-    stopped_at = {spec.name: run_state(spec).step for spec in todo if statuses[spec.name] == "interrupted"}
     return SweepResult(out, statuses, errors, time.time() - t_start,
                        stop.signum if stop_deadline is not None else None, stopped_at)
 
@@ -303,12 +302,16 @@ def _stopped_by_cancel(exc: BaseException) -> bool:
         isinstance(getattr(exc, "cause", None), RunInterrupted)
 
 
-def _mark_interrupted(todo, statuses, record) -> None:
+def _mark_interrupted(todo, statuses, record) -> dict[str, int]:
+    """Record every unfinished run as interrupted; returns run name -> the step of its last checkpoint."""
+    steps = {}
     for spec in todo:
         if statuses[spec.name] in ("queued", "running", "interrupted"):
             statuses[spec.name] = "interrupted"
-            record.set_run(spec, status="interrupted", step=run_state(spec).step)
+            steps[spec.name] = run_state(spec).step
+            record.set_run(spec, status="interrupted", step=steps[spec.name])
     record.save()
+    return steps
 
 
 def _progress_line(specs, todo, statuses, start_steps, sweep_id, elapsed, record) -> str:
