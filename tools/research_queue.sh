@@ -21,7 +21,9 @@ SMFP="$REPO/.venv/bin/smfp"
 QUEUE="$OUT/queue.txt"
 mkdir -p "$OUT"
 
-# In order of need (2026-12-06, seventh session: the heads setting with a three-layer actor on the confirmation's seeds
+# A cmd- line is done only by a marker in OUT/.done: its line leaves LIST once its rows are committed under docs/results
+# (the checkout of 2026-12-06, eighth session, started without OUT).
+# In order of need (2026-12-06, eighth session: OUT was lost with the machine; MultiGoal seed 9 of the three-layer heads first; seventh session: the heads setting with a three-layer actor on the confirmation's seeds
 # (the fixed-critic test: TV 0.245 -> 0.199-0.208 on seed 6, 0.264 -> 0.224 on seed 5; docs/experiments.md); sixth session: the heads setting with --em-fit-weight mass on the confirmation's seeds (each
 # head's fit weighted by its target mass; the lr screen showed nothing and was stopped after 4 seeds); fifth session: the heads setting with --actor-lr 1e-3 on the confirmation's seeds (its
 # TV to the critic's target at the origin, ~0.21, is the shared network following slowly: docs/experiments.md); fourth session: issue 23's pre-registered confirmation first, MultiGoal seeds 5-9 at
@@ -36,10 +38,6 @@ mkdir -p "$OUT"
 # (seeds 1-2 of mf0.1 + md0), SAC's Walker2d seed 0 again for its curve, stage 2's second setting (mf0.1), the SB3
 # check's Hopper seeds, SAC in bf16 paired with its fp32 runs (issue 24's parity check) after the diagnostics, the yardstick's four other tasks, then SAC's other reruns for the curves.
 cat > "$QUEUE.new" <<'LIST'
-cmd-mg4l3-heads-s5 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/heads-s5 --seeds 5 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
-cmd-mg4l3-heads-s6 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/heads-s6 --seeds 6 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
-cmd-mg4l3-heads-s7 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/heads-s7 --seeds 7 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
-cmd-mg4l3-heads-s8 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/heads-s8 --seeds 8 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
 cmd-mg4l3-heads-s9 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/heads-s9 --seeds 9 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
 smfp-gauss-256x1 Hopper-v5 1 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
 smfp-gauss-256x1 Hopper-v5 2 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
@@ -54,34 +52,7 @@ sb3-sac Hopper-v5 2
 sac-bf16 HalfCheetah-v5 0 --precision bf16
 sac-bf16 Hopper-v5 0 --precision bf16
 sac-bf16 HalfCheetah-v5 1 --precision bf16
-cmd-mg3-sac-s1 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s1 --seeds 1 --settings multimodal --algos sac --alpha 3
-cmd-mg3-heads-s1 - - bench multigoal --out @OUT@/multigoal_alpha3/heads-s1 --seeds 1 --settings heads --algos smfp --alpha 3
-cmd-mg3-sac-s2 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s2 --seeds 2 --settings multimodal --algos sac --alpha 3
-cmd-mg3-heads-s2 - - bench multigoal --out @OUT@/multigoal_alpha3/heads-s2 --seeds 2 --settings heads --algos smfp --alpha 3
-cmd-mg3-sac-s3 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s3 --seeds 3 --settings multimodal --algos sac --alpha 3
-cmd-mg3-heads-s3 - - bench multigoal --out @OUT@/multigoal_alpha3/heads-s3 --seeds 3 --settings heads --algos smfp --alpha 3
-cmd-mg3-sac-s4 - - bench multigoal --out @OUT@/multigoal_alpha3/sac-s4 --seeds 4 --settings multimodal --algos sac --alpha 3
-cmd-mg3-heads-s4 - - bench multigoal --out @OUT@/multigoal_alpha3/heads-s4 --seeds 4 --settings heads --algos smfp --alpha 3
 sac-bf16 Hopper-v5 1 --precision bf16
-cmd-mg4-sac-s5 - - bench multigoal --out @OUT@/multigoal_alpha3_r4/sac-s5 --seeds 5 --settings multimodal --algos sac --alpha 3 --block-radius 4 --precision fp32
-cmd-mg4-heads-s5 - - bench multigoal --out @OUT@/multigoal_alpha3_r4/heads-s5 --seeds 5 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32
-cmd-mg4-sac-s6 - - bench multigoal --out @OUT@/multigoal_alpha3_r4/sac-s6 --seeds 6 --settings multimodal --algos sac --alpha 3 --block-radius 4 --precision fp32
-cmd-mg4-heads-s6 - - bench multigoal --out @OUT@/multigoal_alpha3_r4/heads-s6 --seeds 6 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32
-cmd-mg4-sac-s7 - - bench multigoal --out @OUT@/multigoal_alpha3_r4/sac-s7 --seeds 7 --settings multimodal --algos sac --alpha 3 --block-radius 4 --precision fp32
-cmd-mg4-heads-s7 - - bench multigoal --out @OUT@/multigoal_alpha3_r4/heads-s7 --seeds 7 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32
-cmd-mg4-sac-s8 - - bench multigoal --out @OUT@/multigoal_alpha3_r4/sac-s8 --seeds 8 --settings multimodal --algos sac --alpha 3 --block-radius 4 --precision fp32
-cmd-mg4-heads-s8 - - bench multigoal --out @OUT@/multigoal_alpha3_r4/heads-s8 --seeds 8 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32
-cmd-mg4-sac-s9 - - bench multigoal --out @OUT@/multigoal_alpha3_r4/sac-s9 --seeds 9 --settings multimodal --algos sac --alpha 3 --block-radius 4 --precision fp32
-cmd-mg4-heads-s9 - - bench multigoal --out @OUT@/multigoal_alpha3_r4/heads-s9 --seeds 9 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32
-cmd-mg4lr-heads-s5 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_lr1e-3/heads-s5 --seeds 5 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --actor-lr 0.001
-cmd-mg4lr-heads-s6 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_lr1e-3/heads-s6 --seeds 6 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --actor-lr 0.001
-cmd-mg4lr-heads-s7 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_lr1e-3/heads-s7 --seeds 7 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --actor-lr 0.001
-cmd-mg4lr-heads-s8 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_lr1e-3/heads-s8 --seeds 8 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --actor-lr 0.001
-cmd-mg4mass-heads-s5 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_mass/heads-s5 --seeds 5 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --em-fit-weight mass
-cmd-mg4mass-heads-s6 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_mass/heads-s6 --seeds 6 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --em-fit-weight mass
-cmd-mg4mass-heads-s7 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_mass/heads-s7 --seeds 7 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --em-fit-weight mass
-cmd-mg4mass-heads-s8 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_mass/heads-s8 --seeds 8 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --em-fit-weight mass
-cmd-mg4mass-heads-s9 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_mass/heads-s9 --seeds 9 --settings heads --algos smfp --alpha 3 --block-radius 4 --precision fp32 --em-fit-weight mass
 sac Swimmer-v5 0
 sac InvertedDoublePendulum-v5 0
 sac Ant-v5 0
