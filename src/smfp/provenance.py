@@ -4,6 +4,9 @@
 ``sweep_attempts.jsonl`` line, ``smfp bench sb3-sac`` writes it to ``provenance.json``), and
 ``smfp aggregate --csv`` puts it in the results table. It never raises: anything that prevents
 an answer (no git, not a checkout, smfp installed as a plain copy, a timeout) gives ``"unknown"``.
+
+``-dirty`` counts changes to tracked files outside the checkout's top-level ``docs/`` folder only: the results
+tables and the text there change while runs go on, and do not change what a run computes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 UNKNOWN = "unknown"
+# Changes here do not make a checkout dirty (pathspec relative to the checkout's top, whatever folder git runs in).
+_NOT_CODE = ":(top,exclude)docs"
 _TIMEOUT_S = 10.0
 
 
@@ -31,8 +36,9 @@ def _git(folder: Path, *args: str) -> Optional[str]:
 
 def git_commit(path: Optional[str | os.PathLike] = None) -> str:
     """``git rev-parse HEAD`` of the checkout holding ``path`` (default: the smfp package's own
-    source folder), with ``-dirty`` appended when tracked files differ from it; ``"unknown"`` when
+    source folder), with ``-dirty`` appended when tracked files (other than docs) differ from it; ``"unknown"`` when
     ``path`` is not tracked by a git checkout (e.g. smfp installed as a copy in site-packages).
+    Changes under the top-level ``docs/`` do not count (results tables and text).
     """
     try:
         folder = Path(path) if path is not None else Path(__file__).resolve().parent
@@ -46,7 +52,7 @@ def git_commit(path: Optional[str | os.PathLike] = None) -> str:
         if not head or not head.strip() or not tracked or not tracked.strip():
             return UNKNOWN
         commit = head.strip().splitlines()[0]
-        status = _git(folder, "status", "--porcelain", "--untracked-files=no")
+        status = _git(folder, "status", "--porcelain", "--untracked-files=no", "--", ":(top)", _NOT_CODE)
         if status is None:
             return UNKNOWN
         return commit + ("-dirty" if status.strip() else "")

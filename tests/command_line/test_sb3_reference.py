@@ -182,6 +182,38 @@ def test_git_commit_of_a_folder_outside_any_checkout_is_unknown(tmp_path):
     assert git_commit(tmp_path / "missing") == "unknown"
 
 
+def _git_or_skip(*args, cwd):
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("git is not available")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_git_commit_is_dirty_for_changed_code_but_not_for_changed_docs(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "src" / "pkg").mkdir(parents=True)
+    (repo / "docs" / "results").mkdir(parents=True)
+    (repo / "src" / "pkg" / "code.py").write_text("x = 1\n")
+    (repo / "docs" / "results" / "table.csv").write_text("a,b\n")
+    (repo / "README.md").write_text("readme\n")
+    _git_or_skip("init", "-q", cwd=repo)
+    _git_or_skip("add", ".", cwd=repo)
+    _git_or_skip("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first", cwd=repo)
+    head = _git_or_skip("rev-parse", "HEAD", cwd=repo).strip()
+    package = repo / "src" / "pkg"
+    (repo / "docs" / "results" / "table.csv").write_text("a,b\n1,2\n")  # a results row: still clean
+    (repo / "untracked.txt").write_text("not tracked\n")
+    assert git_commit(package) == head
+    (repo / "README.md").write_text("changed\n")  # outside docs/: dirty, seen from any folder of the checkout
+    assert git_commit(package) == head + "-dirty"
+    (repo / "README.md").write_text("readme\n")
+    (repo / "src" / "pkg" / "code.py").write_text("x = 2\n")
+    assert git_commit(package) == head + "-dirty"
+    assert git_commit(repo / "docs") == head + "-dirty"
+
+
 def test_git_commit_of_this_checkout_is_head():
     try:
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
