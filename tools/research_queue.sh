@@ -24,7 +24,7 @@ mkdir -p "$OUT"
 # A cmd- line is done only by a marker in OUT/.done: its line leaves LIST once its rows are committed under docs/results
 # (the checkout of 2026-12-06, eighth session, started without OUT).
 # In order of need (2026-12-06, eighth session: OUT was lost with the machine; MultiGoal seed 9 of the three-layer heads first, then SAC with the same three-layer networks on seeds 5-9 (a control:
-# is the heads' gain depth alone?); seventh session: the heads setting with a three-layer actor on the confirmation's seeds
+# is the heads' gain depth alone?), then both algorithms' defaults on those seeds (the issue's item 3 asks for them); seventh session: the heads setting with a three-layer actor on the confirmation's seeds
 # (the fixed-critic test: TV 0.245 -> 0.199-0.208 on seed 6, 0.264 -> 0.224 on seed 5; docs/experiments.md); sixth session: the heads setting with --em-fit-weight mass on the confirmation's seeds (each
 # head's fit weighted by its target mass; the lr screen showed nothing and was stopped after 4 seeds); fifth session: the heads setting with --actor-lr 1e-3 on the confirmation's seeds (its
 # TV to the critic's target at the origin, ~0.21, is the shared network following slowly: docs/experiments.md); fourth session: issue 23's pre-registered confirmation first, MultiGoal seeds 5-9 at
@@ -45,6 +45,16 @@ cmd-mg4l3-sac-s6 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/sac-s6 -
 cmd-mg4l3-sac-s7 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/sac-s7 --seeds 7 --settings multimodal --algos sac --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
 cmd-mg4l3-sac-s8 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/sac-s8 --seeds 8 --settings multimodal --algos sac --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
 cmd-mg4l3-sac-s9 - - bench multigoal --out @OUT@/multigoal_alpha3_r4_l3/sac-s9 --seeds 9 --settings multimodal --algos sac --alpha 3 --block-radius 4 --precision fp32 --hidden 256 256 256
+cmd-mg4def-sac-s5 - - bench multigoal --out @OUT@/multigoal_default_r4/sac-s5 --seeds 5 --settings default --algos sac --block-radius 4 --precision fp32
+cmd-mg4def-smfp-s5 - - bench multigoal --out @OUT@/multigoal_default_r4/smfp-s5 --seeds 5 --settings default --algos smfp --block-radius 4 --precision fp32
+cmd-mg4def-sac-s6 - - bench multigoal --out @OUT@/multigoal_default_r4/sac-s6 --seeds 6 --settings default --algos sac --block-radius 4 --precision fp32
+cmd-mg4def-smfp-s6 - - bench multigoal --out @OUT@/multigoal_default_r4/smfp-s6 --seeds 6 --settings default --algos smfp --block-radius 4 --precision fp32
+cmd-mg4def-sac-s7 - - bench multigoal --out @OUT@/multigoal_default_r4/sac-s7 --seeds 7 --settings default --algos sac --block-radius 4 --precision fp32
+cmd-mg4def-smfp-s7 - - bench multigoal --out @OUT@/multigoal_default_r4/smfp-s7 --seeds 7 --settings default --algos smfp --block-radius 4 --precision fp32
+cmd-mg4def-sac-s8 - - bench multigoal --out @OUT@/multigoal_default_r4/sac-s8 --seeds 8 --settings default --algos sac --block-radius 4 --precision fp32
+cmd-mg4def-smfp-s8 - - bench multigoal --out @OUT@/multigoal_default_r4/smfp-s8 --seeds 8 --settings default --algos smfp --block-radius 4 --precision fp32
+cmd-mg4def-sac-s9 - - bench multigoal --out @OUT@/multigoal_default_r4/sac-s9 --seeds 9 --settings default --algos sac --block-radius 4 --precision fp32
+cmd-mg4def-smfp-s9 - - bench multigoal --out @OUT@/multigoal_default_r4/smfp-s9 --seeds 9 --settings default --algos smfp --block-radius 4 --precision fp32
 smfp-gauss-256x1 Hopper-v5 1 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
 smfp-gauss-256x1 Hopper-v5 2 --noise-scale 0 --components 1 --actor-states 256 --meanflow-coef 0 --md-lambda 0
 sac-logdet-sb3 Hopper-v5 1 --squash-log-det-eps 1e-6
