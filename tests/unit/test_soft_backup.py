@@ -93,16 +93,20 @@ def test_multimodal_smfp_takes_the_heads_policy_unless_told_otherwise():
 
     r = TrainConfig(algo="smfp", multimodal=True).resolved()
     assert (r.policy.heads, r.policy.per_head_sigma, r.update.actor_update, r.update.md_lambda) == (4, True, "em", 0.0)
-    assert all(v == MULTIMODAL_HEADS[k] for k, v in flatten_config(r.to_dict()).items() if k in MULTIMODAL_HEADS)
+    assert r.policy.hidden == (256, 256, 256)
+    assert all(v == MULTIMODAL_HEADS[k] or (isinstance(v, list) and tuple(v) == MULTIMODAL_HEADS[k])
+               for k, v in flatten_config(r.to_dict()).items() if k in MULTIMODAL_HEADS)
     told = TrainConfig(algo="smfp", multimodal=True)
-    told.policy.heads, told.update.fit_local = 2, 5  # an explicit value wins over the heads setting's
+    told.policy.heads, told.update.fit_local, told.policy.hidden = 2, 5, (64, 64)  # an explicit value wins
     told = told.resolved()
     assert (told.policy.heads, told.update.fit_local, told.update.actor_update) == (2, 5, "em")
+    assert told.policy.hidden == (64, 64)
     plain = TrainConfig(algo="smfp", multimodal=True, multimodal_policy="plain").resolved()
-    assert (plain.policy.heads, plain.update.actor_update, plain.update.md_lambda) == (1, "reparam", 1.0)
+    assert (plain.policy.heads, plain.update.actor_update, plain.update.md_lambda, plain.policy.hidden) == (
+        1, "reparam", 1.0, (256, 256))
     for other in (TrainConfig(algo="sac", multimodal=True), TrainConfig(algo="smfp")):  # nothing else changes
         resolved = other.resolved()
-        assert (resolved.policy.heads, resolved.update.actor_update) == (1, "reparam")
+        assert (resolved.policy.heads, resolved.update.actor_update, resolved.policy.hidden) == (1, "reparam", (256, 256))
     # runs saved before the field resume as they were: a --multimodal SMFP run of then was the plain policy, and
     # for any other run the field is not read
     saved = flatten_config(TrainConfig(algo="smfp", multimodal=True, multimodal_policy="plain").resolved().to_dict())
