@@ -12,17 +12,19 @@
 # tables docs/results/mujoco.csv and docs/results/mujoco_curves.csv are updated (commit them).
 # Each line: LABEL ENV SEED FLAGS... (LABEL sac: SAC's defaults; sac-NAME: SAC with
 # FLAGS; sb3-sac: Stable-Baselines3's SAC; cmd-NAME - -: the smfp command FLAGS, with @OUT@ replaced by OUT, done
-# when it exited 0 once (a marker in OUT/.done; the command must resume by itself, as smfp bench multigoal does)).
+# when it exited 0 once (a marker in OUT/.done and a line in docs/results/queue_done.txt; the command must resume by
+# itself, as smfp bench multigoal does)).
 set -u
 OUT=${1:?usage: research_queue.sh OUT [WORKERS]}
 WORKERS=${2:-2}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SMFP="$REPO/.venv/bin/smfp"
 QUEUE="$OUT/queue.txt"
+DONE="$REPO/docs/results/queue_done.txt"  # finished cmd- lines, one label a line (commit it: it outlives OUT)
 mkdir -p "$OUT"
 
-# A cmd- line is done only by a marker in OUT/.done: its line leaves LIST once its rows are committed under docs/results
-# (the checkout of 2026-12-06, eighth session, started without OUT).
+# A cmd- line is done by a marker in OUT/.done or its label in docs/results/queue_done.txt (commit it with the rows; the
+# checkout of 2026-12-06, eighth session, started without OUT, and the finished cmd- lines before it left LIST).
 # In order of need (2026-12-06, eighth session: OUT was lost with the machine; MultiGoal seed 9 of the three-layer heads first, then SAC with the same three-layer networks on seeds 5-9 (a control:
 # is the heads' gain depth alone?), then both algorithms' defaults on those seeds (the issue's item 3 asks for them); seventh session: the heads setting with a three-layer actor on the confirmation's seeds
 # (the fixed-critic test: TV 0.245 -> 0.199-0.208 on seed 6, 0.264 -> 0.224 on seed 5; docs/experiments.md); sixth session: the heads setting with --em-fit-weight mass on the confirmation's seeds (each
@@ -132,7 +134,7 @@ LIST
 mv "$QUEUE.new" "$QUEUE"
 
 finished() {  # label env seed
-  case "$1" in cmd-*) [ -e "$OUT/.done/$1" ]; return;; esac
+  case "$1" in cmd-*) [ -e "$OUT/.done/$1" ] || grep -qx "$1" "$DONE" 2>/dev/null; return;; esac
   # label env seed: a row in the results table (the curves of "sac" HalfCheetah/Hopper/Walker2d
   # runs were lost: those three are rerun once for their curves, so they count only from the curves table)
   local table="$REPO/docs/results/mujoco.csv"
@@ -151,7 +153,8 @@ worker() {
     local dir="$OUT/$label/${env}_s$seed"
     case "$label" in
       cmd-*) mkdir -p "$OUT/.done"
-             nice -n 10 "$SMFP" ${flags//@OUT@/$OUT} && touch "$OUT/.done/$label"
+             nice -n 10 "$SMFP" ${flags//@OUT@/$OUT} && touch "$OUT/.done/$label" \
+               && flock "$QUEUE.lock" bash -c 'echo "$0" >> "$1"' "$label" "$DONE"
              echo "$(date -u +%F\ %H:%M) [w$n] end: $line"; continue ;;
       sb3-sac) nice -n 10 "$SMFP" bench sb3-sac --env "$env" --seed "$seed" --total-steps 100000 --eval-every 10000 \
                  --eval-episodes 10 --out "$dir/sb3-sac-$env-s$seed" ;;
