@@ -103,7 +103,8 @@ MULTIMODAL_WARMUP = 10_000
 # that followed its critic's multimodal target best on MultiGoal and the fixed-Q suite (docs/demo.md,
 # docs/method.md), on a three-layer actor: the shared trunk of four heads fits each head's shape closer with the
 # third layer (MultiGoal seeds 5-9: TV to the critic's target at the origin 0.20 -> 0.19, <= 0.2 on 2 -> 5 of 5
-# seeds; docs/experiments.md). Applied to each field still at its default, so an explicit flag wins.
+# seeds; docs/experiments.md). Applied to each field still at its default, so a flag with another value wins (one
+# that repeats the default cannot be told apart from no flag: `--hidden 256 256` still gets three layers).
 MULTIMODAL_HEADS = {"policy.hidden": (256, 256, 256), "policy.heads": 4, "policy.per_head_sigma": True,
                     "update.actor_update": "em",
                     "update.em_reverse": "heads", "update.md_lambda": 0.0, "update.fit_uniform": 64,
