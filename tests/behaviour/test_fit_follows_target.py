@@ -17,11 +17,12 @@ from smfp.bench.acceptance.suite import CASES, SHARE_TOL, TV_MAX, run_case
 torch.set_num_threads(1)
 
 STEPS = 2500
-# Measured at this budget in fp32, seeds 0 / 1 / 2: hybrid TV 0.067 / 0.071 / 0.087 on Zen 4 (2026-12-04), 0.128 /
-# 0.096 / 0.098 on an AVX2-only AMD EPYC (2026-12-07; peak share 0.957-0.973 against the target's 0.978); the
+# Measured at this budget in fp32, seeds 0 / 1 / 2: hybrid TV 0.067 / 0.071 / 0.087 (2026-12-04, docs/experiments.md),
+# 0.128 / 0.096 / 0.098 on an AVX2-only AMD EPYC (2026-12-07; peak share 0.957-0.973 against the target's 0.978); the
 # default update 0.260 at seed 0 (share 0.76). A bound tighter than the suite's rule (0.11) did not survive the
 # second CPU's kernels: the TV of one run wanders by ~0.04 between checkpoints. So the test asserts the suite's rule
-# and the gap to the default update, which the two CPUs agree on.
+# and a gap to the default update at the same budget (0.13 measured; half of it asserted).
+GAP = 0.06
 
 
 def _with(actor_update: str):
@@ -36,4 +37,4 @@ def test_hybrid_update_fits_the_sharp_unimodal_target():
     default = run_case(case, "smfp", seed=0, steps=STEPS, overrides=_with("reparam"))
     assert row["tv"] <= TV_MAX, row
     assert all(abs(s - w) <= SHARE_TOL / 2 for s, w in zip(row["shares"], row["target_shares"])), row
-    assert row["tv"] <= default["tv"] / 2, (row, default)
+    assert row["tv"] <= default["tv"] - GAP, (row, default)
