@@ -85,24 +85,34 @@ def count_modes(actions, bandwidth: float | None = None, min_mass: float = DEFAU
     h = float(bandwidth) if bandwidth is not None else scott_bandwidth(x, min_bandwidth)
     if h <= 0:
         raise ValueError(f"bandwidth must be positive, got {h}")
-    inv = 1.0 / (2.0 * h * h)
-    sq_x = (x * x).sum(1)
+    import torch
+
+    # The mean-shift runs in float32 on the samples centred and in units of h (where float32 keeps ~1e-6 of a
+    # bandwidth: the rule's thresholds are 0.01 h and h), with torch's vectorised exp: 5-10x faster than
+    # float64 numpy on 2000 samples, the same counts and masses (tests/behaviour/test_modes.py).
+    offset = x.mean(0)
+    xs = torch.from_numpy((x - offset) / h).float()
+    sq_x = (xs * xs).sum(1)
+
+    def kernel_scaled(ys):
+        d2 = torch.addmm(sq_x[None, :], ys, xs.T, alpha=-2.0).add_((ys * ys).sum(1, keepdim=True))
+        return d2.clamp_(min=0.0).mul_(-0.5).exp_()
 
     def kernel(y: np.ndarray) -> np.ndarray:
-        d2 = (y * y).sum(1)[:, None] + sq_x[None, :] - 2.0 * y @ x.T
-        return np.exp(-np.maximum(d2, 0.0) * inv)
+        return kernel_scaled(torch.from_numpy((y - offset) / h).float()).double().numpy()
 
-    y = x.copy()
-    active = np.ones(n, dtype=bool)
+    ys = xs.clone()
+    active = torch.ones(n, dtype=torch.bool)
     for _ in range(max_iter):
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
+        idx = torch.nonzero(active).squeeze(1)
+        if idx.numel() == 0:
             break
-        w = kernel(y[idx])
-        new = (w @ x) / w.sum(1, keepdims=True)
-        moved = np.linalg.norm(new - y[idx], axis=1)
-        y[idx] = new
-        active[idx[moved < 1e-2 * h]] = False
+        w = kernel_scaled(ys[idx])
+        new = (w @ xs) / w.sum(1, keepdim=True)
+        moved = torch.linalg.vector_norm(new - ys[idx], dim=1)
+        ys[idx] = new
+        active[idx[moved < 1e-2]] = False
+    y = ys.double().numpy() * h + offset
 
     density = kernel(y).sum(1)
     order = np.argsort(-density)
