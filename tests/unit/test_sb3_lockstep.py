@@ -81,7 +81,7 @@ def largest_difference(learner: Learner, model) -> dict[str, float]:
 def lockstep(monkeypatch, sb3_choices: bool, updates: int) -> list[dict[str, float]]:
     """Both implementations through ``updates`` updates in lockstep; the largest differences after each."""
     from stable_baselines3 import SAC
-    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
     import smfp.update.learner as learner_module
@@ -93,7 +93,7 @@ def lockstep(monkeypatch, sb3_choices: bool, updates: int) -> list[dict[str, flo
     learner = Learner(cfg, OBS, ACT)
     env = make_env(ENV, seed=0)
     model = SAC("MlpPolicy", env, **sb3_sac_kwargs(cfg))
-    model.set_logger(configure(None, []))
+    model.set_logger(Logger(None, []))  # configure(None, ...) makes a folder in /tmp
     copy_ours_into_sb3(learner, model)
 
     full_loss = learner_module.critic_loss
@@ -152,7 +152,7 @@ def test_smfp_train_collects_and_updates_as_sb3_learn(monkeypatch, tmp_path):
     ~1500 steps the two runs part as two float orders of one run would)."""
     import numpy as np
     from stable_baselines3 import SAC
-    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.logger import Logger
 
     import smfp.update.learner as learner_module
     from smfp.bench.sb3_reference import sb3_sac_kwargs
@@ -202,7 +202,7 @@ def test_smfp_train_collects_and_updates_as_sb3_learn(monkeypatch, tmp_path):
 
     env = make_env(ENV, seed=cfg.seed, max_episode_steps=20)
     model = SAC("MlpPolicy", env, **sb3_sac_kwargs(cfg))
-    model.set_logger(configure(None, []))
+    model.set_logger(Logger(None, []))  # configure(None, ...) makes a folder in /tmp
     with open_run(cfg) as run:
         copy_ours_into_sb3(run.learner, model)
         run.collector.rng = WarmUp()

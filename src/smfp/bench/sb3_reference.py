@@ -214,6 +214,7 @@ def run_sb3_reference(cfg: TrainConfig, log: Optional[TextIO] = None) -> dict:
 
 def _train(cfg: TrainConfig, env, eval_env, say, atomic_write_text) -> dict:
     from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.callbacks import BaseCallback
 
     from smfp.agent import run_episodes
@@ -229,6 +230,7 @@ def _train(cfg: TrainConfig, env, eval_env, say, atomic_write_text) -> dict:
 
     torch.set_num_threads(cfg.threads)
     model = SAC("MlpPolicy", env, **sb3_sac_kwargs(cfg))
+    model.set_logger(Logger(None, []))  # SB3's own default makes an empty folder in /tmp each run
     seed, episodes, every, total = cfg.seed + EVAL_SEED_OFFSET, cfg.eval.eval_episodes, cfg.eval.eval_every, \
         cfg.total_steps
     t0 = time.perf_counter()

@@ -140,6 +140,7 @@ def time_sb3_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     """Stable-Baselines3 SAC with ``cfg``'s hyperparameters, timed from the step learning starts."""
     import gymnasium as gym
     from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.callbacks import BaseCallback
 
     class Clock(BaseCallback):
@@ -165,6 +166,7 @@ def time_sb3_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
         env = gym.make(cfg.env.env, max_episode_steps=cfg.env.max_episode_steps)
     model = SAC("MlpPolicy", env, **sb3_sac_kwargs(cfg, buffer_size=min(cfg.buffer.buffer_size, warmup + steps),
                                                    learning_starts=warmup))
+    model.set_logger(Logger(None, []))  # SB3's own default makes an empty folder in /tmp each run
     clock = Clock()
     model.learn(total_timesteps=warmup + steps, callback=clock, progress_bar=False)
     wall, cpu = time.perf_counter() - clock.wall0, time.process_time() - clock.cpu0
