@@ -88,15 +88,21 @@ def count_modes(actions, bandwidth: float | None = None, min_mass: float = DEFAU
     import torch
 
     # The mean-shift runs in float32 on the samples centred and in units of h (where float32 keeps ~1e-6 of a
-    # bandwidth: the rule's thresholds are 0.01 h and h), with torch's vectorised exp: 5-10x faster than
-    # float64 numpy on 2000 samples, the same counts and masses (tests/behaviour/test_modes.py).
+    # bandwidth: the rule's thresholds are 0.01 h and h), with torch's vectorised exp: ~4x faster than
+    # the float64 numpy version it replaced on 2000 samples, with the same counts and masses on 500 random mixtures.
     offset = x.mean(0)
     xs = torch.from_numpy((x - offset) / h).float()
-    sq_x = (xs * xs).sum(1)
+    # -|y - x|^2 / 2 as one product of augmented rows, [y, -|y|^2/2, 1] . [x, 1, -|x|^2/2], and the mean-shift's
+    # numerator and denominator as one product with [x, 1]: three passes over the n x n weights, not seven.
+    ones = torch.ones(n, 1)
+    x_aug = torch.cat([xs, ones, -0.5 * (xs * xs).sum(1, keepdim=True)], 1)
+    x_one_t = torch.cat([xs, ones], 1).T.contiguous()  # (d + 1, n) @ weights.T: 4x faster than weights @ (n, d + 1)
 
     def kernel_scaled(ys):
-        d2 = torch.addmm(sq_x[None, :], ys, xs.T, alpha=-2.0).add_((ys * ys).sum(1, keepdim=True))
-        return d2.clamp_(min=0.0).mul_(-0.5).exp_()
+        y_aug = torch.cat([ys, -0.5 * (ys * ys).sum(1, keepdim=True), torch.ones(len(ys), 1)], 1)
+        # floored at exp(-80) ~ 2e-35 per sample (beyond 12.6 h): exp of a float32 below ~-87 takes a slow
+        # underflow path, 4x the time of the whole kernel, for weights that are 0 to float precision anyway
+        return (y_aug @ x_aug.T).clamp_(min=-80.0, max=0.0).exp_()
 
     def kernel(y: np.ndarray) -> np.ndarray:
         return kernel_scaled(torch.from_numpy((y - offset) / h).float()).double().numpy()
@@ -107,8 +113,8 @@ def count_modes(actions, bandwidth: float | None = None, min_mass: float = DEFAU
         idx = torch.nonzero(active).squeeze(1)
         if idx.numel() == 0:
             break
-        w = kernel_scaled(ys[idx])
-        new = (w @ xs) / w.sum(1, keepdim=True)
+        sums = (x_one_t @ kernel_scaled(ys[idx]).T).T
+        new = sums[:, :-1] / sums[:, -1:]
         moved = torch.linalg.vector_norm(new - ys[idx], dim=1)
         ys[idx] = new
         active[idx[moved < 1e-2]] = False
