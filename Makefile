@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/smfp demo
 
+# One pytest worker per core, at most four (pytest-xdist; each worker imports torch, some start Ray); a file's tests
+# stay in one worker, so that a module's fixtures (a Ray instance, a trained run) are built once. TEST_WORKERS=0 runs
+# them in this process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/smfp bench train --compare-sb3
