@@ -148,3 +148,13 @@ def one_line_error_in_process(argv: list[str], capsys, *needles: str) -> str:
         main(argv)
     out, err = capsys.readouterr()
     return error_line(exc.value.code, err, *needles, stdout=out)
+
+
+# The files that take minutes (measured with --durations=0), first: `make test` spreads whole files over its xdist
+# workers in collection order, and a long file collected last would leave one worker running it alone.
+LONG_FILES = ("test_monitoring.py", "test_fuzz_files.py", "test_algos_pendulum.py", "test_sweep.py",
+              "test_bandit_suite.py", "test_reliability_resume.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: LONG_FILES.index(item.path.name) if item.path.name in LONG_FILES else len(LONG_FILES))
