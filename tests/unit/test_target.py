@@ -97,3 +97,45 @@ def test_exact_samples_of_a_target_piled_at_the_box_edge_are_close_to_it(d, tv_m
     assert rep.method == "grid" and rep.modes == 1
     assert rep.tv_to_target < tv_max
     assert np.all(np.abs(rep.draws) <= 1.0)
+
+
+class KnownEnsemble(KnownQ):
+    """Two critics: ``fn`` plus and minus ``spread`` / 2; called as a ``QEnsemble`` is, (num_q, n, 1)."""
+
+    def __init__(self, fn, spread):
+        super().__init__(lambda a: fn(a) - spread / 2)
+        self.mean, self.spread = fn, spread
+
+    def __call__(self, obs, act):
+        q = self.mean(act.double())
+        return torch.stack([q - self.spread / 2, q + self.spread / 2]).float().unsqueeze(-1)
+
+
+def _assess_ensemble(fn, spread, noise_factor, alpha, d=1):
+    torch.manual_seed(0)
+    policy = GaussianPolicy(obs_dim=1, act_dim=d, hidden=(8,))
+    obs = np.zeros(1, np.float32)
+    actions = sample_actions(policy, obs, 4000)[0]
+    return assess_target(policy, KnownEnsemble(fn, spread), obs, alpha, np.random.default_rng(0), actions, 1,
+                         noise_factor=noise_factor)
+
+
+def shallow_pair(depth):
+    """Two equal peaks at -0.5 and 0.5 with a dip of ``depth`` between them (a cosine along the action)."""
+    def fn(a):
+        x = a[:, 0]
+        return -depth * (1 - torch.cos(2 * math.pi * (x - 0.5))) / 2 - 0.3 * (x.abs() - 0.5).clamp(min=0)
+    return fn
+
+
+def test_a_dip_within_the_critics_disagreement_is_one_mode_only_with_the_noise_factor():
+    # a small temperature makes a 0.2 dip a clear valley of exp(Q / alpha); the critics disagree by 0.5
+    fn = shallow_pair(0.2)
+    assert _assess_ensemble(fn, 0.5, 0.0, alpha=0.05).modes == 2  # the rule without the switch
+    merged = _assess_ensemble(fn, 0.5, 1.0, alpha=0.05)
+    assert merged.modes == 1 and merged.masses == [pytest.approx(1.0, abs=0.01)]
+
+
+def test_a_dip_far_deeper_than_the_disagreement_keeps_both_modes():
+    rep = _assess_ensemble(shallow_pair(3.0), 0.5, 2.0, alpha=0.5)
+    assert rep.modes == 2 and sorted(rep.masses) == [pytest.approx(0.5, abs=0.08)] * 2

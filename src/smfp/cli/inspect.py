@@ -19,7 +19,7 @@ from smfp.storage.rundir import RunDir
 def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, samples: int = 1000,
                 num_states: int = 8, episodes: int = 2, seed: int = 0, png: str | Path | None = None,
                 min_mass: float = DEFAULT_MIN_MASS, alpha: float | None = None,
-                plot_dir: str | Path | None = None) -> dict:
+                plot_dir: str | Path | None = None, noise_factor: float = 0.0) -> dict:
     """The multimodality assessment of a run (or checkpoint), as a JSON-ready dict: the modes of the policy at
     the probed states and, from the run's critic, the modes of the soft-greedy target ``exp(Q/alpha)`` there
     (``smfp.monitor.target``) with the policy's distance to it, and a verdict on the task."""
@@ -44,12 +44,15 @@ def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, sa
            "train_entropy": entropy_gap_from_metrics(base)}
     alpha = agent.alpha if alpha is None else alpha
     if agent.critic is not None and alpha is not None and alpha > 0:
-        targets = assess_targets(agent.policy, agent.critic, probe, alpha, [r.modes for r in reports], seed, min_mass)
+        targets = assess_targets(agent.policy, agent.critic, probe, alpha, [r.modes for r in reports], seed, min_mass,
+                                 noise_factor)
         for entry, t in zip(out["states"], targets):
             entry.update(t.to_json())
         out["target_verdict"] = target_verdict(targets)
         out["target_rule"] = (f"exp(Q/alpha) with Q the critic ensemble's min and alpha {alpha:.4g}; "
-                              f"{targets[0].method if targets else 'grid'} estimate, the same mode rule")
+                              f"{targets[0].method if targets else 'grid'} estimate, the same mode rule"
+                              + (f"; modes merged where Q_min's dip between them is within {noise_factor:g}x the "
+                                 "critics' disagreement" if noise_factor > 0 else ""))
         if plot_dir is not None:
             Path(plot_dir).mkdir(parents=True, exist_ok=True)
             out["target_pngs"] = [str(plot_target(t, Path(plot_dir) / f"target_state{i}.png"))
@@ -82,6 +85,10 @@ def add_inspect_parser(sub) -> None:
     p.add_argument("--plot", default=None, metavar="DIR",
                    help="write one PNG per probed state: the critic's target with the policy's samples over it")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--target-noise-factor", type=float, default=0.0, metavar="X",
+                   help="merge two modes of the critic's target where the dip of Q between them is at most X times "
+                        "the critic ensemble's disagreement there (0: off, the default for now; experimental, see "
+                        "docs/experiments.md 2026-12-07)")
     p.set_defaults(func=cmd_inspect)
 
 
@@ -119,10 +126,12 @@ def cmd_inspect(args) -> int:
         fail(f"--min-mass must be in [0, 1), got {args.min_mass}")
     if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha > 0):
         fail(f"--alpha must be a positive number, got {args.alpha}")
+    if not (math.isfinite(args.target_noise_factor) and args.target_noise_factor >= 0):
+        fail(f"--target-noise-factor must be a number >= 0, got {args.target_noise_factor}")
     try:
         states = _parse_states(args.state)
         report = inspect_run(args.target, states, args.samples, args.states, args.episodes, args.seed,
-                             args.out, args.min_mass, args.alpha, args.plot)
+                             args.out, args.min_mass, args.alpha, args.plot, args.target_noise_factor)
     except ValueError as exc:
         if type(exc) is not ValueError:  # CheckpointError, EnvError...: the CLI reports those itself
             raise

@@ -121,8 +121,9 @@ def _policy_log_density(policy, obs: np.ndarray, actions: np.ndarray, components
 
 
 def assess_target(policy, critic, obs, alpha: float, rng: np.random.Generator, policy_actions: np.ndarray,
-                  policy_modes: int, min_mass: float = DEFAULT_MIN_MASS) -> TargetReport:
-    """The critic's soft-greedy target at ``obs`` (see the module docstring) against the policy's samples."""
+                  policy_modes: int, min_mass: float = DEFAULT_MIN_MASS, noise_factor: float = 0.0) -> TargetReport:
+    """The critic's soft-greedy target at ``obs`` (see the module docstring) against the policy's samples; with
+    ``noise_factor`` > 0 its modes are then merged where the critic cannot tell them apart (``merge_within_noise``)."""
     obs = np.asarray(obs, dtype=np.float32).reshape(-1)
     d = policy_actions.shape[1]
     ess = None
@@ -148,19 +149,61 @@ def assess_target(policy, critic, obs, alpha: float, rng: np.random.Generator, p
         tv = float(np.mean([_tv(cand[:, [k]], w, policy_actions[:, [k]], TV_BINS[1]) for k in range(d)]))
         method, tv_kind = "importance", f"mean of the {d} per-dimension marginal TVs, {TV_BINS[1]} bins"
     res = count_modes(draws, min_mass=min_mass)
-    return TargetReport(state=[float(v) for v in obs], alpha=float(alpha), method=method, modes=res.count,
-                        masses=[round(float(m), 4) for m in res.masses],
-                        centers=[[round(float(v), 4) for v in c] for c in res.centers], tv_to_target=round(tv, 4),
+    centers, masses = res.centers, res.masses
+    if noise_factor > 0 and res.count > 1:
+        centers, masses = merge_within_noise(critic, obs, centers, masses, noise_factor)
+    return TargetReport(state=[float(v) for v in obs], alpha=float(alpha), method=method, modes=len(masses),
+                        masses=[round(float(m), 4) for m in masses],
+                        centers=[[round(float(v), 4) for v in c] for c in centers], tv_to_target=round(tv, 4),
                         tv_kind=tv_kind, policy_modes=policy_modes, ess=None if ess is None else round(ess, 1),
                         draws=draws, policy_actions=policy_actions, grid_density=grid_density)
 
 
 def assess_targets(policy, critic, states, alpha: float, policy_modes: list[int], seed: int = 0,
-                   min_mass: float = DEFAULT_MIN_MASS) -> list[TargetReport]:
+                   min_mass: float = DEFAULT_MIN_MASS, noise_factor: float = 0.0) -> list[TargetReport]:
     """``assess_target`` at each of ``states`` (``smfp inspect``'s assessment), the policy's own samples drawn there."""
     rng = np.random.default_rng(seed)
-    return [assess_target(policy, critic, s, alpha, rng, sample_actions(policy, s, POLICY_SAMPLES)[0], k, min_mass)
+    return [assess_target(policy, critic, s, alpha, rng, sample_actions(policy, s, POLICY_SAMPLES)[0], k, min_mass,
+                          noise_factor)
             for s, k in zip(states, policy_modes)]
+
+
+def merge_within_noise(critic, obs, centers: np.ndarray, masses: np.ndarray, factor: float,
+                       points: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """The target's modes (``centers`` heaviest first, their ``masses``) with every pair merged whose dip is within the
+    critic's noise: along the segment joining the two (the heavier groups' centres), the drop of ``Q_min`` below the
+    lower of its two ends is at most ``factor`` times the ensemble's mean disagreement ``max_k Q_k - min_k Q_k`` there.
+    A small temperature turns wiggles of a flat critic into modes of ``exp(Q / alpha)`` (a converged SAC Pendulum run:
+    dips 0.1-1.9x the disagreement; MultiGoal's goals: 17-75x; docs/experiments.md, 2026-12-07). Returns the merged
+    groups' heaviest centres and summed masses, heaviest first."""
+    centers = np.asarray(centers, dtype=np.float64)
+    k = len(centers)
+    parent = list(range(k))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    o = torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(1, -1).expand(points, -1)
+    ts = np.linspace(0.0, 1.0, points)[:, None]
+    for i in range(k):
+        for j in range(i + 1, k):
+            ri, rj = root(i), root(j)
+            if ri == rj:
+                continue
+            seg = torch.as_tensor(centers[ri] + ts * (centers[rj] - centers[ri]), dtype=torch.float32)
+            with torch.no_grad():
+                qs = critic(o, seg).reshape(-1, points).double().numpy()  # (num_q, points)
+            q_min = qs.min(0)
+            dip = min(q_min[0], q_min[-1]) - q_min.min()
+            if dip <= factor * float((qs.max(0) - qs.min(0)).mean()):
+                parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, float] = {}
+    for i in range(k):
+        groups[root(i)] = groups.get(root(i), 0.0) + float(masses[i])
+    order = sorted(groups, key=lambda r: -groups[r])
+    return centers[order], np.array([groups[r] for r in order])
 
 
 def target_verdict(reports: list[TargetReport]) -> str:
