@@ -132,14 +132,15 @@ def task_verdict(agent, samples: int, seed: int = 0) -> str | None:
     import torch
 
     from smfp.monitor.modes import assess_state, probe_states
-    from smfp.monitor.target import assess_targets, target_verdict
+    from smfp.monitor.target import VERDICT_NOISE_FACTOR, assess_targets, target_verdict
 
     if agent.critic is None or not agent.alpha:
         return None
     probe = probe_states(agent, 8, 2, seed)
     torch.manual_seed(seed)
     modes = [assess_state(agent.policy, s, samples).modes for s in probe]
-    return target_verdict(assess_targets(agent.policy, agent.critic, probe, agent.alpha, modes, seed))
+    return target_verdict(assess_targets(agent.policy, agent.critic, probe, agent.alpha, modes, seed,
+                                         noise_factor=VERDICT_NOISE_FACTOR))
 
 
 def blocked_rollouts(agent, summ: dict, episodes: int, seed: int) -> tuple[dict, list[dict]]:

@@ -203,6 +203,8 @@ def test_inspect_cli_json_and_default_probe_states(bandit_run, env_module_dir, t
     (["--samples", "0"], "--samples must be at least 2"),
     (["--min-mass", "1.5"], "--min-mass"),
     (["--alpha", "0"], "--alpha must be a positive number"),
+    (["--target-noise-factor", "-1"], "--target-noise-factor must be a number >= 0"),
+    (["--target-noise-factor", "nan"], "--target-noise-factor must be a number >= 0"),
 ])
 def test_inspect_user_mistakes_are_one_line(bandit_run, env_module_dir, args, needle):
     proc = run_cli("inspect", bandit_run, *args, pythonpath=env_module_dir)

@@ -12,14 +12,14 @@ from smfp.agent import load_agent
 from smfp.cli.args import fail
 from smfp.monitor.modes import (DEFAULT_MIN_MASS, assess_state, entropy_gap_from_metrics, format_report, plot_states,
                                 probe_states, verdict)
-from smfp.monitor.target import assess_targets, plot_target, target_verdict
+from smfp.monitor.target import VERDICT_NOISE_FACTOR, assess_targets, plot_target, target_verdict
 from smfp.storage.rundir import RunDir
 
 
 def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, samples: int = 1000,
                 num_states: int = 8, episodes: int = 2, seed: int = 0, png: str | Path | None = None,
                 min_mass: float = DEFAULT_MIN_MASS, alpha: float | None = None,
-                plot_dir: str | Path | None = None, noise_factor: float = 0.0) -> dict:
+                plot_dir: str | Path | None = None, noise_factor: float = VERDICT_NOISE_FACTOR) -> dict:
     """The multimodality assessment of a run (or checkpoint), as a JSON-ready dict: the modes of the policy at
     the probed states and, from the run's critic, the modes of the soft-greedy target ``exp(Q/alpha)`` there
     (``smfp.monitor.target``) with the policy's distance to it, and a verdict on the task."""
@@ -51,8 +51,8 @@ def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, sa
         out["target_verdict"] = target_verdict(targets)
         out["target_rule"] = (f"exp(Q/alpha) with Q the critic ensemble's min and alpha {alpha:.4g}; "
                               f"{targets[0].method if targets else 'grid'} estimate, the same mode rule"
-                              + (f"; modes merged where Q_min's dip between them is within {noise_factor:g}x the "
-                                 "critics' disagreement" if noise_factor > 0 else ""))
+                              + (f"; modes whose Q_min dip is within {noise_factor:g}x the critics' disagreement "
+                                 "merged" if noise_factor > 0 else ""))
         if plot_dir is not None:
             Path(plot_dir).mkdir(parents=True, exist_ok=True)
             out["target_pngs"] = [str(plot_target(t, Path(plot_dir) / f"target_state{i}.png"))
@@ -85,10 +85,10 @@ def add_inspect_parser(sub) -> None:
     p.add_argument("--plot", default=None, metavar="DIR",
                    help="write one PNG per probed state: the critic's target with the policy's samples over it")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--target-noise-factor", type=float, default=0.0, metavar="X",
-                   help="merge two modes of the critic's target where the dip of Q between them is at most X times "
-                        "the critic ensemble's disagreement there (0: off, the default for now; experimental, see "
-                        "docs/experiments.md 2026-12-07)")
+    p.add_argument("--target-noise-factor", type=float, default=VERDICT_NOISE_FACTOR, metavar="X",
+                   help="two modes of the critic's target count as one where the dip of Q between them is at most X "
+                        "times the critic ensemble's disagreement there: a flat critic's wiggles at a small alpha are "
+                        "noise, not distinct good actions (0: the plain mode rule; default: %(default)g)")
     p.set_defaults(func=cmd_inspect)
 
 

@@ -39,6 +39,11 @@ TV_BINS = {1: 40, 2: 20}
 DRAWS = 2000
 CANDIDATES = 20_000
 POLICY_SAMPLES = 20_000
+# `smfp inspect`'s verdict (and the demo's) counts two modes of the target as distinct only where Q_min dips between
+# them by more than this many times the critic ensemble's disagreement (``merge_within_noise``). Chosen on 2026-12-07
+# between what was measured: a converged SAC Pendulum run's bumps (seeds 0-2, 24 states) dip 0.1-1.9x the disagreement,
+# MultiGoal's goals (7 runs, SAC and SMFP) 17.8x and more (docs/experiments.md).
+VERDICT_NOISE_FACTOR = 4.0
 
 
 @dataclass
@@ -251,4 +256,5 @@ def plot_target(report: TargetReport, path, title: str = ""):
     return path
 
 
-__all__ = ["TargetReport", "assess_target", "assess_targets", "plot_target", "target_verdict"]
+__all__ = ["VERDICT_NOISE_FACTOR", "TargetReport", "assess_target", "assess_targets", "merge_within_noise",
+           "plot_target", "target_verdict"]
