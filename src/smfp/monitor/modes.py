@@ -159,6 +159,21 @@ def _merge_without_valley(centers: np.ndarray, labels: np.ndarray, kernel, valle
     if k < 2 or valley <= 0:
         return labels
     peak = kernel(centers).sum(1)
+    ts = np.linspace(0.0, 1.0, points)[1:-1, None]
+
+    # Compare the merged groups through their densest members (the roots), so that a faint
+    # mode lying between two real ones cannot chain them together.
+    def joined(ri: int, rj: int) -> bool:
+        seg = centers[ri] + ts * (centers[rj] - centers[ri])
+        return kernel(seg).sum(1).min() >= valley * min(peak[ri], peak[rj])
+
+    return union_pairs(k, joined)[labels]
+
+
+def union_pairs(k: int, joined) -> np.ndarray:
+    """Group ``k`` items ordered first to last by importance: each pair of groups, through their first members
+    (the roots), is united where ``joined(root_i, root_j)``; a group keeps its first member's index. Returns the
+    root of each item."""
     parent = list(range(k))
 
     def root(i: int) -> int:
@@ -166,19 +181,12 @@ def _merge_without_valley(centers: np.ndarray, labels: np.ndarray, kernel, valle
             i = parent[i]
         return i
 
-    ts = np.linspace(0.0, 1.0, points)[1:-1, None]
     for i in range(k):
         for j in range(i + 1, k):
             ri, rj = root(i), root(j)
-            if ri == rj:
-                continue
-            # Compare the merged groups through their densest members (the roots), so that a faint
-            # mode lying between two real ones cannot chain them together.
-            seg = centers[ri] + ts * (centers[rj] - centers[ri])
-            if kernel(seg).sum(1).min() >= valley * min(peak[ri], peak[rj]):
+            if ri != rj and joined(ri, rj):
                 parent[max(ri, rj)] = min(ri, rj)
-    roots = np.array([root(i) for i in range(k)])
-    return roots[labels]
+    return np.array([root(i) for i in range(k)], dtype=int)
 
 
 # --- policy probing (used by `smfp inspect` and `smfp demo`) ---------------------------------------

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from smfp.monitor.modes import DEFAULT_MIN_MASS, count_modes, sample_actions
+from smfp.monitor.modes import DEFAULT_MIN_MASS, count_modes, sample_actions, union_pairs
 
 GRID = {1: 400, 2: 120}  # cells per side: 10 and 6 per histogram bin
 GRID_RULE = "cell centres"  # recorded beside TVs: before 2026-12-06 the grid ran edge to edge (1-D 401, 2-D 121
@@ -182,31 +182,20 @@ def merge_within_noise(critic, obs, centers: np.ndarray, masses: np.ndarray, fac
     dips 0.1-1.9x the disagreement; MultiGoal's goals: 17-75x; docs/experiments.md, 2026-12-07). Returns the merged
     groups' heaviest centres and summed masses, heaviest first."""
     centers = np.asarray(centers, dtype=np.float64)
-    k = len(centers)
-    parent = list(range(k))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
     o = torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(1, -1).expand(points, -1)
     ts = np.linspace(0.0, 1.0, points)[:, None]
-    for i in range(k):
-        for j in range(i + 1, k):
-            ri, rj = root(i), root(j)
-            if ri == rj:
-                continue
-            seg = torch.as_tensor(centers[ri] + ts * (centers[rj] - centers[ri]), dtype=torch.float32)
-            with torch.no_grad():
-                qs = critic(o, seg).reshape(-1, points).double().numpy()  # (num_q, points)
-            q_min = qs.min(0)
-            dip = min(q_min[0], q_min[-1]) - q_min.min()
-            if dip <= factor * float((qs.max(0) - qs.min(0)).mean()):
-                parent[max(ri, rj)] = min(ri, rj)
+
+    def joined(ri: int, rj: int) -> bool:
+        seg = torch.as_tensor(centers[ri] + ts * (centers[rj] - centers[ri]), dtype=torch.float32)
+        with torch.no_grad():
+            qs = critic(o, seg).reshape(-1, points).double().numpy()  # (num_q, points)
+        q_min = qs.min(0)
+        return min(q_min[0], q_min[-1]) - q_min.min() <= factor * float((qs.max(0) - qs.min(0)).mean())
+
+    roots = union_pairs(len(centers), joined)
     groups: dict[int, float] = {}
-    for i in range(k):
-        groups[root(i)] = groups.get(root(i), 0.0) + float(masses[i])
+    for r, m in zip(roots, masses):
+        groups[int(r)] = groups.get(int(r), 0.0) + float(m)
     order = sorted(groups, key=lambda r: -groups[r])
     return centers[order], np.array([groups[r] for r in order])
 
