@@ -238,6 +238,18 @@ def test_runs_with_a_label_are_their_own_row(two_task_dir):
     assert res["per_task"]["Pendulum-v1"]["smfp-lam0"]["eval_mode"] == "best-of-n"
 
 
+def test_algos_reports_only_the_named_runs_with_the_same_numbers(two_task_dir, tmp_path):
+    root, ref = two_task_dir
+    make_run(root, "smfp", "Pendulum-v1", 0, [-900, -300, -100, -100], label="smfp-lam0")
+    full = aggregate(root, reference=ref, reps=200)
+    some = aggregate(root, reference=ref, reps=200, algos=["sac", "smfp-lam0"])
+    assert some["algos"] == ["sac", "smfp-lam0"] and "smfp" not in some["per_task"]["Pendulum-v1"]
+    for algo in some["algos"]:  # each algorithm's numbers do not depend on the others in the report
+        assert some["aggregate"][algo]["iqm"] == full["aggregate"][algo]["iqm"]
+    out, res = write_aggregate(root, tmp_path / "some.md", reference=ref, reps=200, algos=["smfp-lam0", "sac"])
+    assert "smfp-lam0" in out.read_text() and "| smfp |" not in out.read_text()
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # gymnasium's float32 Box notice
 def test_default_normalisation_uses_a_measured_random_policy_and_the_sac_mean(tmp_path):
     root = tmp_path / "sweep"
@@ -304,7 +316,8 @@ def test_aggregate_user_mistakes_are_one_line(tmp_path, two_task_dir, capsys):
     for argv, needle in [(["aggregate", str(root), "--reference", str(partial)],
                           "MountainCarContinuous-v0 is missing from the reference table"),
                          (["aggregate", str(only_smfp)], "no sac runs on Pendulum-v1"),
-                         (["aggregate", str(root), "--reference", str(tmp_path / "none.json")], "does not exist")]:
+                         (["aggregate", str(root), "--reference", str(tmp_path / "none.json")], "does not exist"),
+                         (["aggregate", str(root), "--algos", "sac,nope"], "--algos: no runs of nope")]:
         capsys.readouterr()
         with pytest.raises(SystemExit) as exc:
             main(argv)  # in-process: the same code path without another interpreter start-up

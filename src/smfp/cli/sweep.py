@@ -112,7 +112,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         path, res = write_aggregate(Path(args.dir), Path(args.out) if args.out else None, warn=_warn,
                                     baseline=args.baseline, reference=Path(args.reference) if args.reference else None,
                                     last=args.last, random_episodes=args.random_episodes, reps=args.reps,
-                                    confidence=args.confidence, seed=args.seed)
+                                    confidence=args.confidence, seed=args.seed,
+                                    algos=[a for a in args.algos.split(",") if a] if args.algos else None)
     except SweepError as exc:
         fail(str(exc) + (f" (written before: {written})" if written else ""))
     if args.json:
@@ -152,6 +153,9 @@ def add_subcommands(sub) -> None:
                    help="Markdown output (default: DIR/aggregate.md); FILE_curves.png, FILE_profiles.png and FILE.json "
                         "beside it")
     p.add_argument("--baseline", default="sac", help="algorithm whose mean final return scores 1 (default: sac)")
+    p.add_argument("--algos", default=None, metavar="A,B",
+                   help="report only these algorithms (run labels), e.g. sac,sb3-sac,smfp (default: every one "
+                        "in DIR); --csv and --curves-csv still take every run")
     p.add_argument("--reference", default=None, metavar="FILE.json",
                    help='reference table {"TASK": {"reference": R1, "random": R0}} instead of --baseline '
                         '(random optional: measured when absent)')

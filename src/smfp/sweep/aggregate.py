@@ -363,15 +363,27 @@ def load_reference_table(path: Path) -> dict:
     return table
 
 
+def select_algos(runs: list[Run], algos: Optional[list[str]], root: Path) -> list[Run]:
+    """The runs of the named algorithms (labels), in that order of preference; all runs when ``algos`` is None."""
+    if not algos:
+        return runs
+    present = sorted({r.algo for r in runs})
+    missing = [a for a in algos if a not in present]
+    if missing:
+        raise SweepError(f"--algos: no runs of {', '.join(missing)} in {root} (it has: {', '.join(present)}); "
+                         "choose among those")
+    return [r for r in runs if r.algo in algos]
+
+
 def aggregate(root: Path, baseline: str = "sac", reference: Optional[Path] = None, last: int = 3,
               random_episodes: int = 10, reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
-              warn=lambda s: None) -> dict:
-    """All the numbers of the report, as plain data."""
+              warn=lambda s: None, algos: Optional[list[str]] = None) -> dict:
+    """All the numbers of the report, as plain data; ``algos``: only the runs of these algorithms (labels)."""
     if last < 1 or random_episodes < 1 or reps < 1:
         raise SweepError("--last, --random-episodes and --reps must be positive")
     if not 0.0 < confidence < 1.0:
         raise SweepError(f"--confidence must be in (0, 1), got {confidence}")
-    runs = load_runs(root, warn)
+    runs = select_algos(load_runs(root, warn), algos, root)
     table = load_reference_table(reference) if reference is not None else None
     tasks = sorted({r.task for r in runs})
     algos = sorted({r.algo for r in runs}, key=lambda a: (a != baseline, a))
@@ -656,7 +668,7 @@ def write_aggregate(root: Path, out: Optional[Path] = None, warn=lambda s: None,
     if out.suffix.lower() != ".md":
         raise SweepError(f"--out {out} should be a .md file")
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(root)
+    runs = select_algos(load_runs(root), kw.get("algos"), root)
     png = None
     if any(len(r.eval_steps) > 1 for r in runs):  # a results table (finals only) has no curves to draw
         png = out.with_name(out.stem + "_curves.png")
@@ -669,5 +681,5 @@ def write_aggregate(root: Path, out: Optional[Path] = None, warn=lambda s: None,
 
 
 __all__ = ["Run", "load_runs", "aggregate", "curves", "plot_curves", "plot_profiles", "to_markdown", "write_aggregate",
-           "random_return", "load_reference_table", "run_commit", "csv_rows", "read_csv", "write_csv", "CSV_COLUMNS",
+           "random_return", "load_reference_table", "select_algos", "run_commit", "csv_rows", "read_csv", "write_csv", "CSV_COLUMNS",
            "CURVE_COLUMNS", "curve_rows", "read_curves_csv", "write_curves_csv", "runs_from_curves", "runs_from_finals"]
