@@ -93,7 +93,9 @@ def test_verdict_wording():
 
     assert verdict([R(1), R(1)], "smfp").startswith("unimodal at all 2 probed states: a Gaussian policy would do")
     v = verdict([R(4), R(1), R(2), R(1)], "smfp")
-    assert v.startswith("2-4 modes at 50% of states (2/4)")
+    assert v.startswith("2-4 modes at 50% of states (2/4)") and "multimodal policy (SMFP) is worth it" in v
+    v = verdict([R(2), R(1)], "gaussian")  # a Gaussian's extra modes come from the tanh, not from the task
+    assert v.startswith("2 modes at 50% of states (1/2), made by the squash") and "worth it" not in v
 
 
 # --- policies ---------------------------------------------------------------------------------------------
@@ -139,6 +141,21 @@ def test_assess_state_on_a_gaussian_policy_is_one_mode_with_exact_entropy():
     torch.manual_seed(0)
     rep = assess_state(GaussianPolicy(2, 2, hidden=(8,)), np.zeros(2, np.float32), n=800)
     assert rep.modes == 1 and rep.entropy == pytest.approx(rep.entropy_m1)
+
+
+def test_a_wide_squashed_gaussian_has_two_modes_at_the_bounds_and_the_verdict_says_why():
+    from smfp.policies import GaussianPolicy
+
+    torch.manual_seed(0)
+    pol = GaussianPolicy(1, 1, hidden=(8,))
+    with torch.no_grad():
+        for p in pol.parameters():
+            p.zero_()
+        pol.net[-1].bias[1] = 10.0  # raw log-std far up: log-std near its bound 2, sigma ~7 before the tanh
+    rep = assess_state(pol, np.zeros(1, np.float32), n=1000)
+    assert rep.modes == 2 and sorted(np.sign([c[0] for c in rep.centers]).tolist()) == [-1.0, 1.0]
+    assert all(abs(c[0]) > 0.8 for c in rep.centers)
+    assert "made by the squash" in verdict([rep], pol.kind)
 
 
 # --- smfp inspect on trained runs -------------------------------------------------------------------------

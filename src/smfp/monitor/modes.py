@@ -303,8 +303,11 @@ def verdict(reports: list[StateReport], kind: str) -> str:
     share = 100.0 * len(multi) / len(reports)
     ks = sorted({r.modes for r in multi})
     k_text = f"{ks[0]}" if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
-    return (f"{k_text} modes at {share:.0f}% of states ({len(multi)}/{len(reports)}): a Gaussian policy would "
-            "average them; a multimodal policy (SMFP) is worth it")
+    counted = f"{k_text} modes at {share:.0f}% of states ({len(multi)}/{len(reports)})"
+    if kind == "gaussian":  # one bump before the tanh: its extra modes are mass piled at the box's bounds
+        return (f"{counted}, made by the squash: a wide Gaussian piles its mass at the bounds of the action box; "
+                "they say nothing about the task (the critic's target does)")
+    return f"{counted}: a Gaussian policy would average them; a multimodal policy (SMFP) is worth it"
 
 
 def plot_states(reports: list[StateReport], path: str | Path, title: str = "") -> Path:
