@@ -10,7 +10,7 @@ import torch
 
 from conftest import assert_one_line_error, run_cli, tiny_config
 from smfp.cli.inspect import inspect_run
-from smfp.monitor.modes import assess_state, count_modes, verdict
+from smfp.monitor.modes import assess_state, count_modes, probe_states, verdict
 
 
 def mixture(rng, centers, std, n=1000, weights=None):
@@ -156,6 +156,24 @@ def test_a_wide_squashed_gaussian_has_two_modes_at_the_bounds_and_the_verdict_sa
     assert rep.modes == 2 and sorted(np.sign([c[0] for c in rep.centers]).tolist()) == [-1.0, 1.0]
     assert all(abs(c[0]) > 0.8 for c in rep.centers)
     assert "made by the squash" in verdict([rep], pol.kind)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # gymnasium's float32 Box notice
+def test_probe_states_depend_on_the_seed_alone_and_leave_the_callers_generator_alone():
+    # stochastic actions along the episodes: they once came from whatever state torch's generator was in, so
+    # `smfp inspect` probed other states (and could give another verdict) each time it ran on a MuJoCo run
+    from smfp.agent import Agent
+    from smfp.policies import GaussianPolicy
+
+    torch.manual_seed(0)
+    agent = Agent(GaussianPolicy(3, 1, hidden=(8,)), None, "Pendulum-v1", np.array([-2.0]), np.array([2.0]))
+    first = probe_states(agent, 6, 2, seed=3)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    again = probe_states(agent, 6, 2, seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == (6, 3) and not np.array_equal(first, probe_states(agent, 6, 2, seed=4))
 
 
 # --- smfp inspect on trained runs -------------------------------------------------------------------------

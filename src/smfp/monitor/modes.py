@@ -250,21 +250,26 @@ def assess_state(policy, obs, n: int = 1000, min_mass: float = DEFAULT_MIN_MASS,
 
 def probe_states(agent, num_states: int = 8, episodes: int = 2, seed: int = 0) -> np.ndarray:
     """States from a few fresh episodes of the agent (stochastic actions): each episode's start
-    state first, then states spread evenly along the episodes."""
+    state first, then states spread evenly along the episodes. A function of ``seed`` alone: the actions are
+    drawn from torch's generator seeded with it, and the caller's generator state is left as it was."""
+    import torch
+
     from smfp.envs import make_env
 
     env = make_env(agent.env_id)
     starts, paths = [], []
     try:
-        for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
-            path, done = [obs], False
-            while not done:
-                obs, _, terminated, truncated, _ = env.step(agent.act_normalized(obs, "sample"))
-                path.append(obs)
-                done = terminated or truncated
-            starts.append(path[0])
-            paths.extend(path[1:-1] if len(path) > 2 else [])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for i in range(episodes):
+                obs, _ = env.reset(seed=seed + i)
+                path, done = [obs], False
+                while not done:
+                    obs, _, terminated, truncated, _ = env.step(agent.act_normalized(obs, "sample"))
+                    path.append(obs)
+                    done = terminated or truncated
+                starts.append(path[0])
+                paths.extend(path[1:-1] if len(path) > 2 else [])
     finally:
         env.close()
     states = starts[:num_states]
