@@ -93,13 +93,23 @@ def run_episodes(act_fn, env, episodes: int, seed: int) -> list[dict]:
 
 
 def evaluate(agent: Agent, episodes: int = 10, mode: str = "auto", seed: int = 10_000, env=None,
-             max_episode_steps: int | None = None) -> dict:
-    """Mean and std of the undiscounted return over ``episodes`` episodes."""
+             max_episode_steps: int | None = None, seed_actions: bool = True) -> dict:
+    """Mean and std of the undiscounted return over ``episodes`` episodes, reset with seeds ``seed``, ``seed + 1``, ...
+
+    ``seed_actions``: stochastic actions (``sample``, ``best-of-n``'s noises) draw from torch's generator seeded with
+    ``seed`` in a forked state, so that the same call gives the same numbers and the caller's stream is left alone.
+    Training passes False: its evaluations draw from the run's own stream, as every run so far did.
+    """
     mode = agent.resolve_mode(mode)
     own_env = env is None
     env = env or make_env(agent.env_id, max_episode_steps=max_episode_steps)
     try:
-        eps = run_episodes(lambda o: agent.act_normalized(o, mode), env, episodes, seed)
+        if seed_actions:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                eps = run_episodes(lambda o: agent.act_normalized(o, mode), env, episodes, seed)
+        else:
+            eps = run_episodes(lambda o: agent.act_normalized(o, mode), env, episodes, seed)
     finally:
         if own_env:
             env.close()

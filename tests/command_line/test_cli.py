@@ -106,6 +106,12 @@ def test_eval_json_on_run_dir_and_checkpoint_file(cli_run):
     assert older.returncode == 0, older.stderr
     out = json.loads(older.stdout)
     assert out["step"] == 300 and out["mode"] == "sample" and out["episodes"] == 1
+    # sampled actions draw from a generator seeded with --seed: the same command gives the same number
+    again = json.loads(run_cli("eval", run / "checkpoints" / "step_0000000300.pt", "--episodes", "1", "--mode",
+                               "sample", "--json").stdout)
+    assert again["return_mean"] == out["return_mean"]
+    api = evaluate(load_agent(run / "checkpoints" / "step_0000000300.pt"), episodes=1, mode="sample", seed=10_000)
+    assert api["return_mean"] == pytest.approx(out["return_mean"], rel=1e-9)
 
 
 # --- bad inputs: one line on stderr, non-zero exit, no traceback --------------------------------

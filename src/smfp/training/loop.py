@@ -144,10 +144,12 @@ def log_training_row(run: Run, metrics: dict, clock: _Clock) -> None:
 def evaluate_now(run: Run) -> dict:
     """The configured mode, and ``sample`` beside it (like for like across algorithms: one stochastic pass)."""
     cfg = run.cfg
-    result = evaluate(run.agent, cfg.eval.eval_episodes, cfg.eval.eval_mode, seed=cfg.seed + 10_000, env=run.eval_env)
+    result = evaluate(run.agent, cfg.eval.eval_episodes, cfg.eval.eval_mode, seed=cfg.seed + 10_000, env=run.eval_env,
+                      seed_actions=False)
     row = {K.EVAL_RETURN_MEAN: result["return_mean"], K.EVAL_RETURN_STD: result["return_std"]}
     if result["mode"] != "sample":
-        sampled = evaluate(run.agent, cfg.eval.eval_episodes, "sample", seed=cfg.seed + 10_000, env=run.eval_env)
+        sampled = evaluate(run.agent, cfg.eval.eval_episodes, "sample", seed=cfg.seed + 10_000, env=run.eval_env,
+                           seed_actions=False)
         result["return_mean_sample"], result["return_std_sample"] = sampled["return_mean"], sampled["return_std"]
         row.update({K.EVAL_RETURN_MEAN_SAMPLE: sampled["return_mean"], K.EVAL_RETURN_STD_SAMPLE: sampled["return_std"]})
     run.logger.log(run.step, row)
