@@ -1,21 +1,28 @@
-"""``smfp export RUN_DIR --format onnx|torchscript --out FILE [--mode ...] [--steps K]``."""
+"""``smfp export RUN_DIR --out FILE [--format onnx|torchscript] [--mode ...] [--steps K]``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from smfp.cli.args import fail
 from smfp.export import export_run
 from smfp.export.actor import ExportError
 from smfp.export.runtime import FORMATS
 
+FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps <= 0:
         fail(f"--steps must be positive, got {args.steps}")
+    fmt = args.format or FORMAT_OF_SUFFIX.get(Path(args.out).suffix.lower())
+    if fmt is None:
+        fail(f"cannot tell the format from --out {args.out}; name it .onnx or .pt, or add --format "
+             f"{' or --format '.join(FORMATS)}")
     try:
-        summary = export_run(args.target, args.format, args.out, args.mode, args.steps)
+        summary = export_run(args.target, fmt, args.out, args.mode, args.steps)
     except ExportError as exc:
         fail(str(exc))
     if args.json:
@@ -37,7 +44,8 @@ def add_export_parser(subparsers) -> None:
     """Register ``smfp export``."""
     p = subparsers.add_parser("export", help="export a run's actor to ONNX or TorchScript (self-contained)")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--format", default=None, choices=FORMATS,
+                   help="default: from --out's suffix (.onnx: onnx; .pt, .ts: torchscript)")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--mode", default="auto", choices=("auto", "sample", "best-of-n", "mean"),
                    help="auto (mean for gaussian, best-of-n otherwise), sample (noise is an input), best-of-n "
