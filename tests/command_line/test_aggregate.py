@@ -304,6 +304,8 @@ def test_runs_without_evaluations_are_skipped_with_a_warning(tmp_path):
     assert [r.name for r in runs] == ["sac-Pendulum-v1-s0"] and "no evaluation yet" in warnings[0]
     with pytest.raises(SweepError, match="no evaluated runs"):
         load_runs(tmp_path)
+    # a run dir itself is a folder of one run (e.g. `smfp aggregate RUN_DIR --csv FILE` for one run's row)
+    assert [r.name for r in load_runs(root / "sac-Pendulum-v1-s0")] == ["sac-Pendulum-v1-s0"]
 
 
 def test_aggregate_user_mistakes_are_one_line(tmp_path, two_task_dir, capsys):

@@ -82,7 +82,7 @@ class Run:
 
 
 def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
-    """The evaluated runs under the folder ``root``, or those of a curves CSV (``write_curves_csv``) or of a
+    """The evaluated runs under the folder ``root`` (``root`` itself when it is a run dir), or those of a curves CSV (``write_curves_csv``) or of a
     results CSV (``write_csv``: finals only, each run one point)."""
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv":
@@ -96,7 +96,8 @@ def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
     if not root.is_dir():
         raise SweepError(f"{root} is not a folder (nor a curves or results .csv file)")
     runs = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    folders = [root] if RunDir(root).holds_run() else sorted(p for p in root.iterdir() if p.is_dir())  # a run dir: itself
+    for d in folders:
         run_dir = RunDir(d)
         if not run_dir.holds_run():
             continue
