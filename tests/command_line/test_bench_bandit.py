@@ -28,4 +28,9 @@ def test_a_setting_reaches_the_learner_and_bad_ones_are_one_line():
                                   "--heads", "2"), "--heads 2 needs --actor-update em")
     # the cases fix alpha, so --alpha is not an option here; a prefix of --alpha-lr is not taken for it either
     assert_one_line_error(run_cli("bench", "bandit", "--alpha", "0.3"), "unrecognized arguments")
-    assert_one_line_error(run_cli("train", "--total-step", "10"), "unrecognized arguments")
+    assert_one_line_error(run_cli("train", "--total-step", "10"), "unrecognized arguments",
+                          "did you mean --total-steps?", "see smfp train --help")
+    # the options a mistyped one may have meant, from the subcommand that got it
+    assert_one_line_error(run_cli("train", "--lr", "1e-3"), "--actor-lr", "--critic-lr", "see smfp train --help")
+    assert_one_line_error(run_cli("bench", "bandit", "--step", "5"), "did you mean --steps",
+                          "see smfp bench bandit --help")

@@ -8,9 +8,11 @@ line on stderr with a non-zero exit; anything else is a bug and keeps its traceb
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import json
 import sys
+import typing
 
 from smfp.cli.args import OneLineParser, add_dataclass_args, build_dataclass, fail
 from smfp.config import ConfigError, TrainConfig
@@ -124,9 +126,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str | None) -> argparse.ArgumentParser | None:
+    for action in parser._actions:  # argparse keeps its subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
+
+
+def close_flags(word: str, flags: list[str], n: int = 4) -> list[str]:
+    """The options a mistyped ``word`` may have meant: those containing it (``--lr``: ``--actor-lr``, ...), else the
+    nearest spellings."""
+    stem = word.split("=", 1)[0].lstrip("-")
+    if len(stem) >= 2:
+        containing = [f for f in flags if stem in f.lstrip("-")]
+        if containing:  # the nearest spelling first
+            return sorted(containing, key=lambda f: (-difflib.SequenceMatcher(None, word, f).ratio(), f))[:n]
+    return difflib.get_close_matches(word.split("=", 1)[0], flags, n=n, cutoff=0.7)
+
+
+def reject_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> typing.NoReturn:
+    """One line for arguments no option takes, from the subcommand that got them, with the options meant."""
+    target = _subparser(parser, getattr(args, "command", None)) or parser
+    nested = _subparser(target, getattr(args, "bench", None)) if getattr(args, "command", None) == "bench" else None
+    target = nested or target
+    flags = [s for s in target._option_string_actions if s.startswith("--")]
+    hints = [f"{x}: did you mean {' or '.join(close)}?" for x in extra if x.startswith("--")
+             for close in [close_flags(x, flags)] if close]
+    target.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        reject_unknown(parser, args, extra)
     try:
         return args.func(args) or 0
     except _user_errors() as exc:
