@@ -104,11 +104,9 @@ def evaluate(agent: Agent, episodes: int = 10, mode: str = "auto", seed: int = 1
     own_env = env is None
     env = env or make_env(agent.env_id, max_episode_steps=max_episode_steps)
     try:
-        if seed_actions:
-            with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[], enabled=seed_actions):
+            if seed_actions:
                 torch.manual_seed(seed)
-                eps = run_episodes(lambda o: agent.act_normalized(o, mode), env, episodes, seed)
-        else:
             eps = run_episodes(lambda o: agent.act_normalized(o, mode), env, episodes, seed)
     finally:
         if own_env:

@@ -82,8 +82,8 @@ class Run:
 
 
 def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
-    """The evaluated runs under the folder ``root`` (``root`` itself when it is a run dir), or those of a curves CSV (``write_curves_csv``) or of a
-    results CSV (``write_csv``: finals only, each run one point)."""
+    """The evaluated runs under the folder ``root`` (``root`` itself when it is a run dir), or those of a curves CSV
+    (``write_curves_csv``) or of a results CSV (``write_csv``: finals only, each run one point)."""
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv":
         try:
@@ -96,7 +96,7 @@ def load_runs(root: Path, warn=lambda s: None) -> list[Run]:
     if not root.is_dir():
         raise SweepError(f"{root} is not a folder (nor a curves or results .csv file)")
     runs = []
-    folders = [root] if RunDir(root).holds_run() else sorted(p for p in root.iterdir() if p.is_dir())  # a run dir: itself
+    folders = [root] if RunDir(root).holds_run() else sorted(p for p in root.iterdir() if p.is_dir())
     for d in folders:
         run_dir = RunDir(d)
         if not run_dir.holds_run():
@@ -365,7 +365,7 @@ def load_reference_table(path: Path) -> dict:
 
 
 def select_algos(runs: list[Run], algos: Optional[list[str]], root: Path) -> list[Run]:
-    """The runs of the named algorithms (labels), in that order of preference; all runs when ``algos`` is None."""
+    """The runs of the named algorithms (run labels); all runs when ``algos`` is empty or None."""
     if not algos:
         return runs
     present = sorted({r.algo for r in runs})
@@ -682,5 +682,6 @@ def write_aggregate(root: Path, out: Optional[Path] = None, warn=lambda s: None,
 
 
 __all__ = ["Run", "load_runs", "aggregate", "curves", "plot_curves", "plot_profiles", "to_markdown", "write_aggregate",
-           "random_return", "load_reference_table", "select_algos", "run_commit", "csv_rows", "read_csv", "write_csv", "CSV_COLUMNS",
-           "CURVE_COLUMNS", "curve_rows", "read_curves_csv", "write_curves_csv", "runs_from_curves", "runs_from_finals"]
+           "random_return", "load_reference_table", "select_algos", "run_commit", "csv_rows", "read_csv", "write_csv",
+           "CSV_COLUMNS", "CURVE_COLUMNS", "curve_rows", "read_curves_csv", "write_curves_csv", "runs_from_curves",
+           "runs_from_finals"]
