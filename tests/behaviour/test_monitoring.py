@@ -275,6 +275,21 @@ def test_report_overlays_runs_and_marks_their_alarms(tmp_path, env_module_dir):
     assert np.all([f"![{p[:-4]}]({p})" in text for p in pngs])
 
 
+def test_report_writes_a_dash_for_what_a_run_has_not_logged(tmp_path):
+    from smfp.config import TrainConfig
+    from smfp.monitor.report import write_report
+
+    run = tmp_path / "short"
+    run.mkdir()
+    cfg = TrainConfig(algo="sac", run_dir=str(run))
+    cfg.env.env = "Pendulum-v1"
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (run / "metrics.jsonl").write_text('{"step": 10, "eval/return_mean": -1200.0}\n')  # stopped before an update
+    text = write_report([run], tmp_path / "rep").read_text()
+    cells = [line for line in text.splitlines() if line.startswith("| short ")][0].split(" | ")
+    assert cells[5] == "-1200" and cells[7:10] == ["-", "-", "-"] and "nan" not in text  # sps, entropies: not logged
+
+
 def test_an_alarm_whose_metric_never_appears_warns_once(tmp_path):
     """Renaming or dropping a metric must not switch an alarm off silently."""
     from smfp import keys as K

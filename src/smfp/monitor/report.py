@@ -100,7 +100,9 @@ def plot_panels(runs: list[dict], out: Path) -> list[Path]:
 
 
 def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else "-"  # not logged yet (e.g. no update before the first checkpoint)
+    return str(v)
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None, warn=lambda message: None) -> Path:
