@@ -267,6 +267,8 @@ def test_report_overlays_runs_and_marks_their_alarms(tmp_path, env_module_dir):
     text = (out / "report.md").read_text()
     assert "| huge | sac |" in text and "| calm | sac |" in text
     assert "huge, step" in text and "**exploding_gradients**" in text
+    isa = torch.backends.cpu.get_cpu_capability()  # where each run ran, from its starts.jsonl
+    assert "- huge: step 0: " in text and f"ISA {isa}, torch {torch.__version__}" in text
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"returns.png", "entropy_kl.png", "gradients.png", "q_values.png", "saturation.png"} <= set(pngs)
     for p in out.glob("*.png"):
@@ -288,6 +290,7 @@ def test_report_writes_a_dash_for_what_a_run_has_not_logged(tmp_path):
     text = write_report([run], tmp_path / "rep").read_text()
     cells = [line for line in text.splitlines() if line.startswith("| short ")][0].split(" | ")
     assert cells[5] == "-1200" and cells[7:10] == ["-", "-", "-"] and "nan" not in text  # sps, entropies: not logged
+    assert "- short: not recorded" in text  # no starts.jsonl (made by hand here, or by an older smfp)
 
 
 def test_an_alarm_whose_metric_never_appears_warns_once(tmp_path):

@@ -74,6 +74,12 @@ def test_resume_with_larger_total_steps_carries_on(tmp_path):
     # an interrupted process may have logged past its last checkpoint and torn its last line
     with open(metrics, "a") as f:
         f.write(json.dumps({"step": 800, "losses/critic": 123.0}) + "\n" + '{"step": 16')
+    # each start records the code and the machine; pretend the first ran on another CPU generation
+    (start,) = read_jsonl(run / "starts.jsonl")
+    assert start["step"] == 0 and start["isa"] == torch.backends.cpu.get_cpu_capability() and start["commit"]
+    assert start["torch"] == torch.__version__ and start["threads"] == 1 and start["precision"] in ("fp32", "bf16")
+    assert "another CPU" not in first.stderr
+    (run / "starts.jsonl").write_text(json.dumps({**start, "isa": "ISA-ELSEWHERE"}) + "\n")
 
     second = run_cli(*common, "--total-steps", "1000", "--resume")
     assert second.returncode == 0, second.stderr
@@ -96,6 +102,9 @@ def test_resume_with_larger_total_steps_carries_on(tmp_path):
     assert json.loads(ckpt["config"])["total_steps"] == 1000
     assert json.loads((run / "config.json").read_text())["total_steps"] == 1000
     assert "resumed at step 600" in second.stderr
+    assert [r["step"] for r in read_jsonl(run / "starts.jsonl")] == [0, 600]
+    assert (f"resumed on another CPU, library version, thread count or precision (isa ISA-ELSEWHERE -> "
+            f"{start['isa']})") in second.stderr and "bit-for-bit" in second.stderr
 
 
 def _loss_lines(run_dir) -> list[dict]:
@@ -143,3 +152,20 @@ def test_a_run_saved_before_lambda_per_alpha_existed_resumes_only_with_its_fixed
         train(again)
     again.update.lambda_per_alpha = False
     assert train(again).step == 600
+
+
+def test_a_damaged_starts_record_is_a_warning_and_the_resume_goes_on(tmp_path, capsys):
+    """starts.jsonl documents a run; the run does not need it: junk lines are skipped, an unwritable one is a warning."""
+    run = tmp_path / "run"
+    cfg = tiny_config(run, total_steps=400, learning_starts=200, log_every=200, eval_every=0, checkpoint_every=200)
+    train(cfg)
+    with open(run / "starts.jsonl", "a") as f:
+        f.write('{"step": 4')  # torn by a crash
+    assert train(dataclasses.replace(cfg, total_steps=600, resume=True)).step == 600
+    assert [r["step"] for r in read_jsonl(run / "starts.jsonl")] == [0, 400]
+    (run / "starts.jsonl").unlink()
+    (run / "starts.jsonl").mkdir()  # cannot be read or replaced
+    capsys.readouterr()
+    assert train(dataclasses.replace(cfg, total_steps=800, resume=True)).step == 800
+    err = capsys.readouterr().err
+    assert f"smfp: warning: cannot record this start in {run / 'starts.jsonl'}" in err and "resumed at step 600" in err

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, one_line_error_in_process, run_cli, smfp_command, tiny_config
+from conftest import REPO, assert_one_line_error, one_line_error_in_process, read_jsonl, run_cli, smfp_command, tiny_config
 from smfp.config import ConfigError
 from smfp.monitor.logger import read_metrics
 from smfp.storage.checkpoint import list_checkpoints
@@ -65,6 +65,8 @@ def test_second_writer_is_refused_and_a_killed_holders_lock_is_taken_over(tmp_pa
     resumed = run_cli(*FLAGS, "--total-steps", str(step + 20), "--run-dir", run, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at step {step}" in resumed.stderr, resumed.stderr
+    assert "another CPU" not in resumed.stderr  # same machine, libraries, threads and precision: no note
+    assert [row["step"] for row in read_jsonl(run / "starts.jsonl")] == [0, step]
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["step"] == step + 20
     _assert_free(run)
 

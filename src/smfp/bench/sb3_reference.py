@@ -42,8 +42,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
-import socket
 import time
 from pathlib import Path
 from typing import Optional, TextIO
@@ -167,18 +165,15 @@ def run_state(cfg: TrainConfig) -> Optional[dict]:
 
 
 def _provenance(cfg: TrainConfig) -> dict:
-    import gymnasium
     import stable_baselines3
 
-    from smfp.provenance import git_commit
+    from smfp.provenance import git_commit, machine
 
     kwargs = sb3_sac_kwargs(cfg)
     policy_kwargs = kwargs.pop("policy_kwargs")
     kwargs["policy_kwargs"] = {**policy_kwargs, "activation_fn": policy_kwargs["activation_fn"].__name__}
-    return {"commit": git_commit(), "started": time.time(), "host": socket.gethostname(),
-            "stable_baselines3": stable_baselines3.__version__, "torch": torch.__version__,
-            "gymnasium": gymnasium.__version__, "numpy": np.__version__, "python": platform.python_version(),
-            "sb3_kwargs": kwargs}
+    return {"commit": git_commit(), "started": time.time(), **machine(),
+            "stable_baselines3": stable_baselines3.__version__, "sb3_kwargs": kwargs}
 
 
 def run_sb3_reference(cfg: TrainConfig, log: Optional[TextIO] = None) -> dict:

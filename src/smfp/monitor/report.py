@@ -10,7 +10,7 @@ import numpy as np
 from smfp.config import eval_mode_of
 from smfp.monitor.logger import read_metrics
 from smfp.storage.rundir import RunDir
-from smfp.storage.userfiles import UserFileError, alert_rows, numeric_rows
+from smfp.storage.userfiles import UserFileError, alert_rows, numeric_rows, read_rows
 
 PANELS = {
     "returns": [("eval/return_mean", "eval return"), ("train/episode_return", "train episode return")],
@@ -46,8 +46,21 @@ def load_run(run_dir: Path, warn=lambda message: None) -> dict:
     if not all(isinstance(config.get(k, {}), dict) for k in ("env", "eval")):
         warn(f"smfp report: warning: {run.config} is malformed; its fields are shown as ?")
         config = {}
+    starts = []
+    try:  # shown only: an unreadable record is a warning
+        starts = read_rows(run.starts)
+    except UserFileError as exc:
+        warn(f"smfp report: warning: {exc}")
     return {"name": run.path.name, "dir": run.path, "rows": numeric_rows(read_metrics(run.metrics)),
-            "alerts": alert_rows(read_metrics(run.alerts)), "config": config}
+            "alerts": alert_rows(read_metrics(run.alerts)), "config": config, "starts": starts}
+
+
+def describe_start(start: dict) -> str:
+    """One start of a run (a line of ``starts.jsonl``): where, on what and with which code."""
+    commit = str(start.get("commit", "?"))
+    return (f"step {start.get('step')}: {start.get('cpu', '?')} ({start.get('cpu_id', '?')}), ISA {start.get('isa', '?')}, "
+            f"torch {start.get('torch', '?')}, mujoco {start.get('mujoco', '?')}, {start.get('threads', '?')} thread(s), "
+            f"{start.get('precision', '?')}, commit {commit[:12] + ('-dirty' if commit.endswith('-dirty') else '')}")
 
 
 def summarise(run: dict) -> dict:
@@ -124,6 +137,12 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None, warn
             lines.append(f"- {run['name']}, step {a['step']}: **{a['alarm']}**: {a['message']}")
     if not any_alert:
         lines.append("No alarms were raised.")
+    lines += ["", "## Where they ran", "",
+              "Each start or resume (`starts.jsonl`). A run repeats bit-for-bit only on the same ISA, libraries, "
+              "threads and precision.", ""]
+    for run in runs:
+        lines.append(f"- {run['name']}: " + ("; ".join(describe_start(s) for s in run["starts"]) if run["starts"]
+                                             else "not recorded (a run made before smfp recorded its starts)"))
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

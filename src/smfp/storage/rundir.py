@@ -8,6 +8,7 @@
             tb/                      TensorBoard event files
             checkpoints/step_S.pt    complete checkpoints; buffer_S.pt beside the newest one
             .lock                    held (flock) by the process training in it
+            starts.jsonl             one line per start or resume of smfp train: the step, commit and machine
             provenance.json          what made a run that smfp train did not (bench sb3-sac)
             report/, inspect.png     what `smfp report` and `smfp inspect` write by default
             train.log, sweep_attempts.jsonl, sweep_progress.json    written by `smfp sweep`
@@ -32,6 +33,7 @@ class RunDir:
     TENSORBOARD = "tb"
     CHECKPOINTS = "checkpoints"
     LOCK = ".lock"
+    STARTS = "starts.jsonl"
     PROVENANCE = "provenance.json"
     REPORT = "report"
     INSPECT_PNG = "inspect.png"
@@ -68,6 +70,10 @@ class RunDir:
     @property
     def lock(self) -> Path:
         return self.path / self.LOCK
+
+    @property
+    def starts(self) -> Path:
+        return self.path / self.STARTS
 
     @property
     def provenance(self) -> Path:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -24,11 +25,12 @@ from smfp.envs import env_dims, make_env
 from smfp.monitor.alarms import AlarmMonitor, kl_watch
 from smfp.monitor.health import HealthProbe
 from smfp.monitor.logger import MetricsLogger, TensorBoardSink
+from smfp.provenance import SAME_NUMBERS, git_commit, machine, machine_changes
 from smfp.storage.atomic import atomic_write_text
 from smfp.storage.checkpoint import CheckpointError, latest_checkpoint, safe_load, save_checkpoint
 from smfp.storage.lock import lock_run_dir
 from smfp.storage.rundir import RunDir, resolve_for_run_dir
-from smfp.storage.userfiles import describe
+from smfp.storage.userfiles import UserFileError, describe, read_rows
 from smfp.training.collect import Collector
 from smfp.training.recovery import Recovery
 from smfp.update import Learner
@@ -81,12 +83,18 @@ def _open(cfg: TrainConfig, closing: contextlib.ExitStack) -> Run:
     recoveries = resume_from(run, ckpt, damaged) if ckpt is not None else 0
     atomic_write_text(run.dir.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
     attach_logging(run, closing, recoveries)
+    moved = record_start(run)
     run.logger.message(f"smfp: {cfg.algo} on {cfg.env.env} seed {cfg.seed} -> {run.dir.path} "
                        f"(replay buffer {run.buffer.capacity} transitions, {run.buffer.nbytes / 2**20:.1f} MiB "
                        "allocated" + (f"; resumed at step {run.start_step}" if run.start_step else "")
                        + (f"; skipped {len(damaged)} damaged newer checkpoint(s): {damaged[0]}" if damaged else "")
                        + ("; --resume found no checkpoint, starting from step 0" if cfg.resume and ckpt is None
                           else "") + ")")
+    if moved:
+        run.logger.message(f"smfp: note: resumed on another CPU, library version, thread count or precision "
+                           f"({'; '.join(moved)}): the "
+                           "run goes on correctly, but its numbers will not repeat an uninterrupted run's "
+                           f"bit-for-bit (docs/reliability.md; each start is in {RunDir.STARTS})")
     act_dim = run.learner.act_dim
     if cfg.update.value_backup == "soft-optimal" and act_dim > SOFT_BACKUP_MAX_DIM:
         run.logger.message(f"smfp: warning: the soft-optimal backup (--multimodal) estimates an integral over a "
@@ -136,6 +144,22 @@ def attach_logging(run: Run, closing: contextlib.ExitStack, recoveries: int) -> 
                                   probing=run.probe is not None)
         logger.subscribe(run.alarms.on_row)
     run.recovery = Recovery(cfg, run.dir, run.learner, logger.log, logger.message, recoveries)
+
+
+def record_start(run: Run) -> list[str]:
+    """Add this start to the run's ``starts.jsonl`` (a fresh start replaces the file): the step, the code and the
+    machine. Returns what changed since the previous start that can change the numbers (empty on a fresh start).
+    A record that cannot be read or written is a warning: it documents the run, the run does not need it."""
+    now = {"step": run.start_step, "time": round(time.time(), 3), "commit": git_commit(),
+           "threads": run.cfg.threads, "precision": run.cfg.update.precision, **machine()}
+    try:
+        earlier = read_rows(run.dir.starts) if run.start_step > 0 else []
+        atomic_write_text(run.dir.starts, "".join(json.dumps(row) + "\n" for row in earlier + [now]))
+    except (UserFileError, OSError) as exc:
+        run.logger.message(f"smfp: warning: cannot record this start in {run.dir.starts} ({describe(exc)}); "
+                           "the run goes on without it")
+        return []
+    return machine_changes(earlier[-1], now, SAME_NUMBERS + ("threads", "precision")) if earlier else []
 
 
 def resume_from(run: Run, ckpt: dict, damaged: list[str]) -> int:

@@ -33,6 +33,7 @@ from smfp.critic import QEnsemble
 from smfp.export.actor import build_actor, noise_shape
 from smfp.export.runtime import export_onnx, export_torchscript
 from smfp.policies import build_policy
+from smfp.provenance import machine
 
 BACKENDS = ("eager", "onnx", "torchscript")
 SMFP_STEPS = (1, 2, 4)
@@ -40,14 +41,8 @@ FLOW_STEPS = (10, 20, 50)
 
 
 def machine_description(threads: int) -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """``smfp.provenance.machine()`` plus what a latency figure also depends on: the cores this process may use,
+    onnxruntime's version, the torch threads and the load."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -58,9 +53,9 @@ def machine_description(threads: int) -> dict:
         ort_version = onnxruntime.__version__
     except ImportError:
         ort_version = None
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable, "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort_version,
-            "threads": threads, "load_average": [round(x, 2) for x in os.getloadavg()]}
+    return {**machine(), "logical_cores": os.cpu_count(), "usable_cores": usable, "platform": platform.platform(),
+            "onnxruntime": ort_version, "threads": threads,
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def parse_batches(text: str) -> list[int]:
@@ -324,7 +319,7 @@ def format_table(report: dict) -> str:
     lines = [f"latency of one action selection (numpy obs in -> noise -> actor -> bounded numpy action out); "
              f"median / p90 in us ({report['settings']['clock']} clock), (x) = median / smfp-1 of the same "
              f"backend and batch",
-             f"machine: {m['cpu']}, {m['usable_cores']} usable cores, torch {m['torch']}, onnxruntime "
+             f"machine: {m['cpu']} ({m.get('cpu_id', '?')}, ISA {m.get('isa', '?')}), {m['usable_cores']} usable cores, torch {m['torch']}, onnxruntime "
              f"{m['onnxruntime']}, {m['threads']} thread(s), load average {m['load_average']} -> "
              f"{m['load_average_end']}",
              f"actor: obs {report['obs_dim']}, act {report['act_dim']}, hidden {report['hidden']}, sigma "

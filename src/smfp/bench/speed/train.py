@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ from smfp.bench.sb3_reference import sb3_available, sb3_sac_kwargs
 from smfp.config import ALGOS, ConfigError, TrainConfig, leaf_fields, set_leaf
 from smfp.envs import quiet_native_stderr
 from smfp.precision import cpu_flags, native_bf16
+from smfp.provenance import machine
 
 SB3_NAME = "sb3-sac"
 
@@ -190,20 +190,10 @@ def _run(kind: str, cfg: TrainConfig, steps: int, warmup: int, isolate: bool) ->
 
 # --- the benchmark ------------------------------------------------------------------------
 def machine_info(threads: int) -> dict:
-    """The CPU (model, ISA PyTorch dispatches to, bfloat16 support) and the torch threads each timed run uses."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    flags = cpu_flags()  # smfp.precision's reading of the same file
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "isa": torch.backends.cpu.get_cpu_capability(),
-            "threads": threads, "python": platform.python_version(),
-            "torch": torch.__version__, "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+    """``smfp.provenance.machine()`` (the CPU, the ISA PyTorch dispatches to, library versions) plus bfloat16 support
+    and the torch threads each timed run uses."""
+    flags = cpu_flags()  # smfp.precision's reading of /proc/cpuinfo
+    info = {**machine(), "threads": threads, "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "native_bf16": native_bf16()}
     try:
         info["load_avg_1min_start"] = os.getloadavg()[0]
@@ -329,6 +319,7 @@ def format_table(report: dict) -> str:
             lines.append(f"{x['name']:<{w}} update {f['update_ms']:.2f} ms = {f['update_over_floor']:.2f}x its matmul "
                          f"floor ({f['matmul_floor_ms']:.2f} ms: {f['gemms_per_update']} GEMMs timed alone)")
     m = report["machine"]
-    lines.append(f"machine: {m.get('cpu')}, ISA {m.get('isa')}, {m.get('cpu_count')} CPUs, torch {m.get('torch')}, "
+    lines.append(f"machine: {m.get('cpu')} ({m.get('cpu_id', '?')}), ISA {m.get('isa')}, {m.get('cpu_count')} CPUs, "
+                 f"torch {m.get('torch')}, "
                  f"load average {m.get('load_avg_1min_start', float('nan')):.2f} -> {m.get('load_avg_1min_end', float('nan')):.2f}")
     return "\n".join(lines)
