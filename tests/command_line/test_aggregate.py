@@ -522,3 +522,23 @@ def test_a_results_table_gives_the_same_numbers_as_its_run_dirs_without_curves(t
     assert not out.with_name("agg_curves.png").exists() and "## Learning curves" not in out.read_text()
     err = capsys.readouterr().err
     assert "agg_profiles.png" in err and "agg_curves.png" not in err
+
+
+def test_the_learning_curves_say_which_evaluation_mode_each_algorithm_shows(two_task_dir, tmp_path):
+    from smfp.sweep.aggregate import curve_modes, load_runs
+
+    root, ref = two_task_dir
+    runs = load_runs(root)
+    modes = {r.algo: r.eval_mode for r in runs}
+    text = curve_modes(runs, ["sac", "smfp"])
+    if modes["sac"] == modes["smfp"]:
+        assert text == f"{modes['sac']} mode: sac, smfp"
+    else:
+        assert f"{modes['sac']} mode: sac" in text and f"{modes['smfp']} mode: smfp" in text
+    for run in runs:  # another mode for one algorithm's runs is listed apart
+        if run.algo == "smfp":
+            run.eval_mode = "best-of-4"
+    assert curve_modes(runs, ["sac", "smfp"]) == f"best-of-4 mode: smfp; {modes['sac']} mode: sac"
+    out = tmp_path / "r" / "results.md"
+    write_aggregate(root, out, reference=ref, reps=200)
+    assert "averaged over its seeds (n in the legend" in out.read_text()

@@ -494,6 +494,15 @@ def curves(runs: list[Run], reps: int = 2000, confidence: float = 0.95, seed: in
     return out
 
 
+def curve_modes(runs: list[Run], algos: list[str]) -> str:
+    """Which evaluation mode each algorithm's curves show, e.g. ``mean mode: sac, sb3-sac; sample mode: smfp``."""
+    by_mode: dict[str, list[str]] = {}
+    for algo in algos:
+        for mode in sorted({r.eval_mode for r in runs if r.algo == algo}):
+            by_mode.setdefault(mode, []).append(algo)
+    return "; ".join(f"{mode} mode: {', '.join(names)}" for mode, names in sorted(by_mode.items()))
+
+
 def plot_curves(runs: list[Run], tasks: list[str], algos: list[str], path: Path, confidence: float = 0.95) -> Path:
     import matplotlib
 
@@ -519,7 +528,8 @@ def plot_curves(runs: list[Run], tasks: list[str], algos: list[str], path: Path,
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
-    fig.suptitle(f"mean over seeds, shaded: {confidence:.0%} bootstrap CI", fontsize=9)
+    fig.suptitle(f"evaluation return ({curve_modes(runs, algos)}): mean over the n seeds at each evaluation, shaded: "
+                 f"{confidence:.0%} bootstrap CI", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -636,7 +646,11 @@ def to_markdown(res: dict, curves_png: Optional[str], profiles_png: Optional[str
                   "score distributions). A curve above another for every tau dominates it.", "",
                   f"![performance profiles]({profiles_png})"]
     if curves_png:
-        lines += ["", "## Learning curves", "", f"![learning curves]({curves_png})"]
+        lines += ["", "## Learning curves", "",
+                  f"A panel per task: each algorithm's evaluation return at every evaluation step, averaged over its "
+                  f"seeds (n in the legend; a run contributes where it was evaluated), with a {c} percentile-bootstrap "
+                  f"band ({st['reps']} resamples); the evaluation modes are those listed above.", "",
+                  f"![learning curves]({curves_png})"]
     return "\n".join(lines) + "\n"
 
 
