@@ -26,7 +26,7 @@ mkdir -p "$OUT"
 # A cmd- line is done by a marker in OUT/.done or its label in docs/results/queue_done.txt (commit it with the rows; the
 # checkout of 2026-12-06, eighth session, started without OUT, and the finished cmd- lines before it left LIST).
 # In order of need (2026-12-07, third session: SB3's HalfCheetah seeds 0-2 and Hopper seed 0 again, for the
-# yardstick's learning-curve figure, after SAC's reruns; 2026-12-07: the yardstick's SAC curve reruns before sac-sb3like Hopper seed 2, a diagnostic its issue does not need; 2026-12-06, eighth session: OUT was lost with the machine; MultiGoal seed 9 of the three-layer heads first, then SAC with the same three-layer networks on seeds 5-9 (a control:
+# yardstick's learning-curve figure, after SMFP's rows (the issue's item 4; SB3's finals exist); 2026-12-07: the yardstick's SAC curve reruns before sac-sb3like Hopper seed 2, a diagnostic its issue does not need; 2026-12-06, eighth session: OUT was lost with the machine; MultiGoal seed 9 of the three-layer heads first, then SAC with the same three-layer networks on seeds 5-9 (a control:
 # is the heads' gain depth alone?), then both algorithms' defaults on those seeds (the issue's item 3 asks for them); seventh session: the heads setting with a three-layer actor on the confirmation's seeds
 # (the fixed-critic test: TV 0.245 -> 0.199-0.208 on seed 6, 0.264 -> 0.224 on seed 5; docs/experiments.md); sixth session: the heads setting with --em-fit-weight mass on the confirmation's seeds (each
 # head's fit weighted by its target mass; the lr screen showed nothing and was stopped after 4 seeds); fifth session: the heads setting with --actor-lr 1e-3 on the confirmation's seeds (its
@@ -93,10 +93,6 @@ sac Walker2d-v5 1
 sac HalfCheetah-v5 2
 sac Hopper-v5 2
 sac Walker2d-v5 2
-sb3-sac HalfCheetah-v5 0
-sb3-sac HalfCheetah-v5 1
-sb3-sac HalfCheetah-v5 2
-sb3-sac Hopper-v5 0
 sac-sb3like Hopper-v5 2 --squash-log-det-eps 1e-6 --log-std-squash clip --log-std-min -20
 smfp HalfCheetah-v5 0
 smfp Hopper-v5 0
@@ -107,6 +103,10 @@ smfp Walker2d-v5 1
 smfp HalfCheetah-v5 2
 smfp Hopper-v5 2
 smfp Walker2d-v5 2
+sb3-sac HalfCheetah-v5 0
+sb3-sac HalfCheetah-v5 1
+sb3-sac HalfCheetah-v5 2
+sb3-sac Hopper-v5 0
 smfp-mf0.1-md0 Hopper-v5 2 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 Walker2d-v5 1 --meanflow-coef 0.1 --md-lambda 0
 smfp-mf0.1-md0 HalfCheetah-v5 2 --meanflow-coef 0.1 --md-lambda 0
