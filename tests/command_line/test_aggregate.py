@@ -523,6 +523,34 @@ def test_a_results_table_gives_the_same_numbers_as_its_run_dirs_without_curves(t
     err = capsys.readouterr().err
     assert "agg_profiles.png" in err and "agg_curves.png" not in err
 
+    # --curves-from: the finals from the table, the curves from a curves table (here of the sac runs only)
+    from smfp.sweep.aggregate import write_curves_csv
+
+    curves = tmp_path / "curves.csv"
+    write_curves_csv(root, curves)
+    sac_curves = tmp_path / "sac_curves.csv"
+    sac_curves.write_text("".join(line for line in curves.read_text().splitlines(keepends=True)
+                                  if not line.startswith("smfp,")))
+    both = tmp_path / "rep2" / "agg.md"
+    assert main(["aggregate", str(table), "--reference", str(ref), "--reps", "200", "--out", str(both),
+                 "--curves-from", str(sac_curves)]) == 0
+    text = both.read_text()
+    assert both.with_name("agg_curves.png").stat().st_size > 5000 and f"curves from `{sac_curves}`" in text
+    assert json.loads(both.with_suffix(".json").read_text())["per_task"] == json.loads(
+        out.with_suffix(".json").read_text())["per_task"]  # the numbers are the table's
+    capsys.readouterr()
+    for source, needle in [(tmp_path / "missing.csv", "no such file"), (table, "is not a curves table")]:
+        with pytest.raises(SystemExit):
+            main(["aggregate", str(table), "--reference", str(ref), "--reps", "200", "--out", str(both),
+                  "--curves-from", str(source)])
+        (line,) = capsys.readouterr().err.splitlines()
+        assert needle in line
+    with pytest.raises(SystemExit):  # a curves table of other algorithms only
+        main(["aggregate", str(table), "--reference", str(ref), "--reps", "200", "--out", str(both), "--algos",
+              "smfp", "--curves-from", str(sac_curves)])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "holds no curves of smfp" in line
+
 
 def test_the_learning_curves_say_which_evaluation_mode_each_algorithm_shows(two_task_dir, tmp_path):
     from smfp.sweep.aggregate import curve_modes, load_runs

@@ -113,7 +113,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
                                     baseline=args.baseline, reference=Path(args.reference) if args.reference else None,
                                     last=args.last, random_episodes=args.random_episodes, reps=args.reps,
                                     confidence=args.confidence, seed=args.seed,
-                                    algos=[a for a in args.algos.split(",") if a] if args.algos else None)
+                                    algos=[a for a in args.algos.split(",") if a] if args.algos else None,
+                                    curves_from=Path(args.curves_from) if args.curves_from else None)
     except SweepError as exc:
         fail(str(exc) + (f" (written before: {written})" if written else ""))
     if args.json:
@@ -176,6 +177,9 @@ def add_subcommands(sub) -> None:
                         "(algo,commit,env,seed,steps,max_episode_steps,eval_mode,eval_step,return,return_sample); "
                         "runs not under DIR are kept. `smfp aggregate FILE.csv` "
                         "recomputes the report from it")
+    p.add_argument("--curves-from", default=None, metavar="FILE.csv",
+                   help="draw the learning curves from this curves table (one --curves-csv wrote), for the report's "
+                        "algorithms and tasks: e.g. when DIR is a results table, which holds finals only")
     p.add_argument("--no-report", action="store_true",
                    help="only update --csv / --curves-csv (e.g. for a folder of one algorithm's runs, which has "
                         "nothing to normalise against)")

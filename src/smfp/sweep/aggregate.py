@@ -649,7 +649,8 @@ def to_markdown(res: dict, curves_png: Optional[str], profiles_png: Optional[str
         lines += ["", "## Learning curves", "",
                   f"A panel per task: each algorithm's evaluation return at every evaluation step, averaged over its "
                   f"seeds (n in the legend; a run contributes where it was evaluated), with a {c} percentile-bootstrap "
-                  f"band ({st['reps']} resamples); the evaluation modes are those listed above.", "",
+                  f"band ({st['reps']} resamples); the evaluation modes are those listed above"
+                  + (f"; curves from `{res['curves_from']}`" if res.get("curves_from") else "") + ".", "",
                   f"![learning curves]({curves_png})"]
     return "\n".join(lines) + "\n"
 
@@ -674,28 +675,43 @@ def _improvement_lines(res: dict) -> list[str]:
     return lines
 
 
-def write_aggregate(root: Path, out: Optional[Path] = None, warn=lambda s: None, **kw) -> tuple[Path, dict]:
+def curve_runs_from(path: Path, algos: list[str], tasks: list[str]) -> list[Run]:
+    """The runs of the curves table ``path`` (``--curves-from``) of the report's algorithms and tasks."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"--curves-from {path}: no such file; give the curves table `--curves-csv` wrote")
+    runs = [r for r in runs_from_curves(path) if r.algo in algos and r.task in tasks]
+    if not runs:
+        raise SweepError(f"--curves-from {path} holds no curves of {', '.join(algos)} on the report's tasks")
+    return runs
+
+
+def write_aggregate(root: Path, out: Optional[Path] = None, warn=lambda s: None, curves_from: Optional[Path] = None,
+                    **kw) -> tuple[Path, dict]:
     """Compute, then write ``out`` (Markdown), ``<out stem>_curves.png``, ``<out stem>_profiles.png`` and
-    ``<out stem>.json``."""
+    ``<out stem>.json``. ``curves_from``: a curves table to draw the learning curves from (e.g. when ``root`` is a
+    finals table, which has none), for the report's algorithms and tasks."""
     root = Path(root)
     res = aggregate(root, warn=warn, **kw)
     out = Path(out) if out is not None else (root.parent if root.is_file() else root) / "aggregate.md"
     if out.suffix.lower() != ".md":
         raise SweepError(f"--out {out} should be a .md file")
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs = select_algos(load_runs(root), kw.get("algos"), root)
+    runs = (curve_runs_from(curves_from, res["algos"], res["tasks"]) if curves_from is not None
+            else select_algos(load_runs(root), kw.get("algos"), root))
     png = None
     if any(len(r.eval_steps) > 1 for r in runs):  # a results table (finals only) has no curves to draw
         png = out.with_name(out.stem + "_curves.png")
         plot_curves(runs, res["tasks"], res["algos"], png, res["settings"]["confidence"])
     profiles = plot_profiles(res, out.with_name(out.stem + "_profiles.png"))
+    res["curves_from"] = str(curves_from) if curves_from is not None else None
     out.write_text(to_markdown(res, png.name if png else None, profiles.name))
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     res["files"] = [str(f) for f in (out, png, profiles, out.with_suffix(".json")) if f is not None]
     return out, res
 
 
-__all__ = ["Run", "load_runs", "aggregate", "curves", "plot_curves", "plot_profiles", "to_markdown", "write_aggregate",
+__all__ = ["Run", "load_runs", "aggregate", "curves", "curve_runs_from", "plot_curves", "plot_profiles", "to_markdown", "write_aggregate",
            "random_return", "load_reference_table", "select_algos", "run_commit", "csv_rows", "read_csv", "write_csv",
            "CSV_COLUMNS", "CURVE_COLUMNS", "curve_rows", "read_curves_csv", "write_curves_csv", "runs_from_curves",
            "runs_from_finals"]
