@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Optional
+from typing import Iterable, Iterator, Literal, Optional
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,13 @@ def flatten_config(d: dict, prefix: str = "") -> dict:
 
 def leaf_fields(cls=None) -> Iterator[tuple[tuple[str, ...], dataclasses.Field, typing.Any]]:
     """The one config walker: ``(path, field, type)`` of every leaf field of ``cls`` (default ``TrainConfig``),
-    sections first-level only (``("update", "gamma")``). Leaf names are unique across sections."""
+    sections first-level only (``("update", "gamma")``). Leaf names are unique across sections. Fields marked
+    ``option=False`` (``TrainConfig.given``) are not settings and are left out."""
     cls = TrainConfig if cls is None else cls
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if not f.metadata.get("option", True):
+            continue  # bookkeeping, not a setting (TrainConfig.given)
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             for sub_path, sub_field, sub_tp in leaf_fields(tp):
@@ -103,15 +106,15 @@ MULTIMODAL_WARMUP = 10_000
 # that followed its critic's multimodal target best on MultiGoal and the fixed-Q suite (docs/demo.md,
 # docs/method.md), on a three-layer actor: the shared trunk of four heads fits each head's shape closer with the
 # third layer (MultiGoal seeds 5-9: TV to the critic's target at the origin 0.20 -> 0.19, <= 0.2 on 2 -> 5 of 5
-# seeds; docs/experiments.md). Applied to each field still at its default, so a flag with another value wins (one
-# that repeats the default cannot be told apart from no flag: `--hidden 256 256` still gets three layers).
+# seeds; docs/experiments.md). Applied to each field neither given (``TrainConfig.given``: every flag on the command
+# line, so `--hidden 256 256` keeps two layers) nor changed from its default (a config built in Python).
 MULTIMODAL_HEADS = {"policy.hidden": (256, 256, 256), "policy.heads": 4, "policy.per_head_sigma": True,
                     "update.actor_update": "em",
                     "update.em_reverse": "heads", "update.md_lambda": 0.0, "update.fit_uniform": 64,
                     "update.fit_local": 32, "update.fit_anchor": 0, "update.fit_local_scale": 3.0}
 
 # Fields that may differ when a run is resumed or a sweep continued (they do not change the method).
-RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "label", "log.progress", "update.precision",
+RESUMABLE_CHANGES = {"total_steps", "resume", "threads", "run_dir", "label", "log.progress", "update.precision", "given",
                      "eval.eval_every", "eval.eval_episodes", "checkpoint.checkpoint_every",
                      "checkpoint.keep_checkpoints"}
 RESUMABLE_PREFIXES = ("monitor.",)  # alarms watch the run; they do not change the method
@@ -128,7 +131,7 @@ ADDED_FIELDS = {"update.lambda_per_alpha": False, "update.actor_update": "repara
                 "update.em_masses": "candidates",
                 "update.em_reverse_logits": True, "update.em_fit_weight": "equal", "multimodal_policy": "plain",
                 "policy.generator_activation": "silu", "policy.state_base": False,
-                "policy.log_std_squash": "tanh", "policy.squash_log_det_eps": 0.0}
+                "policy.log_std_squash": "tanh", "policy.squash_log_det_eps": 0.0, "given": ()}
 
 # The fit/hybrid/em update's settings are never read by the reparameterised update (SAC's and today's default).
 INERT_UNDER_REPARAM = ("update.fit_", "update.hybrid_", "update.em_")
@@ -150,9 +153,13 @@ class ConfigError(ValueError):
     """A user-facing configuration mistake (reported as one line, no traceback)."""
 
 
-def _apply_unless_set(cfg, values: dict):
-    """``cfg`` with each dotted field of ``values`` set, where the field still holds its dataclass default."""
+def _apply_unless_set(cfg, values: dict, given: Iterable[str] = ()):
+    """``cfg`` with each dotted field of ``values`` set, unless it is named in ``given`` or no longer holds its
+    dataclass default."""
+    given = set(given)
     for dotted, value in values.items():
+        if dotted in given:
+            continue
         path = tuple(dotted.split("."))
         parent = cfg
         for name in path[:-1]:
@@ -418,6 +425,10 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     monitor: AlarmConfig = field(default_factory=AlarmConfig)
+    # The settings given explicitly (dotted names; the command line records every flag it was given). Presets such
+    # as --multimodal's leave these as given even where the value repeats the default. Not a setting: resuming may
+    # change it, and it is no command-line option.
+    given: tuple[str, ...] = field(default=(), metadata={"option": False})
 
     @property
     def spec(self) -> AlgoSpec:
@@ -433,7 +444,7 @@ class TrainConfig:
         if cfg.algo not in ALGOS:
             raise ConfigError(f"unknown --algo {cfg.algo!r}; choose one of {', '.join(ALGOS)}")
         if cfg.multimodal and cfg.algo == "smfp" and cfg.multimodal_policy == "heads":
-            cfg = _apply_unless_set(cfg, MULTIMODAL_HEADS)  # first: md_lambda's default is resolved below
+            cfg = _apply_unless_set(cfg, MULTIMODAL_HEADS, cfg.given)  # first: md_lambda's default is resolved below
         u = cfg.update
         md = cfg.spec.mirror_descent
         from smfp.precision import resolve_precision  # torch-free until a config is resolved
@@ -592,5 +603,7 @@ class TrainConfig:
                 if not isinstance(value, dict) or set(value) - names:
                     raise ConfigError(f"config section {key!r} is malformed or has unknown keys")
                 value = sub(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+            elif isinstance(value, list):
+                value = tuple(value)
             kwargs[key] = value
         return cls(**kwargs)

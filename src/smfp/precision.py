@@ -32,14 +32,9 @@ _matmul_dtype: Optional[torch.dtype] = None
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    from smfp.provenance import cpuinfo
+
+    return frozenset(cpuinfo().get("flags", "").split())
 
 
 # Overrides the CPU's flags: 0 (fp32 under auto) or 1 (bf16 under auto), e.g. for a test suite whose numbers must

@@ -72,7 +72,7 @@ def git_commit(path: Optional[str | os.PathLike] = None) -> str:
 _LIBRARIES = ("torch", "numpy", "gymnasium", "mujoco")
 
 
-def _cpuinfo() -> dict[str, str]:
+def cpuinfo() -> dict[str, str]:
     """The first processor's fields of /proc/cpuinfo (empty where it cannot be read)."""
     fields: dict[str, str] = {}
     try:
@@ -102,7 +102,7 @@ def machine() -> dict:
     libraries that change a run's numbers. Never raises."""
     import torch
 
-    info = _cpuinfo()
+    info = cpuinfo()
     vendor, family, model = info.get("vendor_id"), info.get("cpu family"), info.get("model")
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),

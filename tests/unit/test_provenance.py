@@ -19,9 +19,9 @@ def test_machine_tells_cpu_generations_apart_by_family_and_model(monkeypatch):
     """Zen 3 and Zen 4 EPYCs can both call themselves "AMD EPYC"; their family and model numbers differ."""
     for model in ("1", "17"):
         fields = {"vendor_id": "AuthenticAMD", "cpu family": "25", "model": model, "model name": "AMD EPYC"}
-        monkeypatch.setattr(provenance, "_cpuinfo", lambda fields=fields: fields)
+        monkeypatch.setattr(provenance, "cpuinfo", lambda fields=fields: fields)
         assert machine()["cpu_id"] == f"vendor AuthenticAMD family 25 model {model}"
-    monkeypatch.setattr(provenance, "_cpuinfo", lambda: {})  # no /proc/cpuinfo: still a description
+    monkeypatch.setattr(provenance, "cpuinfo", lambda: {})  # no /proc/cpuinfo: still a description
     assert machine()["cpu_id"] == provenance.UNKNOWN and machine()["cpu"]
 
 

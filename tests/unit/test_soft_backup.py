@@ -117,6 +117,32 @@ def test_multimodal_smfp_takes_the_heads_policy_unless_told_otherwise():
     assert changed_fields(sac, TrainConfig(algo="sac").resolved()) == []  # the default, heads, is not read
 
 
+def test_a_flag_that_repeats_the_default_wins_over_the_multimodal_preset():
+    """On the command line every flag given is recorded, so --multimodal's preset leaves it as given even where its
+    value is the library default (two layers; no per-head sigma), and the record survives the round trip a sweep
+    makes (config -> dict -> config -> resolved again)."""
+    from smfp.cli.args import build_dataclass
+    from smfp.config import changed_fields, flatten_config
+
+    cfg = build_dataclass(TrainConfig, {"algo": "smfp", "multimodal": True, "hidden": [256, 256],
+                                        "per_head_sigma": False, "fit_local": 8})
+    assert cfg.given == ("algo", "multimodal", "policy.hidden", "policy.per_head_sigma", "update.fit_local")
+    r = cfg.resolved()
+    assert (r.policy.hidden, r.policy.per_head_sigma, r.update.fit_local) == ((256, 256), False, 8)
+    assert (r.policy.heads, r.update.actor_update, r.update.fit_uniform) == (4, "em", 64)  # the rest of the preset
+    again = TrainConfig.from_dict(r.to_dict()).resolved()
+    assert again == r and again.given == cfg.given
+    told = build_dataclass(TrainConfig, {"actor_update": "reparam"}, base=cfg)  # contradicts the preset's heads
+    assert told.given[0] == "algo" and "update.actor_update" in told.given
+    with pytest.raises(ConfigError, match="--heads 4 needs --actor-update em"):
+        told.resolved()
+    # which flags were given is no setting: a resume or sweep may give them differently
+    bare = build_dataclass(TrainConfig, {"algo": "smfp", "multimodal": True}).resolved()
+    assert changed_fields(flatten_config(bare.to_dict()), r) == ["policy.hidden", "policy.per_head_sigma",
+                                                                  "update.fit_local"]
+    assert "given" not in changed_fields(flatten_config(bare.to_dict()), TrainConfig.from_dict(bare.to_dict()))
+
+
 def test_a_backup_without_policy_samples_is_a_config_error():
     cfg = TrainConfig(algo="sac")
     cfg.update.value_backup, cfg.update.backup_policy_samples = "soft-optimal", 0

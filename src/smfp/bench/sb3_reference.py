@@ -67,7 +67,7 @@ OPTIONS = ("env", "max_episode_steps", "seed", "total_steps", "threads", "hidden
            "gamma", "tau", "batch_size", "actor_lr", "critic_lr", "alpha", "autotune_alpha", "alpha_lr",
            "target_entropy", "updates_per_step", "learning_starts", "buffer_size", "eval_every", "eval_episodes")
 # Fields a rerun may change without making it another run.
-_FREE = ("run_dir", "threads", "log.progress")
+_FREE = ("run_dir", "threads", "log.progress", "given")
 
 
 def sb3_available() -> bool:

@@ -8,6 +8,7 @@ construction, checked here). Booleans get ``--x/--no-x``; tuples take several va
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -96,12 +97,17 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
 
 
 def build_dataclass(cls, values: dict, base=None):
-    """An instance of ``cls`` with the leaf fields named in ``values`` replaced."""
+    """An instance of ``cls`` with the leaf fields named in ``values`` replaced; where ``cls`` records which
+    settings were given (``TrainConfig.given``), those fields are added to it."""
     obj = base if base is not None else cls()
+    named = []
     for path, f, _ in leaf_fields(cls):
         if f.name in values:
             v = values[f.name]
             obj = set_leaf(obj, path, tuple(v) if isinstance(v, list) else v)
+            named.append(".".join(path))
+    if named and "given" in {f.name for f in dataclasses.fields(cls)}:
+        obj = dataclasses.replace(obj, given=tuple(sorted(set(obj.given) | set(named))))
     return obj
 
 
