@@ -92,10 +92,36 @@ def test_verdict_wording():
             self.modes = modes
 
     assert verdict([R(1), R(1)], "smfp").startswith("unimodal at all 2 probed states: a Gaussian policy would do")
-    v = verdict([R(4), R(1), R(2), R(1)], "smfp")
-    assert v.startswith("2-4 modes at 50% of states (2/4)") and "multimodal policy (SMFP) is worth it" in v
+    v = verdict([R(4), R(1), R(2), R(1)], "smfp")  # no critic: the policy's modes alone do not say the task needs them
+    assert v.startswith("2-4 modes at 50% of states (2/4)") and "whether the task rewards them, the critic's" in v
     v = verdict([R(2), R(1)], "gaussian")  # a Gaussian's extra modes come from the tanh, not from the task
-    assert v.startswith("2 modes at 50% of states (1/2), made by the squash") and "worth it" not in v
+    assert v.startswith("2 modes at 50% of states (1/2), made by the squash")
+
+
+def test_the_policy_verdict_defers_to_the_critics_target():
+    """An SMFP policy's modes are evidence about the task only where its critic's target has them too: a fresh
+    generator's spread is its own, a collapsed one follows one of the target's modes."""
+    from smfp.monitor.target import TargetReport, policy_against_target
+
+    class R:
+        def __init__(self, modes):
+            self.modes = modes
+
+    def t(policy_modes, modes, tv=0.3):
+        return TargetReport(state=[0.0], alpha=1.0, method="grid", modes=modes, masses=[1.0 / modes] * modes,
+                            centers=[], tv_to_target=tv, tv_kind="grid", policy_modes=policy_modes)
+
+    targets = [t(2, 1), t(3, 2, 0.2), t(1, 4), t(1, 1), t(2, 2, 0.4)]
+    v = verdict([R(r.policy_modes) for r in targets], "smfp", policy_against_target(targets))
+    assert v == ("2-3 modes at 60% of states (3/5); at 1 of them the critic's target has one mode: there the extra "
+                 "modes are the policy's own, not the task's; at 2 the target has several too (the policy's TV to it "
+                 "0.30); at 1 state(s) the target has several modes and the policy one: it follows one of them")
+    agree = [t(1, 1), t(1, 1)]
+    assert verdict([R(1), R(1)], "smfp", policy_against_target(agree)) == (
+        "unimodal at all 2 probed states; so is the critic's target there")
+    collapsed = [t(1, 4), t(1, 1)]  # SAC, or a collapsed SMFP, on a task whose target has several modes
+    assert verdict([R(1), R(1)], "gaussian", policy_against_target(collapsed)).endswith(
+        "at 1 state(s) the target has several modes and the policy one: it follows one of them")
 
 
 # --- policies ---------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from smfp.agent import load_agent
 from smfp.cli.args import fail
 from smfp.monitor.modes import (DEFAULT_MIN_MASS, assess_state, entropy_gap_from_metrics, format_report, plot_states,
                                 probe_states, verdict)
-from smfp.monitor.target import VERDICT_NOISE_FACTOR, assess_targets, plot_target, target_verdict
+from smfp.monitor.target import (VERDICT_NOISE_FACTOR, assess_targets, plot_target, policy_against_target,
+                                 target_verdict)
 from smfp.storage.rundir import RunDir
 
 
@@ -49,6 +50,7 @@ def inspect_run(run_dir: str | Path, states: list[list[float]] | None = None, sa
         for entry, t in zip(out["states"], targets):
             entry.update(t.to_json())
         out["target_verdict"] = target_verdict(targets)
+        out["verdict"] = verdict(reports, agent.policy.kind, policy_against_target(targets))
         out["target_rule"] = (f"exp(Q/alpha) with Q the critic ensemble's min and alpha {alpha:.4g}; "
                               f"{targets[0].method if targets else 'grid'} estimate, the same mode rule"
                               + (f"; modes whose Q_min dip is within {noise_factor:g}x the critics' disagreement "

@@ -295,24 +295,34 @@ def entropy_gap_from_metrics(run_dir: str | Path, last: int = 5) -> dict | None:
     return {"entropy": h, "entropy_m1": h1, "gap": h - h1, "rows": len(rows), "last_step": int(rows[-1]["step"])}
 
 
-def verdict(reports: list[StateReport], kind: str) -> str:
+def verdict(reports: list[StateReport], kind: str, against_target: str | None = None) -> str:
+    """What the policy's samples show at the probed states. Its modes say what the policy does, not what the task
+    rewards: a fresh or over-spread generator has modes its critic does not ask for, a collapsed one has fewer.
+    ``against_target`` (``smfp.monitor.target.policy_against_target``) says how they compare with the critic's
+    target at the same states; without it the verdict says only what a Gaussian would do."""
     if not reports:
         return "no states probed"
     multi = [r for r in reports if r.modes > 1]
-    if not multi:
-        text = f"unimodal at all {len(reports)} probed states: a Gaussian policy would do"
-        if kind == "gaussian":
-            text += (" (a Gaussian policy is unimodal by construction, up to squashing at the bounds; "
-                     "train --algo smfp to see whether the task rewards several modes)")
-        return text
-    share = 100.0 * len(multi) / len(reports)
-    ks = sorted({r.modes for r in multi})
-    k_text = f"{ks[0]}" if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
-    counted = f"{k_text} modes at {share:.0f}% of states ({len(multi)}/{len(reports)})"
-    if kind == "gaussian":  # one bump before the tanh: its extra modes are mass piled at the box's bounds
-        return (f"{counted}, made by the squash: a wide Gaussian piles its mass at the bounds of the action box; "
-                "they say nothing about the task (the critic's target does)")
-    return f"{counted}: a Gaussian policy would average them; a multimodal policy (SMFP) is worth it"
+    if multi:
+        share = 100.0 * len(multi) / len(reports)
+        ks = sorted({r.modes for r in multi})
+        k_text = f"{ks[0]}" if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+        counted = f"{k_text} modes at {share:.0f}% of states ({len(multi)}/{len(reports)})"
+        if kind == "gaussian":  # one bump before the tanh: its extra modes are mass piled at the box's bounds
+            return (f"{counted}, made by the squash: a wide Gaussian piles its mass at the bounds of the action box; "
+                    "they say nothing about the task (the critic's target does)")
+        if against_target is not None:
+            return f"{counted}; {against_target}"
+        return (f"{counted}: a Gaussian policy would average them; whether the task rewards them, the critic's "
+                "target says (none in this checkpoint)")
+    text = f"unimodal at all {len(reports)} probed states"
+    if against_target is not None:
+        return f"{text}; {against_target}"
+    text += ": a Gaussian policy would do"
+    if kind == "gaussian":
+        text += (" (a Gaussian policy is unimodal by construction, up to squashing at the bounds; "
+                 "train --algo smfp to see whether the task rewards several modes)")
+    return text
 
 
 def plot_states(reports: list[StateReport], path: str | Path, title: str = "") -> Path:

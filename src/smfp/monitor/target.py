@@ -200,6 +200,25 @@ def merge_within_noise(critic, obs, centers: np.ndarray, masses: np.ndarray, fac
     return centers[order], np.array([groups[r] for r in order])
 
 
+def policy_against_target(reports: list[TargetReport]) -> str:
+    """How the policy's mode counts compare with its critic's target's at the same states: where the policy has
+    modes the target lacks (its own, not the task's), where both have several, where the target has several and
+    the policy one."""
+    own = sum(r.policy_modes > 1 and r.modes == 1 for r in reports)
+    both = [r for r in reports if r.policy_modes > 1 and r.modes > 1]
+    missed = sum(r.policy_modes == 1 and r.modes > 1 for r in reports)
+    parts = []
+    if own:
+        parts.append(f"at {own} of them the critic's target has one mode: there the extra modes are the policy's "
+                     "own, not the task's")
+    if both:
+        tv = float(np.mean([r.tv_to_target for r in both]))
+        parts.append(f"at {len(both)} the target has several too (the policy's TV to it {tv:.2f})")
+    if missed:
+        parts.append(f"at {missed} state(s) the target has several modes and the policy one: it follows one of them")
+    return "; ".join(parts) if parts else "so is the critic's target there"
+
+
 def target_verdict(reports: list[TargetReport]) -> str:
     if not reports:
         return "no states probed"
