@@ -570,3 +570,28 @@ def test_the_learning_curves_say_which_evaluation_mode_each_algorithm_shows(two_
     out = tmp_path / "r" / "results.md"
     write_aggregate(root, out, reference=ref, reps=200)
     assert "averaged over its seeds (n in the legend" in out.read_text()
+
+
+def test_the_report_lists_every_run_in_both_modes(tmp_path):
+    """The per-run table: each run's final in its algorithm's mode and in `sample` mode, a blank where an algorithm
+    has no run of that seed, `-` where a run has no sample evaluation, and each task's means in both modes."""
+    table = tmp_path / "finals.csv"
+    table.write_text("algo,commit,env,seed,steps,final_return,eval_mode\n"
+                     "sac,c1,Pendulum-v1,0,400,-500.000,mean\n"
+                     "sac,c1,Pendulum-v1,0,400,-600.000,sample\n"
+                     "sac,c2,Pendulum-v1,1,400,-300.000,mean\n"
+                     "sac,c2,Pendulum-v1,1,400,-200.000,sample\n"
+                     "smfp,c3,Pendulum-v1,1,400,-250.000,best-of-n\n")
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({"Pendulum-v1": {"random": -1000.0, "reference": -200.0}}))
+    res = aggregate(table, reference=ref, reps=200)
+    assert res["per_task"]["Pendulum-v1"]["sac"]["final_sample"] == [-600.0, -200.0]
+    assert res["per_task"]["Pendulum-v1"]["sac"]["commits"] == ["c1", "c2"]
+    assert res["per_task"]["Pendulum-v1"]["smfp"]["final_sample"] == [None]
+    text = to_markdown(res, None)
+    start = text.index("| task | seed | sac | smfp |")
+    assert text[start:].splitlines()[:5] == [
+        "| task | seed | sac | smfp |", "|---|---|---|---|",
+        "| Pendulum-v1 | 0 | -500.0 / -600.0 |  |",
+        "| Pendulum-v1 | 1 | -300.0 / -200.0 | -250.0 / - |",
+        "| Pendulum-v1 | mean | -400.0 / -400.0 | -250.0 / - |"]

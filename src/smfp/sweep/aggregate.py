@@ -402,7 +402,9 @@ def aggregate(root: Path, baseline: str = "sac", reference: Optional[Path] = Non
             point, lo, hi = bootstrap_ci(finals, reps, confidence, seed)
             per_task[t][a] = {"seeds": [r.seed for r in rs], "final": finals.tolist(), "mean": point,
                               "lo": lo, "hi": hi, "steps": [r.last_step for r in rs],
-                              "complete": all(r.complete for r in rs), "eval_mode": rs[0].eval_mode}
+                              "complete": all(r.complete for r in rs), "eval_mode": rs[0].eval_mode,
+                              "final_sample": [r.final_return_sample(last) for r in rs],
+                              "commits": [r.commit for r in rs]}
 
     norm: dict = {}
     for t in tasks:
@@ -608,6 +610,7 @@ def to_markdown(res: dict, curves_png: Optional[str], profiles_png: Optional[str
     lines += ["", f"Evaluation modes: {', '.join(modes)}."]
     if incomplete:
         lines += ["", f"**Incomplete** (some seeds short of their total steps): {', '.join(incomplete)}."]
+    lines += _per_run_lines(res)
     lines += ["", "## Across tasks: normalised score", "",
               "Normalised score = (R - random) / (reference - random), so the random policy scores 0 and "
               "the reference scores 1. Interquartile mean (IQM) over all runs of all tasks, and the mean "
@@ -653,6 +656,45 @@ def to_markdown(res: dict, curves_png: Optional[str], profiles_png: Optional[str
                   + (f"; curves from `{res['curves_from']}`" if res.get("curves_from") else "") + ".", "",
                   f"![learning curves]({curves_png})"]
     return "\n".join(lines) + "\n"
+
+
+def _per_run_lines(res: dict) -> list[str]:
+    """Every run's final, in its algorithm's evaluation mode and in ``sample`` mode (the stochastic policy, one pass:
+    the mode every algorithm shares), with each task's means over seeds in both."""
+    algos, tasks = res["algos"], res["tasks"]
+    lines = ["", "## Per run", "",
+             "Final return of each run: in its algorithm's evaluation mode / in `sample` mode (stochastic actions, "
+             "the mode every algorithm shares; `-` where a run did not evaluate it); the task's `mean` row averages "
+             "each over the seeds. The commit of every run is in the JSON beside this report.", "",
+             "| task | seed | " + " | ".join(algos) + " |", "|---|---|" + "---|" * len(algos)]
+
+    def pair(own: float, sample) -> str:
+        return f"{_g(own)} / {'-' if sample is None else _g(sample)}"
+
+    for t in tasks:
+        entries = res["per_task"][t]
+        seeds = sorted({s for e in entries.values() for s in e["seeds"]})
+        for seed in seeds:
+            cells = []
+            for a in algos:
+                e = entries.get(a)
+                if e is None or seed not in e["seeds"]:
+                    cells.append("")
+                    continue
+                i = e["seeds"].index(seed)
+                cells.append(pair(e["final"][i], e["final_sample"][i]))
+            lines.append(f"| {t} | {seed} | " + " | ".join(cells) + " |")
+        cells = []
+        for a in algos:
+            e = entries.get(a)
+            if e is None:
+                cells.append("")
+                continue
+            samples = e["final_sample"]
+            mean_sample = None if any(v is None for v in samples) else float(np.mean(samples))
+            cells.append(pair(float(np.mean(e["final"])), mean_sample))
+        lines.append(f"| {t} | mean | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _improvement_lines(res: dict) -> list[str]:
