@@ -36,6 +36,8 @@ def _check_result(result: dict, repeats: int, steps: int) -> None:
         assert run["steps_per_s"] > 0 and math.isfinite(run["steps_per_s"])
         assert run["cpu_steps_per_s"] > 0
         assert run["updates"] == steps, "one gradient update per timed step, none during warmup"
+        if result["name"] != "sb3-sac":  # ours time the step less its updates
+            assert 0 < run["rest_of_step_ms"] < 1e3 / run["steps_per_s"]
     assert result["steps_per_s"] == pytest.approx(statistics.median(r["steps_per_s"] for r in result["runs"]))
     assert [r["seed"] for r in result["runs"]] == list(range(repeats))
 
@@ -58,6 +60,10 @@ def test_cli_json_schema_with_sb3_yardstick():
     assert report["ratios"]["smfp / sac"] == pytest.approx(med["smfp"] / med["sac"])
     if with_sb3:
         assert report["ratios"]["sac / sb3-sac"] == pytest.approx(med["sac"] / med["sb3-sac"])
+        for result in report["results"][:2]:  # the most each could gain without fewer products
+            c, f = result["floor"]["ceiling_vs_sb3"], result["floor"]
+            assert c["at_most"] == pytest.approx(1e3 / med["sb3-sac"] / (f["matmul_floor_ms"] + c["rest_of_step_ms"]))
+            assert 0 < c["rest_of_step_ms"] < 1e3 / med[result["name"]]  # a part of the whole step
     assert report["settings"]["batch_size"] == 32 and report["settings"]["threads"] == 1
     assert proc.stderr.count("smfp bench: run") == len(names)
     if not with_sb3:
@@ -78,6 +84,14 @@ def test_round_robin_medians_and_candidate_options_in_process():
         assert f["update_over_floor"] == pytest.approx(f["update_ms"] / f["matmul_floor_ms"])
     assert set(report["ratios"]) == {"sac:batch_size=16:precision=bf16 / sac"}
     assert report["machine"]["isa"] and report["machine"]["threads"] == base.threads == 1  # what each run uses
+
+
+def test_the_ceiling_puts_the_update_at_its_floor_and_keeps_the_rest_of_the_step():
+    from smfp.bench.speed.train import ceiling_over
+
+    # Zen 3, 2026-12-07: SB3's step 17.2 ms; SAC's floor 7.78 ms, acting, stepping and sampling 0.79 ms
+    c = ceiling_over(17.2, 0.79, 7.78)
+    assert c["step_at_floor_ms"] == pytest.approx(8.57) and c["at_most"] == pytest.approx(17.2 / 8.57)
 
 
 def test_the_floor_records_every_gemm_of_an_update_forward_and_backward():

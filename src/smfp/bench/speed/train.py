@@ -126,14 +126,19 @@ def time_smfp_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     batch_size, updates = cfg.update.batch_size, cfg.update.updates_per_step
     for step in range(warmup):
         collector.step(step)
+    in_updates = 0.0
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for step in range(warmup, warmup + steps):  # what smfp train does per step once learning has started
         collector.step(step)
         for _ in range(updates):
-            learner.update(buffer.sample(batch_size))
+            batch = buffer.sample(batch_size)
+            t0 = time.perf_counter()
+            learner.update(batch)
+            in_updates += time.perf_counter() - t0
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     env.close()
-    return _rates(steps, wall, cpu, learner.updates)
+    # the step without its updates: acting, the environment, storing, sampling the batches
+    return {**_rates(steps, wall, cpu, learner.updates), "rest_of_step_ms": 1e3 * (wall - in_updates) / steps}
 
 
 def time_sb3_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
@@ -204,6 +209,14 @@ def machine_info(threads: int) -> dict:
 
 def _ratio(a: float, b: float) -> Optional[float]:
     return a / b if b > 0 else None
+
+
+def ceiling_over(reference_step_ms: float, rest_of_step_ms: float, floor_ms: float) -> dict:
+    """The most a candidate could gain on this machine without doing fewer products: its step with the update at
+    its matmul floor and the rest of the step (acting, the environment, storing, sampling) as measured in its
+    runs, against a reference step (Stable-Baselines3's, whole)."""
+    return {"rest_of_step_ms": rest_of_step_ms, "step_at_floor_ms": floor_ms + rest_of_step_ms,
+            "at_most": reference_step_ms / (floor_ms + rest_of_step_ms)}
 
 
 def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = ("sac", "smfp"), steps: int = 1000,
@@ -278,6 +291,11 @@ def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = (
             results[-1]["floor"] = update_floor(candidate_config(name, env, 0, steps, warmup, base), *dims)
     med = {x["name"]: x["steps_per_s"] for x in results}
     cpu_med = {x["name"]: x["cpu_steps_per_s"] for x in results}
+    if compare_sb3:
+        for x in results:
+            if x.get("floor"):
+                rest = statistics.median(r["rest_of_step_ms"] for r in x["runs"])
+                x["floor"]["ceiling_vs_sb3"] = ceiling_over(1e3 / med[SB3_NAME], rest, x["floor"]["matmul_floor_ms"])
     ratios, cpu_ratios = {}, {}
     pairs = [(a, SB3_NAME) for a in specs if compare_sb3] + [(a, "sac") for a in specs if "sac" in specs and a != "sac"]
     for a in specs:  # also against SAC with the same options, e.g. smfp:precision=bf16 / sac:precision=bf16
@@ -318,6 +336,11 @@ def format_table(report: dict) -> str:
         if f:
             lines.append(f"{x['name']:<{w}} update {f['update_ms']:.2f} ms = {f['update_over_floor']:.2f}x its matmul "
                          f"floor ({f['matmul_floor_ms']:.2f} ms: {f['gemms_per_update']} GEMMs timed alone)")
+    for x in report["results"]:
+        c = (x.get("floor") or {}).get("ceiling_vs_sb3")
+        if c:
+            lines.append(f"{x['name']:<{w}} with its update at the floor and the rest of its step as measured "
+                         f"({c['rest_of_step_ms']:.2f} ms): at most {c['at_most']:.2f}x {SB3_NAME} on this machine")
     m = report["machine"]
     lines.append(f"machine: {m.get('cpu')} ({m.get('cpu_id', '?')}), ISA {m.get('isa')}, {m.get('cpu_count')} CPUs, "
                  f"torch {m.get('torch')}, "
