@@ -69,6 +69,9 @@ def test_a_screen_changes_one_setting_on_top_of_the_heads_setting():
     cfg = run_config("heads", "smfp", 0, 20_000, 3.0, "unused", {"actor_lr": 1e-3, "em_per_head": 8}).resolved()
     assert cfg.update.actor_lr == 1e-3 and cfg.update.em_per_head == 8  # the screen's values win
     assert cfg.policy.heads == 4 and cfg.update.actor_update == "em" and cfg.update.alpha == 3.0  # the rest stays
+    assert cfg.policy.hidden == (256, 256, 256)
+    two = run_config("heads", "smfp", 0, 20_000, 3.0, "unused", {"hidden": [256, 256]}).resolved()
+    assert two.policy.hidden == (256, 256) and two.policy.heads == 4  # the library default, given, wins too
 
 
 def test_the_bench_passes_policy_and_update_options_and_refuses_its_own(monkeypatch, tmp_path):

@@ -22,6 +22,7 @@ rows of ``out/multigoal.json`` for other seeds, settings or algorithms stay in i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -66,11 +67,13 @@ def run_config(setting: str, algo: str, seed: int, steps: int, alpha: float, run
         cfg.multimodal = True
         cfg.update.alpha = alpha
         cfg.multimodal_policy = "heads" if setting == "heads" else "plain"
+    given = []
     for path, f, _ in leaf_fields():
         if path[0] in ("policy", "update") and f.name in (overrides or {}):
             value = overrides[f.name]
             cfg = set_leaf(cfg, path, tuple(value) if isinstance(value, list) else value)
-    return cfg
+            given.append(".".join(path))
+    return dataclasses.replace(cfg, given=tuple(given))  # an override wins over the setting's preset, as in smfp train
 
 
 def evaluate(run_dir: Path, episodes: int, eval_seed: int, block_radius: float = BLOCK_RADIUS) -> dict:
