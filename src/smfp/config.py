@@ -603,7 +603,9 @@ class TrainConfig:
                 if not isinstance(value, dict) or set(value) - names:
                     raise ConfigError(f"config section {key!r} is malformed or has unknown keys")
                 value = sub(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
-            elif isinstance(value, list):
+            elif key == "given":
+                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError("config key 'given' must be a list of option names")
                 value = tuple(value)
             kwargs[key] = value
         return cls(**kwargs)

@@ -132,6 +132,9 @@ def test_a_flag_that_repeats_the_default_wins_over_the_multimodal_preset():
     assert (r.policy.heads, r.update.actor_update, r.update.fit_uniform) == (4, "em", 64)  # the rest of the preset
     again = TrainConfig.from_dict(r.to_dict()).resolved()
     assert again == r and again.given == cfg.given
+    for damaged in (5, "policy.hidden", [1]):
+        with pytest.raises(ConfigError, match="'given' must be a list of option names"):
+            TrainConfig.from_dict({**r.to_dict(), "given": damaged})
     told = build_dataclass(TrainConfig, {"actor_update": "reparam"}, base=cfg)  # contradicts the preset's heads
     assert told.given[0] == "algo" and "update.actor_update" in told.given
     with pytest.raises(ConfigError, match="--heads 4 needs --actor-update em"):
