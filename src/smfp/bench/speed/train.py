@@ -126,19 +126,21 @@ def time_smfp_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     batch_size, updates = cfg.update.batch_size, cfg.update.updates_per_step
     for step in range(warmup):
         collector.step(step)
-    in_updates = 0.0
+    in_updates = in_updates_cpu = 0.0
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for step in range(warmup, warmup + steps):  # what smfp train does per step once learning has started
         collector.step(step)
         for _ in range(updates):
             batch = buffer.sample(batch_size)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             learner.update(batch)
             in_updates += time.perf_counter() - t0
+            in_updates_cpu += time.process_time() - c0
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     env.close()
     # the step without its updates: acting, the environment, storing, sampling the batches
-    return {**_rates(steps, wall, cpu, learner.updates), "rest_of_step_ms": 1e3 * (wall - in_updates) / steps}
+    return {**_rates(steps, wall, cpu, learner.updates), "rest_of_step_ms": 1e3 * (wall - in_updates) / steps,
+            "rest_of_step_cpu_ms": 1e3 * (cpu - in_updates_cpu) / steps}
 
 
 def time_sb3_run(cfg: TrainConfig, steps: int, warmup: int) -> dict:
@@ -293,9 +295,11 @@ def run_train_bench(env: str = "HalfCheetah-v5", algos: typing.Sequence[str] = (
     cpu_med = {x["name"]: x["cpu_steps_per_s"] for x in results}
     if compare_sb3:
         for x in results:
-            if x.get("floor"):
-                rest = statistics.median(r["rest_of_step_ms"] for r in x["runs"])
-                x["floor"]["ceiling_vs_sb3"] = ceiling_over(1e3 / med[SB3_NAME], rest, x["floor"]["matmul_floor_ms"])
+            if x.get("floor"):  # on the floor's clock: CPU time with one thread (load-independent), else wall-clock
+                cpu_clock = x["floor"]["clock"] == "thread CPU time"
+                rest = statistics.median(r["rest_of_step_cpu_ms" if cpu_clock else "rest_of_step_ms"] for r in x["runs"])
+                sb3_step = 1e3 / (cpu_med if cpu_clock else med)[SB3_NAME]
+                x["floor"]["ceiling_vs_sb3"] = ceiling_over(sb3_step, rest, x["floor"]["matmul_floor_ms"])
     ratios, cpu_ratios = {}, {}
     pairs = [(a, SB3_NAME) for a in specs if compare_sb3] + [(a, "sac") for a in specs if "sac" in specs and a != "sac"]
     for a in specs:  # also against SAC with the same options, e.g. smfp:precision=bf16 / sac:precision=bf16
@@ -335,7 +339,8 @@ def format_table(report: dict) -> str:
         f = x.get("floor")
         if f:
             lines.append(f"{x['name']:<{w}} update {f['update_ms']:.2f} ms = {f['update_over_floor']:.2f}x its matmul "
-                         f"floor ({f['matmul_floor_ms']:.2f} ms: {f['gemms_per_update']} GEMMs timed alone)")
+                         f"floor ({f['matmul_floor_ms']:.2f} ms: {f['gemms_per_update']} GEMMs timed alone; "
+                         f"{f.get('clock', 'wall-clock time')})")
     for x in report["results"]:
         c = (x.get("floor") or {}).get("ceiling_vs_sb3")
         if c:
