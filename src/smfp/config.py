@@ -100,6 +100,21 @@ def set_leaf(obj, path: tuple[str, ...], value):
     return dataclasses.replace(obj, **{path[0]: set_leaf(getattr(obj, path[0]), path[1:], value)})
 
 
+def apply_options(cfg, values: dict, sections: Optional[tuple[str, ...]] = None):
+    """``cfg`` with each leaf field named in ``values`` (by its option name, e.g. ``hidden``; lists as tuples) set,
+    only in ``sections`` if given; where the config records the settings given (``TrainConfig.given``), the fields
+    set are added to it, so that a preset such as --multimodal's leaves them alone."""
+    named = []
+    for path, f, _ in leaf_fields(type(cfg)):
+        if f.name in values and (sections is None or path[0] in sections):
+            v = values[f.name]
+            cfg = set_leaf(cfg, path, tuple(v) if isinstance(v, list) else v)
+            named.append(".".join(path))
+    if named and "given" in {f.name for f in dataclasses.fields(cfg)}:
+        cfg = dataclasses.replace(cfg, given=tuple(sorted(set(cfg.given) | set(named))))
+    return cfg
+
+
 # --multimodal: random steps before the first update, enough to visit every basin of a small task (MultiGoal).
 MULTIMODAL_WARMUP = 10_000
 # --multimodal with --algo smfp (--multimodal-policy heads): four heads, a sigma each, and the em update, the setting

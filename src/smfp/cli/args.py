@@ -8,12 +8,11 @@ construction, checked here). Booleans get ``--x/--no-x``; tuples take several va
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from smfp.config import leaf_fields, set_leaf
+from smfp.config import apply_options, leaf_fields
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -97,18 +96,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
 
 
 def build_dataclass(cls, values: dict, base=None):
-    """An instance of ``cls`` with the leaf fields named in ``values`` replaced; where ``cls`` records which
-    settings were given (``TrainConfig.given``), those fields are added to it."""
-    obj = base if base is not None else cls()
-    named = []
-    for path, f, _ in leaf_fields(cls):
-        if f.name in values:
-            v = values[f.name]
-            obj = set_leaf(obj, path, tuple(v) if isinstance(v, list) else v)
-            named.append(".".join(path))
-    if named and "given" in {f.name for f in dataclasses.fields(cls)}:
-        obj = dataclasses.replace(obj, given=tuple(sorted(set(obj.given) | set(named))))
-    return obj
+    """An instance of ``cls`` with the leaf fields named in ``values`` replaced (``smfp.config.apply_options``: the
+    fields set are recorded in ``TrainConfig.given``)."""
+    return apply_options(base if base is not None else cls(), values)
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:

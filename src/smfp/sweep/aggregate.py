@@ -692,7 +692,7 @@ def _per_run_lines(res: dict) -> list[str]:
                 continue
             samples = e["final_sample"]
             mean_sample = None if any(v is None for v in samples) else float(np.mean(samples))
-            cells.append(pair(float(np.mean(e["final"])), mean_sample))
+            cells.append(pair(e["mean"], mean_sample))
         lines.append(f"| {t} | mean | " + " | ".join(cells) + " |")
     return lines
 

@@ -22,7 +22,6 @@ rows of ``out/multigoal.json`` for other seeds, settings or algorithms stay in i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from smfp.config import ALGOS, ConfigError, TrainConfig, check_choices, leaf_fields, set_leaf
+from smfp.config import ALGOS, ConfigError, TrainConfig, apply_options, check_choices
 from smfp.monitor.multigoal import (BLOCK_RADIUS, ENV, blocked_goal_test, goal_counts, goal_entropy, goals_reached,
                                     target_at)
 
@@ -67,13 +66,7 @@ def run_config(setting: str, algo: str, seed: int, steps: int, alpha: float, run
         cfg.multimodal = True
         cfg.update.alpha = alpha
         cfg.multimodal_policy = "heads" if setting == "heads" else "plain"
-    given = []
-    for path, f, _ in leaf_fields():
-        if path[0] in ("policy", "update") and f.name in (overrides or {}):
-            value = overrides[f.name]
-            cfg = set_leaf(cfg, path, tuple(value) if isinstance(value, list) else value)
-            given.append(".".join(path))
-    return dataclasses.replace(cfg, given=tuple(given))  # an override wins over the setting's preset, as in smfp train
+    return apply_options(cfg, overrides or {}, sections=("policy", "update"))  # wins over the setting's preset
 
 
 def evaluate(run_dir: Path, episodes: int, eval_seed: int, block_radius: float = BLOCK_RADIUS) -> dict:
