@@ -48,11 +48,15 @@ def test_the_suite_separates_smfp_from_the_gaussian_on_two_bumps():
     verdict, recorded in docs/method.md; it does not yet.)"""
     two = next(c for c in CASES if c.target == "two equal bumps" and c.alpha == 0.2)
     one = next(c for c in CASES if c.target == "unimodal" and c.alpha == 0.2)
-    g_two = run_case(two, "sac", seed=0, steps=1500)
+    # Budgets: measured every 250 updates on seeds 0-2 (fp32, AVX2; 2026-12-07), the Gaussian's TV on the two bumps
+    # is 0.64-0.67 from 250 updates on, on the one bump 0.03-0.12 from 250 on; SMFP's on the two bumps falls from 0.66
+    # to 0.21-0.22 by 3000 updates (shares 0.45 each) and 0.13-0.15 by 5000. At these budgets in bf16 (emulated on
+    # AVX2), seed 0: 0.66 / 0.03 / 0.22 (shares 0.48, 0.45).
+    g_two = run_case(two, "sac", seed=0, steps=500)
     assert g_two["tv"] > 0.4 and not g_two["pass"]  # between the bumps or on one of them
-    g_one = run_case(one, "sac", seed=0, steps=3000)
+    g_one = run_case(one, "sac", seed=0, steps=1000)
     assert g_one["tv"] <= 0.15 and g_one["pass"], g_one
-    s_two = run_case(two, "smfp", seed=0, steps=5000)
+    s_two = run_case(two, "smfp", seed=0, steps=3000)
     assert s_two["tv"] < g_two["tv"] - 0.3 and min(s_two["shares"]) > 0.3, s_two
 
 
